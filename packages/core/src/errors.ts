@@ -1,0 +1,213 @@
+/**
+ * Typed errors with stable codes, in the manner of jose's error classes.
+ * Every error a request can meet carries the HTTP answer it deserves; the proxies
+ * turn an error into a response in one place (`httpAnswerFor`).
+ */
+
+export type ErrorCode =
+  | 'ERR_JWTPROXY'
+  | 'ERR_TOKEN_PARSE'
+  | 'ERR_MISSING_KID'
+  | 'ERR_INVALID_CLAIM'
+  | 'ERR_TOKEN_TOO_LONG'
+  | 'ERR_KEY_NOT_FOUND'
+  | 'ERR_KEY_EXPIRED'
+  | 'ERR_KEY_SERVER_UNAVAILABLE'
+  | 'ERR_INVALID_SIGNATURE'
+  | 'ERR_CLAIMS_VERIFICATION'
+  | 'ERR_NONCE_STORE_UNAVAILABLE'
+  | 'ERR_NONCE_STORE_FULL'
+  | 'ERR_SIGNING'
+  | 'ERR_NO_ACTIVE_KEY'
+  | 'ERR_UPSTREAM'
+  | 'ERR_CONFIG'
+  | 'ERR_UNKNOWN_COMPONENT';
+
+export class JwtProxyError extends Error {
+  static code: ErrorCode = 'ERR_JWTPROXY';
+  code: ErrorCode = 'ERR_JWTPROXY';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** Any reason to refuse a request at the verifier. Bodies are the Go tool's. */
+export class VerificationError extends JwtProxyError {
+  /** HTTP status the verifier answers with. */
+  readonly status: number = 403;
+  /** The text after "jwtproxy: unable to verify request: ". */
+  get reason(): string {
+    return this.message;
+  }
+}
+
+export class TokenParseError extends VerificationError {
+  static override code: ErrorCode = 'ERR_TOKEN_PARSE';
+  override code: ErrorCode = 'ERR_TOKEN_PARSE';
+  constructor(options?: { cause?: unknown }) {
+    super('Could not parse JWT', options);
+  }
+}
+
+export class MissingKidError extends VerificationError {
+  static override code: ErrorCode = 'ERR_MISSING_KID';
+  override code: ErrorCode = 'ERR_MISSING_KID';
+  constructor() {
+    super("Missing 'kid' claim");
+  }
+}
+
+export type CheckedClaim = 'iss' | 'aud' | 'exp' | 'nbf' | 'iat' | 'jti';
+
+export class InvalidClaimError extends VerificationError {
+  static override code: ErrorCode = 'ERR_INVALID_CLAIM';
+  override code: ErrorCode = 'ERR_INVALID_CLAIM';
+  readonly claim: CheckedClaim;
+  constructor(claim: CheckedClaim) {
+    super(`Missing or invalid '${claim}' claim`);
+    this.claim = claim;
+  }
+}
+
+export class TokenTooLongError extends VerificationError {
+  static override code: ErrorCode = 'ERR_TOKEN_TOO_LONG';
+  override code: ErrorCode = 'ERR_TOKEN_TOO_LONG';
+  constructor() {
+    super("Invalid 'exp' claim (too long)");
+  }
+}
+
+/** The key server does not know (iss, kid). */
+export class KeyNotFoundError extends VerificationError {
+  static override code: ErrorCode = 'ERR_KEY_NOT_FOUND';
+  override code: ErrorCode = 'ERR_KEY_NOT_FOUND';
+  constructor(options?: { cause?: unknown }) {
+    super('Could not find any matching public key', options);
+  }
+}
+
+/** The key server knows the key but it has expired; the Go verifier answers as for any key server failure. */
+export class KeyExpiredError extends VerificationError {
+  static override code: ErrorCode = 'ERR_KEY_EXPIRED';
+  override code: ErrorCode = 'ERR_KEY_EXPIRED';
+  constructor(options?: { cause?: unknown }) {
+    super('Unexpected key server error', options);
+  }
+}
+
+/** The key server could not be asked or gave an answer we cannot use: fail closed. */
+export class KeyServerUnavailableError extends VerificationError {
+  static override code: ErrorCode = 'ERR_KEY_SERVER_UNAVAILABLE';
+  override code: ErrorCode = 'ERR_KEY_SERVER_UNAVAILABLE';
+  constructor(options?: { cause?: unknown }) {
+    super('Unexpected key server error', options);
+  }
+}
+
+export class InvalidSignatureError extends VerificationError {
+  static override code: ErrorCode = 'ERR_INVALID_SIGNATURE';
+  override code: ErrorCode = 'ERR_INVALID_SIGNATURE';
+  constructor() {
+    super('Invalid JWT signature');
+  }
+}
+
+/** Thrown by claims verifiers; answered as `Error verifying claims: <message>`. */
+export class ClaimsVerificationError extends VerificationError {
+  static override code: ErrorCode = 'ERR_CLAIMS_VERIFICATION';
+  override code: ErrorCode = 'ERR_CLAIMS_VERIFICATION';
+}
+
+/** The nonce store could not be asked (Redis down, timeout): fail closed with 503. */
+export class NonceStoreUnavailableError extends VerificationError {
+  static override code: ErrorCode = 'ERR_NONCE_STORE_UNAVAILABLE';
+  override code: ErrorCode = 'ERR_NONCE_STORE_UNAVAILABLE';
+  override readonly status = 503;
+  constructor(options?: { cause?: unknown }) {
+    super('Nonce storage unavailable', options);
+  }
+}
+
+/** The in-memory nonce store is full of unexpired nonces: refuse rather than forget one. */
+export class NonceStoreFullError extends VerificationError {
+  static override code: ErrorCode = 'ERR_NONCE_STORE_FULL';
+  override code: ErrorCode = 'ERR_NONCE_STORE_FULL';
+  override readonly status = 503;
+  constructor() {
+    super('Nonce storage is full');
+  }
+}
+
+/** Any reason the signer could not sign; answered 502 `jwtproxy: unable to sign request: <message>`. */
+export class SigningError extends JwtProxyError {
+  static override code: ErrorCode = 'ERR_SIGNING';
+  override code: ErrorCode = 'ERR_SIGNING';
+}
+
+export class NoActiveKeyError extends SigningError {
+  static override code: ErrorCode = 'ERR_NO_ACTIVE_KEY';
+  override code: ErrorCode = 'ERR_NO_ACTIVE_KEY';
+  constructor() {
+    super('No key is yet active');
+  }
+}
+
+/** The upstream could not be reached or failed mid-request; answered 502. */
+export class UpstreamError extends JwtProxyError {
+  static override code: ErrorCode = 'ERR_UPSTREAM';
+  override code: ErrorCode = 'ERR_UPSTREAM';
+}
+
+/** A configuration mistake: names the key path and, when known, the file and line. */
+export class ConfigError extends JwtProxyError {
+  static override code: ErrorCode = 'ERR_CONFIG';
+  override code: ErrorCode = 'ERR_CONFIG';
+  readonly path: string;
+  readonly file: string | undefined;
+  readonly line: number | undefined;
+  constructor(path: string, problem: string, where?: { file?: string; line?: number }) {
+    const location = where?.file ? ` (${where.file}${where.line ? `:${where.line}` : ''})` : '';
+    super(`${path ? `${path}: ` : ''}${problem}${location}`);
+    this.path = path;
+    this.file = where?.file;
+    this.line = where?.line;
+  }
+}
+
+export class UnknownComponentError extends JwtProxyError {
+  static override code: ErrorCode = 'ERR_UNKNOWN_COMPONENT';
+  override code: ErrorCode = 'ERR_UNKNOWN_COMPONENT';
+  readonly kind: string;
+  readonly type: string;
+  constructor(kind: string, type: string, known: readonly string[]) {
+    super(`unknown ${kind} type "${type}" (registered: ${known.length ? known.join(', ') : 'none'})`);
+    this.kind = kind;
+    this.type = type;
+  }
+}
+
+export interface HttpAnswer {
+  status: number;
+  body: string;
+}
+
+/**
+ * The one place that turns an error into what a client sees.
+ * Bodies match the Go tool byte for byte (text/plain, no trailing newline).
+ */
+export function httpAnswerFor(error: unknown): HttpAnswer {
+  if (error instanceof ClaimsVerificationError) {
+    return { status: error.status, body: `Error verifying claims: ${error.message}` };
+  }
+  if (error instanceof VerificationError) {
+    return { status: error.status, body: `jwtproxy: unable to verify request: ${error.reason}` };
+  }
+  if (error instanceof SigningError) {
+    return { status: 502, body: `jwtproxy: unable to sign request: ${error.message}` };
+  }
+  if (error instanceof UpstreamError) {
+    return { status: 502, body: `jwtproxy: upstream error: ${error.message}` };
+  }
+  return { status: 500, body: 'jwtproxy: internal error' };
+}

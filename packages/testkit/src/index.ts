@@ -1,0 +1,142 @@
+import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import forge from 'node-forge';
+
+/** Repository root (this file lives in packages/testkit/dist). */
+export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+
+/** The requests signed by the Go jwtproxy and the key pair they were signed with. */
+export const interop = {
+  dir: path.join(repoRoot, 'fixtures/interop'),
+  privateKeyPath: path.join(repoRoot, 'fixtures/interop/mykey.key'),
+  publicKeyPath: path.join(repoRoot, 'fixtures/interop/mykey.pub'),
+  keyId: 'mykey',
+  issuer: 'jwtproxy',
+  vectors(): InteropVector[] {
+    const data = JSON.parse(readFileSync(path.join(repoRoot, 'fixtures/interop/go-signed-requests.json'), 'utf8')) as { vectors: InteropVector[] };
+    return data.vectors;
+  },
+};
+
+export interface InteropVector {
+  request: { method: string; url: string };
+  authorization: string;
+  header: Record<string, unknown>;
+  claims: { aud: string; exp: number; iat: number; iss: string; jti: string; nbf: number };
+}
+
+export interface RunningServer {
+  server: http.Server | https.Server;
+  port: number;
+  url: string;
+  close(): Promise<void>;
+}
+
+/** Starts a server on 127.0.0.1 with an OS-chosen port. */
+export async function listenOnLoopback(server: http.Server | https.Server, scheme: 'http' | 'https' = 'http'): Promise<RunningServer> {
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const port = (server.address() as AddressInfo).port;
+  return {
+    server,
+    port,
+    url: `${scheme}://127.0.0.1:${port}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections?.();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/** What a test web service saw of one request. */
+export interface SeenRequest {
+  method: string;
+  url: string;
+  headers: http.IncomingHttpHeaders;
+  rawHeaders: string[];
+}
+
+/**
+ * A small web service: answers 200 with a JSON echo of what it saw and records each request.
+ * `/status/NNN` answers that status.
+ */
+export async function startEchoService(options: { tls?: { key: string; cert: string } } = {}): Promise<RunningServer & { seen: SeenRequest[] }> {
+  const seen: SeenRequest[] = [];
+  const handler: http.RequestListener = (req, res) => {
+    const record: SeenRequest = { method: req.method ?? '', url: req.url ?? '', headers: req.headers, rawHeaders: req.rawHeaders };
+    seen.push(record);
+    req.resume();
+    req.on('end', () => {
+      const status = /^\/status\/(\d{3})/.exec(req.url ?? '')?.[1];
+      res.writeHead(status ? Number(status) : 200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(record));
+    });
+  };
+  const server = options.tls ? https.createServer(options.tls, handler) : http.createServer(handler);
+  const running = await listenOnLoopback(server, options.tls ? 'https' : 'http');
+  return { ...running, seen };
+}
+
+export interface Pem {
+  key: string;
+  cert: string;
+}
+
+function randomSerial(): string {
+  return '01' + forge.util.bytesToHex(forge.random.getBytesSync(15));
+}
+
+/** A CA certificate made in the test (RSA 2048). */
+export function makeCa(commonName = 'jwtproxy test CA'): Pem {
+  const keys = forge.pki.rsa.generateKeyPair(2048);
+  const cert = forge.pki.createCertificate();
+  cert.publicKey = keys.publicKey;
+  cert.serialNumber = randomSerial();
+  cert.validity.notBefore = new Date(Date.now() - 60_000);
+  cert.validity.notAfter = new Date(Date.now() + 24 * 3600_000);
+  const attrs = [{ name: 'commonName', value: commonName }];
+  cert.setSubject(attrs);
+  cert.setIssuer(attrs);
+  cert.setExtensions([
+    { name: 'basicConstraints', cA: true, critical: true },
+    { name: 'keyUsage', keyCertSign: true, cRLSign: true, critical: true },
+    { name: 'subjectKeyIdentifier' },
+  ]);
+  cert.sign(keys.privateKey, forge.md.sha256.create());
+  return { key: forge.pki.privateKeyToPem(keys.privateKey), cert: forge.pki.certificateToPem(cert) };
+}
+
+/** A server certificate for `hosts` (DNS names or IP addresses) signed by `ca`, or self-signed without one. */
+export function makeServerCertificate(hosts: string[], ca?: Pem): Pem {
+  const keys = forge.pki.rsa.generateKeyPair(2048);
+  const cert = forge.pki.createCertificate();
+  cert.publicKey = keys.publicKey;
+  cert.serialNumber = randomSerial();
+  cert.validity.notBefore = new Date(Date.now() - 60_000);
+  cert.validity.notAfter = new Date(Date.now() + 24 * 3600_000);
+  cert.setSubject([{ name: 'commonName', value: hosts[0] ?? 'localhost' }]);
+  const issuerCert = ca ? forge.pki.certificateFromPem(ca.cert) : undefined;
+  cert.setIssuer(issuerCert ? issuerCert.subject.attributes : [{ name: 'commonName', value: hosts[0] ?? 'localhost' }]);
+  cert.setExtensions([
+    { name: 'basicConstraints', cA: false },
+    { name: 'keyUsage', digitalSignature: true, keyEncipherment: true },
+    { name: 'extKeyUsage', serverAuth: true },
+    { name: 'subjectAltName', altNames: hosts.map((h) => (/^[\d.]+$|:/.test(h) ? { type: 7, ip: h } : { type: 2, value: h })) },
+  ]);
+  const signingKey = ca ? forge.pki.privateKeyFromPem(ca.key) : keys.privateKey;
+  cert.sign(signingKey, forge.md.sha256.create());
+  return { key: forge.pki.privateKeyToPem(keys.privateKey), cert: forge.pki.certificateToPem(cert) };
+}
+
+/** Collects a response body as text. */
+export async function readBody(res: http.IncomingMessage): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of res) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}
