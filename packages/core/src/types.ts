@@ -88,3 +88,14 @@ export interface Logger {
   warn(message: string, fields?: Record<string, unknown>): void;
   error(message: string, fields?: Record<string, unknown>): void;
 }
+
+/** A proxy (or server) that is listening. */
+export interface RunningProxy {
+  /** Where it listens: `http://127.0.0.1:8080`, `https://…` or `unix:/path`. */
+  readonly address: string;
+  /**
+   * Stops accepting connections at once, lets requests in flight finish until `deadline`
+   * (Date.now() value; default now + its shutdown_timeout), then closes what is left.
+   */
+  stop(deadline?: number): Promise<void>;
+}
