@@ -3,3 +3,14 @@ export * from './types.js';
 export * from './registry.js';
 export { parseDuration, formatDuration, toDuration, DurationParseError } from './duration.js';
 export { createLogger, silentLogger, isLogLevel, type LogLevel } from './logger.js';
+export { algorithmsFor, verificationKeyFrom, signingKeyFromKeyObject } from './keys.js';
+export { RequestSigner, audienceOf, generateNonce, type RequestSignerOptions } from './signing.js';
+export {
+  RequestVerifier,
+  extractToken,
+  parseJwt,
+  type ParsedJwt,
+  type RequestVerifierOptions,
+  type VerifiedToken,
+} from './verification.js';
+export { StaticClaimsVerifier } from './static-claims.js';

@@ -1,0 +1,168 @@
+import {
+  InvalidClaimError,
+  InvalidSignatureError,
+  MissingKidError,
+  TokenParseError,
+  TokenTooLongError,
+} from './errors.js';
+import { isAsymmetricAlgorithm, verifySignature } from './jws.js';
+import {
+  systemClock,
+  type ClaimsVerifier,
+  type Clock,
+  type JwtClaims,
+  type JwtHeader,
+  type NonceStore,
+  type PublicKeyResolver,
+} from './types.js';
+
+const BEARER = /^bearer\s+(.+)$/i;
+const BASIC = /^basic\s+(.+)$/i;
+const BASE64URL = /^[A-Za-z0-9_-]*$/;
+
+/**
+ * The token of a request: `Authorization: Bearer <jwt>` (prefix case-insensitive), or the
+ * password of `Authorization: Basic` (any user name), as the Go verifier reads it.
+ * With several Authorization headers (a Go or Node signer appends its own after the client's),
+ * the last Bearer one is the signer's; otherwise the first header is read, as Go does.
+ */
+export function extractToken(authorization: string | readonly string[] | undefined): string {
+  const values = typeof authorization === 'string' ? [authorization] : (authorization ?? []);
+  for (let i = values.length - 1; i >= 0; i--) {
+    const bearer = BEARER.exec(values[i]!.trim());
+    if (bearer) return bearer[1]!.trim();
+  }
+  const first = values[0];
+  const basic = first === undefined ? null : BASIC.exec(first.trim());
+  if (basic) {
+    const decoded = Buffer.from(basic[1]!.trim(), 'base64').toString('utf8');
+    const colon = decoded.indexOf(':');
+    if (colon >= 0) return decoded.slice(colon + 1);
+  }
+  throw new TokenParseError();
+}
+
+export interface ParsedJwt {
+  header: JwtHeader;
+  claims: Record<string, unknown>;
+  signingInput: string;
+  signature: Buffer;
+}
+
+function decodeJsonSegment(segment: string): Record<string, unknown> {
+  if (!BASE64URL.test(segment)) throw new TokenParseError();
+  let value: unknown;
+  try {
+    value = JSON.parse(Buffer.from(segment, 'base64url').toString('utf8'));
+  } catch (cause) {
+    throw new TokenParseError({ cause });
+  }
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new TokenParseError();
+  return value as Record<string, unknown>;
+}
+
+/**
+ * Splits and decodes a compact JWS without trusting anything in it yet.
+ * As in Go: a missing or non-string `alg`, or a non-string `kid`, is a parse error;
+ * an absent `kid` is MissingKidError.
+ */
+export function parseJwt(token: string): ParsedJwt {
+  const parts = token.split('.');
+  if (parts.length !== 3) throw new TokenParseError();
+  const [encodedHeader, encodedClaims, encodedSignature] = parts as [string, string, string];
+  const header = decodeJsonSegment(encodedHeader);
+  const claims = decodeJsonSegment(encodedClaims);
+  if (!BASE64URL.test(encodedSignature)) throw new TokenParseError();
+  if (typeof header.alg !== 'string') throw new TokenParseError();
+  if (header.kid !== undefined && typeof header.kid !== 'string') throw new TokenParseError();
+  if (header.kid === undefined) throw new MissingKidError();
+  return {
+    header: header as JwtHeader,
+    claims,
+    signingInput: `${encodedHeader}.${encodedClaims}`,
+    signature: Buffer.from(encodedSignature, 'base64url'),
+  };
+}
+
+/** scheme and host of a URL as written (Go's url.Parse keeps an explicit port), or undefined. */
+function schemeAndHost(url: string): { scheme: string; host: string } | undefined {
+  const match = /^([a-zA-Z][a-zA-Z0-9+.-]*):\/\/(?:[^/?#@]*@)?([^/?#]*)/.exec(url);
+  return match ? { scheme: match[1]!.toLowerCase(), host: match[2]!.toLowerCase() } : undefined;
+}
+
+/** Go's NumericDate reading: a JSON number, truncated to whole seconds. */
+function seconds(value: unknown): number | undefined {
+  return typeof value === 'number' && Number.isFinite(value) ? Math.trunc(value) : undefined;
+}
+
+export interface RequestVerifierOptions {
+  /** The audience this verifier accepts: its advertised `scheme://host[:port]` (path ignored). */
+  audience: string;
+  /** Allowed clock skew for `iat`, in ms (Go default 5m). */
+  maxSkew: number;
+  /** Longest allowed `exp - iat`, in ms (Go default 5m). */
+  maxTtl: number;
+  keyResolver: PublicKeyResolver;
+  nonceStore: NonceStore;
+  claimsVerifiers?: readonly ClaimsVerifier[];
+  clock?: Clock;
+}
+
+export interface VerifiedToken {
+  header: JwtHeader;
+  claims: JwtClaims;
+}
+
+/**
+ * Decides whether a request may pass. The checks run in the Go tool's order (so the same
+ * token gets the same answer), with three fixes: the algorithm must be one the key allows,
+ * the nonce is claimed only after the signature and claims verifiers passed (a forged token
+ * cannot burn a jti), and the claim is one atomic insert-if-absent.
+ */
+export class RequestVerifier {
+  readonly #options: RequestVerifierOptions & { clock: Clock };
+  readonly #audience: { scheme: string; host: string };
+
+  constructor(options: RequestVerifierOptions) {
+    this.#options = { clock: systemClock, ...options };
+    const audience = schemeAndHost(options.audience);
+    if (!audience) throw new TypeError(`audience must be an absolute URL: ${options.audience}`);
+    this.#audience = audience;
+  }
+
+  /** Verifies a request's Authorization header value(s); rejects with a VerificationError. */
+  async verifyRequest(authorization: string | readonly string[] | undefined): Promise<VerifiedToken> {
+    return this.verifyToken(extractToken(authorization));
+  }
+
+  async verifyToken(token: string): Promise<VerifiedToken> {
+    const { keyResolver, nonceStore, claimsVerifiers, maxSkew, maxTtl, clock } = this.#options;
+    const { header, claims, signingInput, signature } = parseJwt(token);
+    const now = clock();
+
+    const iss = claims.iss;
+    if (typeof iss !== 'string') throw new InvalidClaimError('iss');
+    const aud = typeof claims.aud === 'string' ? schemeAndHost(claims.aud) : undefined;
+    if (!aud || aud.scheme !== this.#audience.scheme || aud.host !== this.#audience.host) throw new InvalidClaimError('aud');
+    const exp = seconds(claims.exp);
+    if (exp === undefined || exp * 1000 < now) throw new InvalidClaimError('exp');
+    const nbf = seconds(claims.nbf);
+    if (nbf === undefined || nbf * 1000 > now) throw new InvalidClaimError('nbf');
+    const iat = seconds(claims.iat);
+    if (iat === undefined || iat * 1000 > now + maxSkew) throw new InvalidClaimError('iat');
+    if ((exp - iat) * 1000 > maxTtl) throw new TokenTooLongError();
+    const jti = claims.jti;
+    if (typeof jti !== 'string' || jti === '') throw new InvalidClaimError('jti');
+
+    const publicKey = await keyResolver.resolve(iss, header.kid);
+    const alg = header.alg;
+    if (!isAsymmetricAlgorithm(alg) || !publicKey.algorithms.includes(alg)) throw new InvalidSignatureError();
+    if (!verifySignature(alg, signingInput, signature, publicKey.key)) throw new InvalidSignatureError();
+
+    const verified = claims as JwtClaims;
+    if (claimsVerifiers) for (const verifier of claimsVerifiers) await verifier.verify(verified);
+
+    if (!(await nonceStore.claim(jti, exp))) throw new InvalidClaimError('jti');
+    return { header, claims: verified };
+  }
+}
