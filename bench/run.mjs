@@ -1,0 +1,249 @@
+#!/usr/bin/env node
+// One command, one run, on loopback: the bare upstream, the verifier alone (pre-minted single-use
+// tokens), the signer alone, and signer → verifier → upstream, each under the same wrk load.
+// Prints req/s, p50 and p99 for each and its ratio to the bare upstream.
+//
+//   pnpm bench [--duration 5] [--connections 32] [--threads 2] [--only upstream,verifier,...]
+import { spawn, spawnSync } from 'node:child_process';
+import { createPrivateKey } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { RequestSigner, signingKeyFromKeyObject } from '@jwtproxy/core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const root = path.resolve(here, '..');
+const cli = path.join(root, 'apps/cli/dist/main.js');
+const interop = path.join(root, 'fixtures/interop');
+
+const { values: args } = parseArgs({
+  options: {
+    duration: { type: 'string', default: '5' },
+    connections: { type: 'string', default: '32' },
+    threads: { type: 'string', default: '2' },
+    only: { type: 'string' },
+    json: { type: 'string' },
+  },
+});
+const duration = Number(args.duration);
+const connections = Number(args.connections);
+const threads = Number(args.threads);
+
+if (spawnSync('wrk', ['--version']).error) {
+  console.error('bench: wrk is not installed (apt-get install -y wrk)');
+  process.exit(1);
+}
+if (!existsSync(cli)) {
+  console.error('bench: build first (pnpm build)');
+  process.exit(1);
+}
+
+const work = mkdtempSync(path.join(os.tmpdir(), 'jwtproxy-bench-'));
+const children = new Set();
+const cleanup = () => {
+  for (const child of children) child.kill('SIGKILL');
+  rmSync(work, { recursive: true, force: true });
+};
+process.on('exit', cleanup);
+process.on('SIGINT', () => process.exit(130));
+
+async function freePort() {
+  const server = net.createServer().listen(0, '127.0.0.1');
+  await new Promise((resolve) => server.once('listening', resolve));
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+async function waitForPort(port, child, name) {
+  const deadline = Date.now() + 15_000;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`${name} exited with ${child.exitCode}`);
+    const open = await new Promise((resolve) => {
+      const socket = net.connect(port, '127.0.0.1', () => (socket.destroy(), resolve(true)));
+      socket.on('error', () => resolve(false));
+    });
+    if (open) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`${name} did not listen on ${port}`);
+}
+
+async function start(name, command, argv, port) {
+  const child = spawn(command, argv, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '4' } });
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr = (stderr + d).slice(-4000)));
+  children.add(child);
+  try {
+    await waitForPort(port, child, name);
+  } catch (error) {
+    console.error(stderr);
+    throw error;
+  }
+  return {
+    async stop() {
+      child.kill('SIGTERM');
+      await new Promise((resolve) => (child.exitCode !== null ? resolve() : child.once('exit', resolve)));
+      children.delete(child);
+    },
+  };
+}
+
+function yamlConfig(body) {
+  const file = path.join(work, `config-${Math.random().toString(36).slice(2)}.yaml`);
+  writeFileSync(file, body);
+  return file;
+}
+
+const keyOptions = `key_id: mykey`;
+function verifierConfig(port, upstream, audience, nonceStorage = 'type: local') {
+  return yamlConfig(`jwtproxy:
+  verifier_proxies:
+  - listen_addr: 127.0.0.1:${port}
+    verifier:
+      upstream: ${upstream}
+      audience: ${audience}
+      max_ttl: 2h
+      key_server:
+        type: preshared
+        options:
+          issuer: jwtproxy
+          ${keyOptions}
+          public_key_path: ${path.join(interop, 'mykey.pub')}
+      nonce_storage:
+        ${nonceStorage}
+`);
+}
+function signerConfig(port) {
+  return yamlConfig(`jwtproxy:
+  signer_proxy:
+    listen_addr: 127.0.0.1:${port}
+    signer:
+      issuer: jwtproxy
+      private_key:
+        type: preshared
+        options:
+          ${keyOptions}
+          private_key_path: ${path.join(interop, 'mykey.key')}
+`);
+}
+
+/** Single-use tokens for the verifier case, minted on the thread pool, cached for reuse within the hour. */
+async function mintTokens(audience, count) {
+  const file = path.join(os.tmpdir(), `jwtproxy-bench-tokens-${Buffer.from(audience).toString('hex')}-${count}.txt`);
+  if (existsSync(file) && Date.now() - statSync(file).mtimeMs < 50 * 60_000) return file;
+  const key = signingKeyFromKeyObject('mykey', createPrivateKey(readFileSync(path.join(interop, 'mykey.key'))));
+  const signer = new RequestSigner({ issuer: 'jwtproxy', expirationTime: 3600_000, maxSkew: 60_000, nonceLength: 32, keySource: { activeKey: () => key } });
+  const tokens = [];
+  const started = Date.now();
+  while (tokens.length < count) {
+    const batch = await Promise.all(Array.from({ length: Math.min(256, count - tokens.length) }, () => signer.sign(audience)));
+    tokens.push(...batch);
+  }
+  writeFileSync(file, tokens.join('\n') + '\n');
+  console.error(`bench: minted ${count} tokens in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  return file;
+}
+
+function parseLatency(text) {
+  const match = /^([\d.]+)(us|ms|s)$/.exec(text);
+  if (!match) return NaN;
+  return Number(match[1]) * { us: 0.001, ms: 1, s: 1000 }[match[2]];
+}
+
+function wrk(url, { script, env = {}, seconds = duration } = {}) {
+  const argv = [`-t${threads}`, `-c${connections}`, `-d${seconds}s`, '--latency', ...(script ? ['-s', path.join(here, script)] : []), url];
+  const result = spawnSync('wrk', argv, { encoding: 'utf8', env: { ...process.env, THREADS: String(threads), ...env } });
+  const out = result.stdout;
+  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? NaN);
+  const p50 = parseLatency(/^\s+50%\s+(\S+)/m.exec(out)?.[1] ?? '');
+  const p99 = parseLatency(/^\s+99%\s+(\S+)/m.exec(out)?.[1] ?? '');
+  const non2xx = Number(/Non-2xx or 3xx responses:\s+(\d+)/.exec(out)?.[1] ?? 0);
+  const errors = /Socket errors:.*/.exec(out)?.[0];
+  const total = Number(/(\d+) requests in/.exec(out)?.[1] ?? 0);
+  return { rps, p50, p99, non2xx, errors, total };
+}
+
+const upstreamPort = await freePort();
+const upstreamUrl = `http://127.0.0.1:${upstreamPort}`;
+await start('upstream', process.execPath, [path.join(here, 'upstream.mjs'), String(upstreamPort)], upstreamPort);
+
+const cases = [
+  {
+    name: 'upstream',
+    label: 'bare upstream',
+    async run() {
+      wrk(`${upstreamUrl}/`, { seconds: 1 });
+      return wrk(`${upstreamUrl}/`);
+    },
+  },
+  {
+    name: 'verifier',
+    label: 'verifier (RS256, local nonces)',
+    async run() {
+      const port = await freePort();
+      const audience = 'http://verifier.bench';
+      const tokens = await mintTokens(audience, 30_000 * (duration + 1));
+      const proxy = await start('verifier', process.execPath, [cli, '-config', verifierConfig(port, upstreamUrl, audience), '-log-level', 'warn'], port);
+      try {
+        return wrk(`http://127.0.0.1:${port}/`, { script: 'tokens.lua', env: { TOKENS: tokens } });
+      } finally {
+        await proxy.stop();
+      }
+    },
+  },
+  {
+    name: 'signer',
+    label: 'signer (RS256)',
+    async run() {
+      const port = await freePort();
+      const proxy = await start('signer', process.execPath, [cli, '-config', signerConfig(port), '-log-level', 'warn'], port);
+      try {
+        wrk(`http://127.0.0.1:${port}/`, { script: 'absolute.lua', env: { TARGET: `${upstreamUrl}/` }, seconds: 1 });
+        return wrk(`http://127.0.0.1:${port}/`, { script: 'absolute.lua', env: { TARGET: `${upstreamUrl}/` } });
+      } finally {
+        await proxy.stop();
+      }
+    },
+  },
+  {
+    name: 'chain',
+    label: 'signer → verifier → upstream',
+    async run() {
+      const [signerPort, verifierPort] = [await freePort(), await freePort()];
+      const target = `http://127.0.0.1:${verifierPort}`;
+      const verifier = await start('verifier', process.execPath, [cli, '-config', verifierConfig(verifierPort, upstreamUrl, target), '-log-level', 'warn'], verifierPort);
+      const signer = await start('signer', process.execPath, [cli, '-config', signerConfig(signerPort), '-log-level', 'warn'], signerPort);
+      try {
+        wrk(`http://127.0.0.1:${signerPort}/`, { script: 'absolute.lua', env: { TARGET: `${target}/` }, seconds: 1 });
+        return wrk(`http://127.0.0.1:${signerPort}/`, { script: 'absolute.lua', env: { TARGET: `${target}/` } });
+      } finally {
+        await signer.stop();
+        await verifier.stop();
+      }
+    },
+  },
+];
+
+const only = args.only ? new Set(args.only.split(',')) : undefined;
+const results = [];
+console.log(`wrk -t${threads} -c${connections} -d${duration}s on loopback, ${os.cpus().length} cores, node ${process.version}`);
+for (const c of cases) {
+  if (only && !only.has(c.name) && c.name !== 'upstream') continue;
+  const r = await c.run();
+  results.push({ name: c.name, label: c.label, ...r });
+}
+const base = results.find((r) => r.name === 'upstream');
+const pad = (s, n) => String(s).padEnd(n);
+console.log(`${pad('case', 34)}${pad('req/s', 10)}${pad('p50 ms', 9)}${pad('p99 ms', 9)}${pad('vs upstream', 13)}notes`);
+for (const r of results) {
+  const ratio = base && r !== base ? `${((r.rps / base.rps) * 100).toFixed(0)} %` : '';
+  const notes = [r.non2xx ? `${r.non2xx} non-2xx of ${r.total}` : '', r.errors ?? ''].filter(Boolean).join('; ');
+  console.log(`${pad(r.label, 34)}${pad(r.rps.toFixed(0), 10)}${pad(r.p50.toFixed(2), 9)}${pad(r.p99.toFixed(2), 9)}${pad(ratio, 13)}${notes}`);
+}
+if (args.json) writeFileSync(args.json, JSON.stringify({ duration, connections, threads, results }, null, 2));
+cleanup();
+process.exit(0);
