@@ -113,7 +113,7 @@ export async function startOwnRedis(options: OwnRedisOptions = {}): Promise<OwnR
       const child = own.process;
       own.process = undefined;
       if (!child || child.exitCode !== null || child.signalCode !== null) return;
-      child.kill('SIGCONT');
+      // SIGKILL ends a stopped process too, without letting it run (and answer) first.
       child.kill('SIGKILL');
       await once(child, 'exit');
     },
