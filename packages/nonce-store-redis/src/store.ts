@@ -1,5 +1,5 @@
 import type { ConnectionOptions } from 'node:tls';
-import { NonceStoreUnavailableError, silentLogger, systemClock, type Clock, type Logger, type NonceStore, type UnixSeconds } from '@jwtproxy/core';
+import { InvalidClaimError, NonceStoreUnavailableError, silentLogger, systemClock, type Clock, type Logger, type NonceStore, type UnixSeconds } from '@jwtproxy/core';
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
 import {
   DEFAULT_COMMAND_TIMEOUT_MS,
@@ -151,6 +151,8 @@ export class RedisNonceStore implements NonceStore {
   }
 
   async claim(jti: string, expiresAt: UnixSeconds): Promise<boolean> {
+    // The verifier checked exp already; this only keeps a NaN from reaching Redis as a TTL.
+    if (!Number.isFinite(expiresAt)) throw new InvalidClaimError('exp');
     if (this.#availability === 'connecting') {
       // Right after start-up, wait for the first connection rather than fail the first requests;
       // bounded by the command timeout like any claim.

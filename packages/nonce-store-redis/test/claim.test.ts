@@ -127,6 +127,13 @@ describe('RedisNonceStore against the real Redis', () => {
     expect(await admin.pttl(`${prefix}last-second`)).toBeGreaterThan(0);
   });
 
+  it('refuses a non-numeric exp as an invalid exp claim without bothering Redis', async () => {
+    const nonces = store();
+    await expect(nonces.claim('nan-exp', Number.NaN)).rejects.toMatchObject({ code: 'ERR_INVALID_CLAIM', claim: 'exp' });
+    expect(nonces.available).toBe(true);
+    expect(await nonces.claim('nan-exp', nowSeconds() + 60)).toBe(true);
+  });
+
   it('claim latency on loopback stays under 2 ms (sequential), and concurrent claims pipeline', async () => {
     const nonces = store();
     const exp = nowSeconds() + 60;

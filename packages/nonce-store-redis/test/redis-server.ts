@@ -20,7 +20,7 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
-/** Resolves once something accepts TCP connections on the port and answers PING (plain TCP only). */
+/** Resolves once redis-server answers PING on the port (PONG, or NOAUTH when it wants a password; plain TCP only). */
 async function waitForPing(port: number, timeoutMs = 5000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
@@ -30,7 +30,7 @@ async function waitForPing(port: number, timeoutMs = 5000): Promise<void> {
       socket.once('connect', () => socket.write('PING\r\n'));
       socket.once('data', (data) => {
         socket.destroy();
-        resolve(data.toString().startsWith('+PONG'));
+        resolve(/^(\+PONG|-NOAUTH)/.test(data.toString()));
       });
       socket.once('error', () => resolve(false));
       socket.once('timeout', () => {

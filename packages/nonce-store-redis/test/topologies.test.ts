@@ -83,6 +83,30 @@ describe('Redis topologies', () => {
     expect(failMs).toBeLessThan(250 + 100);
   });
 
+  it('ACL user and password from the url; a wrong password fails closed with one log line naming the cause', async () => {
+    const secured = await own({ args: ['--requirepass', 'default-secret'] });
+    const admin = new Redis({ port: secured.port, host: '127.0.0.1', password: 'default-secret' });
+    try {
+      await admin.call('ACL', 'SETUSER', 'verifier', 'on', '>p@ss word', '~jwtproxy:nonce:*', '+set');
+    } finally {
+      await admin.quit();
+    }
+    const context = { logger: recordingLogger(), clock: Date.now, baseDir: '.' };
+    const url = `redis://verifier:${encodeURIComponent('p@ss word')}@127.0.0.1:${secured.port}`;
+    const store = keep((await nonceStores.create({ type: 'redis', options: { url } }, context)) as RedisNonceStore);
+    expect(await store.claim('acl-jti', nowSeconds() + 60)).toBe(true);
+    expect(await store.claim('acl-jti', nowSeconds() + 60)).toBe(false);
+    expect(context.logger.lines.join('\n')).not.toContain('p@ss');
+
+    const logger = recordingLogger();
+    const wrong = keep((await nonceStores.create({ type: 'redis', options: { host: '127.0.0.1', port: secured.port, username: 'verifier', password: 'wrong' } }, { ...context, logger })) as RedisNonceStore);
+    await expect(wrong.claim('wrong-password', nowSeconds() + 60)).rejects.toBeInstanceOf(NonceStoreUnavailableError);
+    await sleep(300);
+    await expect(wrong.claim('wrong-password', nowSeconds() + 60)).rejects.toBeInstanceOf(NonceStoreUnavailableError);
+    expect(logger.lines).toHaveLength(1);
+    expect(logger.lines[0]).toMatch(/unavailable.*WRONGPASS/);
+  });
+
   it('TLS: rediss:// with tls.ca_file verifies the server certificate; without the CA the store fails closed', async () => {
     const ca = makeCa();
     const server = makeServerCertificate(['127.0.0.1'], ca);
