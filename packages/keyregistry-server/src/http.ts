@@ -1,0 +1,181 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Logger } from '@jwtproxy/core';
+import { BadRequestError, KeyRegistryError, registryAnswerFor } from './errors.js';
+import type { KeyRegistry, LiveState } from './registry.js';
+
+export interface HttpHandlerOptions {
+  registry: KeyRegistry;
+  logger: Logger;
+  maxBodyBytes: number;
+  /** SHA-256 of the admin token; undefined disables the admin API. */
+  adminTokenDigest: Buffer | undefined;
+}
+
+const jsonType = 'application/json';
+
+class NotFoundRoute extends KeyRegistryError {
+  constructor() {
+    super(404, 'not_found', 'no such resource; the registry serves /services/{service}/keys[/{kid}] and /admin/…');
+  }
+}
+
+class MethodNotAllowed extends KeyRegistryError {
+  readonly allow: string;
+  constructor(allow: string[]) {
+    super(405, 'method_not_allowed', `method not allowed; use ${allow.join(', ')}`);
+    this.allow = allow.join(', ');
+  }
+}
+
+class BodyTooLarge extends KeyRegistryError {
+  constructor(limit: number) {
+    super(413, 'body_too_large', `the body is larger than ${limit} bytes`);
+  }
+}
+
+function send(res: ServerResponse, status: number, body: string | undefined, headers: Record<string, string> = {}): void {
+  if (res.headersSent) return;
+  const payload = body === undefined ? undefined : Buffer.from(body);
+  res.writeHead(status, { ...(payload ? { 'content-type': jsonType, 'content-length': String(payload.length) } : {}), ...headers });
+  res.end(payload);
+}
+
+/** Reads the body up to `limit` bytes; 413 beyond it (and the connection is closed afterwards). */
+async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  const declared = Number(req.headers['content-length']);
+  if (Number.isFinite(declared) && declared > limit) throw new BodyTooLarge(limit);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > limit) throw new BodyTooLarge(limit);
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks);
+}
+
+function parseJson(body: Buffer): unknown {
+  try {
+    return JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(body));
+  } catch {
+    throw new BadRequestError('invalid JWK: the body is not valid JSON', 'invalid_jwk');
+  }
+}
+
+/** Splits the path into decoded segments; bad percent-encoding is a 400. */
+function pathSegments(rawPath: string): string[] {
+  return rawPath
+    .split('/')
+    .slice(1)
+    .map((segment) => {
+      try {
+        return decodeURIComponent(segment);
+      } catch {
+        throw new BadRequestError('the path has invalid percent-encoding', 'invalid_name');
+      }
+    });
+}
+
+function allow(method: string, methods: string[]): void {
+  if (!methods.includes(method)) throw new MethodNotAllowed(methods);
+}
+
+const liveStates: readonly LiveState[] = ['pending', 'approved', 'expired'];
+
+/** The request handler: routing, body limits, admin authentication, and every error mapped in one place. */
+export function createRequestHandler(options: HttpHandlerOptions): (req: IncomingMessage, res: ServerResponse) => void {
+  const { registry, logger, maxBodyBytes, adminTokenDigest } = options;
+
+  const checkAdmin = (req: IncomingMessage): void => {
+    if (!adminTokenDigest) throw new KeyRegistryError(403, 'admin_disabled', 'the admin API is disabled: no admin token is configured');
+    const match = /^bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
+    const given = createHash('sha256').update(match?.[1] ?? '').digest();
+    if (!match || !timingSafeEqual(given, adminTokenDigest)) throw new KeyRegistryError(401, 'unauthorized', 'a valid admin token is required (Authorization: Bearer <token>)');
+  };
+
+  const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const target = req.url ?? '';
+    if (!target.startsWith('/')) throw new BadRequestError('only origin-form request targets are served');
+    const queryAt = target.indexOf('?');
+    const rawPath = queryAt === -1 ? target : target.slice(0, queryAt);
+    const query = new URLSearchParams(queryAt === -1 ? '' : target.slice(queryAt + 1));
+    const segments = pathSegments(rawPath);
+    const method = req.method === 'HEAD' ? 'GET' : (req.method ?? '');
+    const [first, second, third, fourth, fifth, sixth] = segments;
+
+    if (first === 'services' && third === 'keys' && second !== undefined) {
+      if (segments.length === 3) {
+        allow(method, ['GET']);
+        const keys = await registry.listKeys(second);
+        return send(res, 200, JSON.stringify({ keys }));
+      }
+      if (segments.length === 4 && fourth !== undefined) {
+        allow(method, ['GET', 'PUT', 'DELETE']);
+        if (method === 'GET') {
+          const { jwk, maxAgeSeconds } = await registry.getKey(second, fourth);
+          return send(res, 200, JSON.stringify(jwk), { 'cache-control': `max-age=${maxAgeSeconds}` });
+        }
+        if (method === 'PUT') {
+          const body = parseJson(await readBody(req, maxBodyBytes));
+          const result = await registry.publish({
+            service: second, kid: fourth, body, authorization: req.headers.authorization,
+            expiration: query.get('expiration'), rotation: query.get('rotation'),
+          });
+          return send(res, result.status, JSON.stringify({ status: result.outcome }));
+        }
+        await registry.remove({ service: second, kid: fourth, authorization: req.headers.authorization });
+        return send(res, 204, undefined);
+      }
+    }
+
+    if (first === 'admin') {
+      checkAdmin(req);
+      if (second === 'keys' && segments.length === 2) {
+        allow(method, ['GET']);
+        const state = query.get('state') ?? undefined;
+        if (state !== undefined && !liveStates.includes(state as LiveState)) throw new BadRequestError('"state" must be pending, approved or expired');
+        const keys = await registry.adminList({ service: query.get('service') ?? undefined, state: state as LiveState | undefined });
+        return send(res, 200, JSON.stringify({ keys }));
+      }
+      if (second === 'services' && fourth === 'keys' && third !== undefined && fifth !== undefined) {
+        if (segments.length === 5) {
+          allow(method, ['GET', 'DELETE']);
+          if (method === 'GET') return send(res, 200, JSON.stringify(await registry.adminGet(third, fifth)));
+          await registry.revoke(third, fifth);
+          return send(res, 204, undefined);
+        }
+        if (segments.length === 6 && sixth === 'approve') {
+          allow(method, ['POST']);
+          return send(res, 200, JSON.stringify(await registry.approve(third, fifth)));
+        }
+      }
+    }
+
+    if (first === 'healthz' && segments.length === 1) {
+      allow(method, ['GET']);
+      return send(res, 200, JSON.stringify({ status: 'ok' }));
+    }
+    throw new NotFoundRoute();
+  };
+
+  return (req, res) => {
+    handle(req, res).catch((error: unknown) => {
+      const answer = registryAnswerFor(error);
+      if (answer.status >= 500 && !(error instanceof KeyRegistryError)) {
+        logger.error('key registry: request failed', { method: req.method, error: error instanceof Error ? error.message : String(error) });
+      } else if (answer.status === 503) {
+        logger.error('key registry: storage unavailable', { method: req.method, error: (error as Error).message });
+      } else {
+        logger.debug('key registry: request refused', { method: req.method, status: answer.status, code: (error as KeyRegistryError).code });
+      }
+      const headers: Record<string, string> = {};
+      if (error instanceof MethodNotAllowed) headers.allow = error.allow;
+      if (answer.status === 401) headers['www-authenticate'] = 'Bearer';
+      // A body we did not read to the end would confuse the next request on this connection.
+      if (!req.complete) headers.connection = 'close';
+      send(res, answer.status, answer.body, headers);
+      if (!req.complete) res.on('finish', () => req.socket.destroySoon?.());
+    });
+  };
+}

@@ -1,0 +1,214 @@
+import { createHash } from 'node:crypto';
+import { once } from 'node:events';
+import http from 'node:http';
+import https from 'node:https';
+import type { AddressInfo, Socket } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { silentLogger, systemClock, type Clock, type Logger, type RunningProxy } from '@jwtproxy/core';
+import { FileKeyStore } from './file-store.js';
+import { createRequestHandler } from './http.js';
+import { RedisKeyStore } from './redis-store.js';
+import { KeyRegistry, serviceMatcher } from './registry.js';
+import { MemoryKeyStore, type KeyStore } from './store.js';
+import { audienceOrigin } from './token.js';
+
+/** Which store to open: a JSON file (default), Redis, or process memory (development only). */
+export type StorageSpec =
+  | { type: 'file'; path: string }
+  | { type: 'redis'; url?: string; keyPrefix?: string; commandTimeoutMs?: number }
+  | { type: 'memory' };
+
+export interface KeyRegistryServerOptions {
+  /** From the YAML `enabled` (default true); the CLI skips a disabled registry, startKeyRegistryServer ignores it. */
+  enabled?: boolean;
+  /** `host:port`, `:port` (all interfaces) or `unix:/path`; default `:8081`. */
+  listenAddr?: string;
+  /** The registry's `scheme://host[:port]` as publishers address it; the `aud` they must sign. Default from listenAddr. */
+  publicUrl?: string;
+  /** Serve HTTPS with this PEM key and certificate. */
+  tls?: { key: string | Buffer; cert: string | Buffer };
+  /** Where keys live; default a file under $XDG_CONFIG_HOME/jwtproxy. Ignored when `store` is given. */
+  storage?: StorageSpec;
+  /** An already opened store; the caller keeps ownership (stop() does not close it). */
+  store?: KeyStore;
+  /** Bearer token for the admin API; without one the admin API answers 403. */
+  adminToken?: string;
+  /** Service names or globs (`*`, `?`) whose new keys are approved at once. For development. */
+  autoApprove?: readonly string[];
+  /** Clock difference allowed on the publishing JWT's exp, nbf and iat; default 5 min. */
+  maxSkewMs?: number;
+  /** Longest exp − iat of a publishing JWT; default 1 h. */
+  maxTtlMs?: number;
+  /** Unapproved keys are purged this long after publication; 0 never; default 24 h. */
+  pendingTtlMs?: number;
+  /** Expired keys are forgotten this long after expiry (until then they answer 403); 0 never; default 7 days. */
+  expiredRetentionMs?: number;
+  /** Largest accepted request body; default 64 KiB. */
+  maxBodyBytes?: number;
+  /** How long stop() waits for requests in flight by default; default 5 s. */
+  shutdownTimeoutMs?: number;
+  /** How often purges run; default min(1 min, pending_ttl / 2). */
+  sweepIntervalMs?: number;
+  logger?: Logger;
+  clock?: Clock;
+}
+
+export interface RunningKeyRegistry extends RunningProxy {
+  /** The origin publishing JWTs must name in `aud`. */
+  readonly publicUrl: string;
+  /** The protocol rules, for embedding and tests (e.g. run a purge now). */
+  readonly registry: KeyRegistry;
+}
+
+export const keyRegistryDefaults = {
+  listenAddr: ':8081',
+  maxSkewMs: 5 * 60_000,
+  maxTtlMs: 60 * 60_000,
+  pendingTtlMs: 24 * 3600_000,
+  expiredRetentionMs: 7 * 24 * 3600_000,
+  maxBodyBytes: 64 * 1024,
+  shutdownTimeoutMs: 5000,
+} as const;
+
+/** `$XDG_CONFIG_HOME/jwtproxy/keyregistry.json`, else `~/.config/jwtproxy/keyregistry.json` (next to the Go tool's key folder). */
+export function defaultStoragePath(env: NodeJS.ProcessEnv = process.env): string {
+  const base = env.XDG_CONFIG_HOME || path.join(env.HOME || os.homedir(), '.config');
+  return path.join(base, 'jwtproxy', 'keyregistry.json');
+}
+
+/** Opens the store a StorageSpec describes. */
+export async function openKeyStore(spec: StorageSpec, logger: Logger = silentLogger, clock: Clock = systemClock): Promise<KeyStore> {
+  switch (spec.type) {
+    case 'file':
+      return FileKeyStore.open(spec.path, { clock });
+    case 'redis':
+      return RedisKeyStore.connect({ url: spec.url, keyPrefix: spec.keyPrefix, commandTimeoutMs: spec.commandTimeoutMs, logger });
+    case 'memory':
+      logger.warn('key registry: keys are kept in memory only and are lost at exit');
+      return new MemoryKeyStore({ clock });
+  }
+}
+
+type ListenTarget = { path: string } | { host: string | undefined; port: number };
+
+export function parseListenAddr(listenAddr: string): ListenTarget {
+  if (listenAddr.startsWith('unix:')) {
+    const socketPath = listenAddr.slice('unix:'.length);
+    if (!socketPath) throw new Error(`${JSON.stringify(listenAddr)}: unix: needs a socket path`);
+    return { path: socketPath };
+  }
+  const match = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(listenAddr);
+  const port = Number(match?.[3]);
+  if (!match || port > 65535) throw new Error(`${JSON.stringify(listenAddr)} is not host:port, :port or unix:/path`);
+  const host = match[1] ?? match[2];
+  return { host: host === '' ? undefined : host, port };
+}
+
+function hostForUrl(host: string): string {
+  return host.includes(':') ? `[${host}]` : host;
+}
+
+/** Starts the registry: opens the store, listens, and purges unapproved and long-expired keys in the background. */
+export async function startKeyRegistryServer(options: KeyRegistryServerOptions = {}): Promise<RunningKeyRegistry> {
+  const logger = options.logger ?? silentLogger;
+  const clock = options.clock ?? systemClock;
+  const listenAddr = options.listenAddr ?? keyRegistryDefaults.listenAddr;
+  const target = parseListenAddr(listenAddr);
+  if ('path' in target && options.tls) throw new Error('TLS cannot be used on a unix socket listener');
+  const scheme = options.tls ? 'https' : 'http';
+  const ownsStore = !options.store;
+  const store = options.store ?? (await openKeyStore(options.storage ?? { type: 'file', path: defaultStoragePath() }, logger, clock));
+
+  try {
+    const server = options.tls ? https.createServer({ key: options.tls.key, cert: options.tls.cert }) : http.createServer();
+    server.headersTimeout = 10_000;
+    server.requestTimeout = 30_000;
+    server.keepAliveTimeout = 5_000;
+    if ('path' in target) server.listen(target.path);
+    else server.listen(target.port, target.host);
+    await Promise.race([
+      once(server, 'listening'),
+      once(server, 'error').then(([error]) => {
+        throw new Error(`key registry: cannot listen on ${listenAddr}: ${(error as Error).message}`, { cause: error });
+      }),
+    ]);
+    const bound = server.address();
+    let address: string;
+    let derivedPublicUrl: string;
+    if (typeof bound === 'string' || bound === null) {
+      address = `unix:${'path' in target ? target.path : String(bound)}`;
+      derivedPublicUrl = `${scheme}://localhost`;
+    } else {
+      const info = bound as AddressInfo;
+      address = `${scheme}://${hostForUrl(info.address)}:${info.port}`;
+      const unspecified = !('host' in target) || target.host === undefined || target.host === '0.0.0.0' || target.host === '::';
+      derivedPublicUrl = `${scheme}://${unspecified ? 'localhost' : hostForUrl(target.host!)}:${info.port}`;
+    }
+    if (!options.publicUrl) {
+      logger.warn('key registry: public_url is not set; publishing tokens must name this audience', { aud: derivedPublicUrl });
+    }
+    const publicUrl = audienceOrigin(options.publicUrl ?? derivedPublicUrl);
+
+    const pendingTtlMs = options.pendingTtlMs ?? keyRegistryDefaults.pendingTtlMs;
+    const registry = new KeyRegistry(
+      store,
+      {
+        audience: publicUrl,
+        maxSkewMs: options.maxSkewMs ?? keyRegistryDefaults.maxSkewMs,
+        maxTtlMs: options.maxTtlMs ?? keyRegistryDefaults.maxTtlMs,
+        pendingTtlMs,
+        expiredRetentionMs: options.expiredRetentionMs ?? keyRegistryDefaults.expiredRetentionMs,
+        autoApprove: serviceMatcher(options.autoApprove ?? []),
+      },
+      logger,
+      clock,
+    );
+    const adminTokenDigest = options.adminToken ? createHash('sha256').update(options.adminToken).digest() : undefined;
+    server.on('request', createRequestHandler({ registry, logger, maxBodyBytes: options.maxBodyBytes ?? keyRegistryDefaults.maxBodyBytes, adminTokenDigest }));
+    server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {
+      if (!socket.writable || error.code === 'ECONNRESET') return void socket.destroy();
+      const status = error.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : error.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? '408 Request Timeout' : '400 Bad Request';
+      const body = JSON.stringify({ error: 'bad_request', message: 'malformed HTTP request' });
+      socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+    });
+
+    const sweepIntervalMs = options.sweepIntervalMs ?? Math.max(1000, Math.min(60_000, pendingTtlMs > 0 ? pendingTtlMs / 2 : 60_000));
+    let sweeping: Promise<unknown> | undefined;
+    const sweepTimer = setInterval(() => {
+      sweeping ??= registry
+        .sweep()
+        .catch((error: unknown) => logger.warn('key registry: purge failed', { error: (error as Error).message }))
+        .finally(() => (sweeping = undefined));
+    }, sweepIntervalMs);
+    sweepTimer.unref();
+
+    logger.info('key registry: listening', { address, public_url: publicUrl, storage: options.store ? 'custom' : (options.storage?.type ?? 'file') });
+    let stopping: Promise<void> | undefined;
+    return {
+      address,
+      publicUrl,
+      registry,
+      stop(deadline?: number): Promise<void> {
+        stopping ??= (async () => {
+          clearInterval(sweepTimer);
+          const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+          server.closeIdleConnections();
+          const until = deadline ?? Date.now() + (options.shutdownTimeoutMs ?? keyRegistryDefaults.shutdownTimeoutMs);
+          let timer: NodeJS.Timeout | undefined;
+          await Promise.race([closed, new Promise<void>((resolve) => (timer = setTimeout(resolve, Math.max(0, until - Date.now()))))]);
+          clearTimeout(timer);
+          server.closeAllConnections();
+          await closed;
+          await sweeping;
+          if (ownsStore) await store.close();
+          logger.info('key registry: stopped', { address });
+        })();
+        return stopping;
+      },
+    };
+  } catch (error) {
+    if (ownsStore) await store.close();
+    throw error;
+  }
+}
