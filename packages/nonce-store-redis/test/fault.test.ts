@@ -1,5 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { httpAnswerFor, NonceStoreUnavailableError, type Logger } from '@jwtproxy/core';
+import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { RedisNonceStore } from '../src/index.js';
 import { startOwnRedis, type OwnRedis } from './redis-server.js';
@@ -160,6 +161,29 @@ describe('RedisNonceStore when Redis fails', () => {
     await timeUntilServing(store, RECONNECT_MAX_DELAY_MS + 2000);
     // The refused claim did not reach the new Redis behind the client's back.
     expect(await store.claim('in-flight', nowSeconds() + 60)).toBe(true);
+  });
+
+  it('Redis out of memory (maxmemory with noeviction): claims fail closed; they succeed again once Redis has room', async () => {
+    const logger = recordingLogger();
+    const store = newStore(logger);
+    expect(await store.claim('before-oom', nowSeconds() + 60)).toBe(true);
+    const admin = new Redis(redis.port, '127.0.0.1');
+    try {
+      await admin.config('SET', 'maxmemory-policy', 'noeviction');
+      await admin.config('SET', 'maxmemory', '1');
+      const error = await store.claim('during-oom', nowSeconds() + 60).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(NonceStoreUnavailableError);
+      expect(String((error as Error).cause)).toMatch(/OOM/);
+      await admin.config('SET', 'maxmemory', '0');
+    } finally {
+      await admin.quit();
+    }
+    expect(await store.claim('during-oom', nowSeconds() + 60)).toBe(true);
+    expect(logger.lines).toEqual([
+      'info redis nonce store connected',
+      'warn redis nonce store unavailable; verifier answers 503 until it reconnects',
+      'info redis nonce store reconnected',
+    ]);
   });
 
   it('stop(deadline) returns by the deadline even when Redis hangs', async () => {
