@@ -1,0 +1,11 @@
+export { loadConfig, parseConfig, defaults, type LoadConfigOptions } from './load.js';
+export { createComponent } from './component.js';
+export { expandEnv } from './expand-env.js';
+export type {
+  LoadedConfig,
+  SignerProxyConfig,
+  SignerConfig,
+  VerifierProxyConfig,
+  VerifierConfig,
+  KeyRegistryConfig,
+} from './types.js';

@@ -1,0 +1,282 @@
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { ConfigError, silentLogger, type ComponentConfig, type Logger } from '@jwtproxy/core';
+import { isMap, LineCounter, parseDocument } from 'yaml';
+import { expandEnv } from './expand-env.js';
+import { MapReader, readComponent, YamlSource } from './reader.js';
+import type {
+  KeyRegistryConfig,
+  LoadedConfig,
+  SignerConfig,
+  SignerProxyConfig,
+  VerifierConfig,
+  VerifierProxyConfig,
+} from './types.js';
+
+/** Go defaults (from the Go code, which differs from its README in places). Durations in ms. */
+export const defaults = {
+  signerListenAddr: ':8080',
+  verifierListenAddr: ':8082',
+  shutdownTimeout: 5_000,
+  socketPermission: 0o755,
+  issuer: 'jwtproxy',
+  expirationTime: 5 * 60_000,
+  signerMaxSkew: 60_000,
+  nonceLength: 32,
+  verifierMaxSkew: 5 * 60_000,
+  maxTtl: 5 * 60_000,
+  nonceStorage: { type: 'local', options: { purge_interval: '1m' } } satisfies ComponentConfig,
+} as const;
+
+export interface LoadConfigOptions {
+  /** Environment for `$VAR` expansion of the path (default process.env). */
+  env?: Record<string, string | undefined>;
+  /** Receives warnings about unknown keys (default: silent). */
+  logger?: Logger;
+}
+
+/**
+ * Reads a Go jwtproxy YAML configuration file. The path goes through `$VAR`/`${VAR}` expansion
+ * as in Go's os.ExpandEnv. Throws ConfigError naming the key path and file:line of a mistake.
+ */
+export async function loadConfig(file: string, options: LoadConfigOptions = {}): Promise<LoadedConfig> {
+  const expanded = expandEnv(file, options.env ?? process.env);
+  let text: string;
+  try {
+    text = await readFile(expanded, 'utf8');
+  } catch (error) {
+    const reason = (error as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (error as Error).message;
+    throw new ConfigError('', `cannot read configuration file ${JSON.stringify(expanded)}: ${reason}`);
+  }
+  return parseConfig(text, expanded, options);
+}
+
+/** Parses configuration text; `fileName` is used in messages and to resolve relative paths. */
+export function parseConfig(text: string, fileName: string, options: Pick<LoadConfigOptions, 'logger'> = {}): LoadedConfig {
+  const logger = options.logger ?? silentLogger;
+  const lines = new LineCounter();
+  // YAML 1.1, as the Go tool's yaml.v2 reads it: `0755` is octal, `yes`/`no` are booleans.
+  const doc = parseDocument(text, { lineCounter: lines, version: '1.1', prettyErrors: true, uniqueKeys: true });
+  const syntaxError = doc.errors[0];
+  if (syntaxError) {
+    const line = syntaxError.linePos?.[0].line;
+    const reason = syntaxError.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '');
+    throw new ConfigError('', `invalid YAML: ${reason}`, { file: fileName, ...(line ? { line } : {}) });
+  }
+  const src = new YamlSource(doc, fileName, lines, logger);
+  const root = src.resolve(doc.contents);
+  if (!isMap(root)) {
+    throw src.error('jwtproxy', src.lineOf(root), 'is missing: the configuration goes under a top-level "jwtproxy:" key');
+  }
+  // Other top-level keys belong to other programs sharing the file: not read, not warned about.
+  const top = new MapReader(src, '', root, undefined, 'any');
+  if (!top.keys().includes('jwtproxy')) {
+    throw src.error('jwtproxy', undefined, 'is missing: the configuration goes under a top-level "jwtproxy:" key');
+  }
+  const baseDir = path.dirname(path.resolve(fileName));
+  const lineIndex = new Map<string, number>();
+  src.indexLines(top.node('jwtproxy'), '', lineIndex);
+
+  // A path is written from the top of the `jwtproxy:` block, as users read errors against the file.
+  const jwtproxy = top.node('jwtproxy')
+    ? new MapReader(src, '', top.node('jwtproxy')!, top.lineOf('jwtproxy'), ['signer_proxy', 'verifier_proxies', 'keyregistry'])
+    : undefined;
+
+  const filePath = (value: string | undefined): string | undefined => (value === undefined ? undefined : path.resolve(baseDir, value));
+  const signerBlock = jwtproxy?.optionalMap('signer_proxy', signerProxyKeys);
+  const signerProxy = signerBlock ? readSignerProxy(signerBlock, filePath) : undefined;
+  const verifierProxies = (jwtproxy?.list('verifier_proxies') ?? []).map(({ node, path: at, line }) => {
+    if (node === null) throw src.error(at, line, 'must be a mapping, got nothing');
+    return readVerifierProxy(new MapReader(src, at, node, line, verifierProxyKeys), filePath);
+  });
+  const keyregistryBlock = jwtproxy?.optionalMap('keyregistry', 'any');
+  const keyregistry: KeyRegistryConfig | undefined = keyregistryBlock && {
+    path: keyregistryBlock.path,
+    enabled: keyregistryBlock.bool('enabled', true),
+    options: keyregistryBlock.toPlain(['enabled']),
+  };
+
+  const lineOf = (keyPath: string): number | undefined => {
+    // The nearest ancestor in the file: `a.b[0].c` → `a.b[0]` → `a.b` → `a`.
+    for (let p = keyPath; p; p = p.replace(/(?:\.[^.[\]]*|\[\d+\])$/, '')) {
+      const line = lineIndex.get(p);
+      if (line !== undefined) return line;
+      if (!/[.[]/.test(p)) break;
+    }
+    return top.lineOf('jwtproxy');
+  };
+  return {
+    file: fileName,
+    baseDir,
+    ...(signerProxy ? { signerProxy } : {}),
+    verifierProxies,
+    ...(keyregistry ? { keyregistry } : {}),
+    lineOf,
+    errorAt: (keyPath, problem) => {
+      const line = lineOf(keyPath);
+      return new ConfigError(keyPath, problem, { file: fileName, ...(line ? { line } : {}) });
+    },
+  };
+}
+
+const signerProxyKeys = [
+  'enabled',
+  'listen_addr',
+  'shutdown_timeout',
+  'socket_permission',
+  'ca_key_file',
+  'ca_crt_file',
+  'trusted_certificates',
+  'insecure_skip_verify',
+  'signer',
+];
+const signerKeys = ['issuer', 'expiration_time', 'max_skew', 'nonce_length', 'private_key'];
+const verifierProxyKeys = ['enabled', 'listen_addr', 'shutdown_timeout', 'socket_permission', 'key_file', 'crt_file', 'verifier'];
+const verifierKeys = [
+  'upstream',
+  'audience',
+  'max_skew',
+  'max_ttl',
+  'key_server',
+  'nonce_storage',
+  'claims_verifiers',
+  'upstream_ca_file',
+];
+
+type FilePath = (value: string | undefined) => string | undefined;
+
+function readSignerProxy(block: MapReader, filePath: FilePath): SignerProxyConfig {
+  const enabled = block.bool('enabled', true);
+  const listenAddr = listenAddress(block, defaults.signerListenAddr);
+  const caKeyFile = block.optionalString('ca_key_file');
+  const caCrtFile = block.optionalString('ca_crt_file');
+  if (caKeyFile !== undefined && caCrtFile === undefined) block.failMissing('ca_crt_file', 'is required when ca_key_file is set');
+  if (caCrtFile !== undefined && caKeyFile === undefined) block.failMissing('ca_key_file', 'is required when ca_crt_file is set');
+  const signerBlock = block.optionalMap('signer', signerKeys);
+  return {
+    path: block.path,
+    enabled,
+    listenAddr,
+    shutdownTimeout: block.duration('shutdown_timeout', defaults.shutdownTimeout),
+    socketPermission: block.fileMode('socket_permission', defaults.socketPermission),
+    ...(caKeyFile !== undefined ? { caKeyFile: filePath(caKeyFile)! } : {}),
+    ...(caCrtFile !== undefined ? { caCrtFile: filePath(caCrtFile)! } : {}),
+    trustedCertificates: block.stringList('trusted_certificates').map((f) => filePath(f)!),
+    insecureSkipVerify: block.bool('insecure_skip_verify', false),
+    signer: readSigner(block, signerBlock, enabled),
+  };
+}
+
+function readSigner(proxy: MapReader, block: MapReader | undefined, enabled: boolean): SignerConfig {
+  const noKey = 'no private key provider specified';
+  if (!block && enabled) proxy.failMissing('signer.private_key.type', noKey);
+  const nonceLength = block?.int('nonce_length', defaults.nonceLength) ?? defaults.nonceLength;
+  if (nonceLength <= 0) block!.fail('nonce_length', `must be greater than 0, got ${nonceLength}`);
+  const keyNode = block?.node('private_key');
+  let privateKey: ComponentConfig = { type: '', options: {} };
+  if (keyNode) privateKey = readComponent(block!.src, keyNode, block!.pathOf('private_key'), block!.lineOf('private_key'), noKey);
+  else if (enabled) block!.failMissing('private_key.type', noKey);
+  return {
+    issuer: block?.string('issuer', defaults.issuer) || defaults.issuer,
+    expirationTime: block?.duration('expiration_time', defaults.expirationTime, 'positive') ?? defaults.expirationTime,
+    maxSkew: block?.duration('max_skew', defaults.signerMaxSkew) ?? defaults.signerMaxSkew,
+    nonceLength,
+    privateKey,
+  };
+}
+
+function readVerifierProxy(block: MapReader, filePath: FilePath): VerifierProxyConfig {
+  const enabled = block.bool('enabled', true);
+  const listenAddr = listenAddress(block, defaults.verifierListenAddr);
+  const keyFile = block.optionalString('key_file');
+  const crtFile = block.optionalString('crt_file');
+  if (keyFile !== undefined && crtFile === undefined) block.failMissing('crt_file', 'is required when key_file is set');
+  if (crtFile !== undefined && keyFile === undefined) block.failMissing('key_file', 'is required when crt_file is set');
+  if (keyFile !== undefined && listenAddr.startsWith('unix:')) block.fail('key_file', 'TLS on a unix socket listener is not supported');
+  const verifierBlock = block.optionalMap('verifier', verifierKeys);
+  if (!verifierBlock && enabled) block.failMissing('verifier', 'is required (with upstream, audience and key_server)');
+  return {
+    path: block.path,
+    enabled,
+    listenAddr,
+    shutdownTimeout: block.duration('shutdown_timeout', defaults.shutdownTimeout),
+    socketPermission: block.fileMode('socket_permission', defaults.socketPermission),
+    ...(keyFile !== undefined ? { keyFile: filePath(keyFile)! } : {}),
+    ...(crtFile !== undefined ? { crtFile: filePath(crtFile)! } : {}),
+    verifier: verifierBlock ? readVerifier(verifierBlock, enabled, filePath) : emptyVerifier(),
+  };
+}
+
+/** A disabled verifier need not be complete (as in Go, which checks only what it starts). */
+function emptyVerifier(): VerifierConfig {
+  return {
+    upstream: '',
+    audience: '',
+    maxSkew: defaults.verifierMaxSkew,
+    maxTtl: defaults.maxTtl,
+    keyServer: { type: '', options: {} },
+    nonceStorage: structuredClone(defaults.nonceStorage),
+    claimsVerifiers: [],
+  };
+}
+
+function readVerifier(block: MapReader, enabled: boolean, filePath: FilePath): VerifierConfig {
+  const upstream = enabled ? block.requiredString('upstream') : block.string('upstream', '');
+  if (upstream) checkUpstream(block, upstream);
+  const audience = enabled ? block.requiredString('audience') : block.string('audience', '');
+  if (audience && !/^[a-zA-Z][a-zA-Z0-9+.-]*:\/\/[^/?#\s]+/.test(audience)) {
+    block.fail('audience', `${JSON.stringify(audience)} is not an absolute URL (expected scheme://host[:port], as in https://service.example)`);
+  }
+  const keyServerNode = block.node('key_server');
+  if (!keyServerNode && enabled) block.failMissing('key_server.type', 'is required: no key server specified');
+  const keyServer = keyServerNode
+    ? readComponent(block.src, keyServerNode, block.pathOf('key_server'), block.lineOf('key_server'), 'is required: no key server specified')
+    : { type: '', options: {} };
+  const nonceNode = block.node('nonce_storage');
+  const nonceStorage = nonceNode
+    ? readComponent(block.src, nonceNode, block.pathOf('nonce_storage'), block.lineOf('nonce_storage'), 'is required: no nonce storage specified')
+    : structuredClone(defaults.nonceStorage);
+  const claimsVerifiers = block.list('claims_verifiers').map(({ node, path: at, line }) => {
+    if (node === null) throw block.src.error(at, line, 'must be a mapping with type and options, got nothing');
+    return readComponent(block.src, node, at, line, 'is required: no claims verifier type specified');
+  });
+  const upstreamCaFile = block.optionalString('upstream_ca_file');
+  return {
+    upstream,
+    audience,
+    maxSkew: block.duration('max_skew', defaults.verifierMaxSkew),
+    maxTtl: block.duration('max_ttl', defaults.maxTtl, 'positive'),
+    keyServer,
+    nonceStorage,
+    claimsVerifiers,
+    ...(upstreamCaFile !== undefined ? { upstreamCaFile: filePath(upstreamCaFile)! } : {}),
+  };
+}
+
+/** `:8080`, `host:8080`, `[::1]:8080` or `unix:/path/to.sock`, as Go's net.Listen and the Go tool take them. */
+function listenAddress(block: MapReader, fallback: string): string {
+  const value = block.string('listen_addr', fallback);
+  const problem = `${JSON.stringify(value)} is not a listen address (expected host:port, :port or unix:/path/to.sock)`;
+  if (value.startsWith('unix:')) {
+    if (value.length === 'unix:'.length) block.fail('listen_addr', problem);
+    return value;
+  }
+  const match = /^(?:\[[0-9A-Fa-f:.]+(?:%[\w.-]+)?\]|[\w.-]*):(\d{1,5})$/.exec(value);
+  if (!match || Number(match[1]) > 65535) block.fail('listen_addr', problem);
+  return value;
+}
+
+function checkUpstream(block: MapReader, value: string): void {
+  const problem = `${JSON.stringify(value)} is not an upstream (expected http://host[:port][/path], https://… or unix:/path/to.sock)`;
+  if (value.startsWith('unix:')) {
+    if (value.length === 'unix:'.length) block.fail('upstream', problem);
+    return;
+  }
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    block.fail('upstream', problem);
+  }
+  if ((url.protocol !== 'http:' && url.protocol !== 'https:') || !url.hostname) block.fail('upstream', problem);
+}

@@ -1,0 +1,95 @@
+import type { ComponentConfig, ConfigError } from '@jwtproxy/core';
+
+/**
+ * The `jwtproxy:` block of the Go YAML configuration, typed, with every Go default filled in.
+ * Durations are milliseconds. File paths are as written, resolved against the configuration
+ * file's directory (the same rule the components apply to their own options).
+ */
+
+export interface SignerConfig {
+  /** Go default `jwtproxy`. */
+  issuer: string;
+  /** Token lifetime, ms (default 5m). */
+  expirationTime: number;
+  /** How far `nbf` is set back, ms (default 1m). */
+  maxSkew: number;
+  /** Length of the `jti` nonce (default 32). */
+  nonceLength: number;
+  /** `private_key`: built by a factory from `privateKeySources`, which checks its own options. */
+  privateKey: ComponentConfig;
+}
+
+export interface SignerProxyConfig {
+  /** Key path of this block, for errors: `signer_proxy`. */
+  path: string;
+  enabled: boolean;
+  /** `host:port`, `:port` or `unix:/path` (default `:8080`). */
+  listenAddr: string;
+  /** ms (default 5s). */
+  shutdownTimeout: number;
+  /** File mode of a unix socket (default 0o755). */
+  socketPermission: number;
+  caKeyFile?: string;
+  caCrtFile?: string;
+  /** Replaces the system roots for upstream TLS when not empty. */
+  trustedCertificates: string[];
+  insecureSkipVerify: boolean;
+  signer: SignerConfig;
+}
+
+export interface VerifierConfig {
+  /** `http://…`, `https://…` or `unix:/path`. */
+  upstream: string;
+  audience: string;
+  /** ms (default 5m). */
+  maxSkew: number;
+  /** ms (default 5m). */
+  maxTtl: number;
+  keyServer: ComponentConfig;
+  /** Default `{type: 'local', options: {purge_interval: '1m'}}`. */
+  nonceStorage: ComponentConfig;
+  claimsVerifiers: ComponentConfig[];
+  /** Our addition (`upstream_ca_file`): an extra CA to trust for an https upstream. */
+  upstreamCaFile?: string;
+}
+
+export interface VerifierProxyConfig {
+  /** Key path of this entry, for errors: `verifier_proxies[0]`. */
+  path: string;
+  enabled: boolean;
+  /** `host:port`, `:port` or `unix:/path` (default `:8082`). */
+  listenAddr: string;
+  /** ms (default 5s). */
+  shutdownTimeout: number;
+  /** File mode of a unix socket (default 0o755). */
+  socketPermission: number;
+  keyFile?: string;
+  crtFile?: string;
+  verifier: VerifierConfig;
+}
+
+/** `jwtproxy.keyregistry`: `enabled` (default true) and every other key of the block, unchecked here. */
+export interface KeyRegistryConfig {
+  /** Key path of the block: `keyregistry`. */
+  path: string;
+  enabled: boolean;
+  options: Record<string, unknown>;
+}
+
+export interface LoadedConfig {
+  /** The configuration file as opened (after environment expansion), as shown in error messages. */
+  file: string;
+  /** Directory of the configuration file: relative paths in it are relative to here. */
+  baseDir: string;
+  /** Present when the file has a `signer_proxy:` block. */
+  signerProxy?: SignerProxyConfig;
+  verifierProxies: VerifierProxyConfig[];
+  keyregistry?: KeyRegistryConfig;
+  /**
+   * The line of a key path inside `jwtproxy:` (`verifier_proxies[0].verifier.key_server.options.registry`);
+   * for a path not in the file, the line of its nearest ancestor that is.
+   */
+  lineOf(path: string): number | undefined;
+  /** A ConfigError at `path` with its file and line. */
+  errorAt(path: string, problem: string): ConfigError;
+}
