@@ -54,6 +54,29 @@ export async function listenOnLoopback(server: http.Server | https.Server, schem
   };
 }
 
+/** Starts a server on a unix socket at `socketPath`; `url` is `unix:<socketPath>` and `port` is 0. */
+export async function listenOnUnixSocket(server: http.Server | https.Server, socketPath: string): Promise<RunningServer> {
+  server.listen(socketPath);
+  await once(server, 'listening');
+  return {
+    server,
+    port: 0,
+    url: `unix:${socketPath}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections?.();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/** Counts the TCP (or unix) connections a server accepts, e.g. to see that a proxy reuses them. */
+export function countConnections(server: http.Server | https.Server): { readonly accepted: number } {
+  const counter = { accepted: 0 };
+  server.on(server instanceof https.Server ? 'secureConnection' : 'connection', () => counter.accepted++);
+  return counter;
+}
+
 /** What a test web service saw of one request. */
 export interface SeenRequest {
   method: string;
@@ -66,7 +89,9 @@ export interface SeenRequest {
  * A small web service: answers 200 with a JSON echo of what it saw and records each request.
  * `/status/NNN` answers that status.
  */
-export async function startEchoService(options: { tls?: { key: string; cert: string } } = {}): Promise<RunningServer & { seen: SeenRequest[] }> {
+export async function startEchoService(
+  options: { tls?: { key: string; cert: string }; /** listen on this unix socket instead of 127.0.0.1 */ socketPath?: string } = {},
+): Promise<RunningServer & { seen: SeenRequest[] }> {
   const seen: SeenRequest[] = [];
   const handler: http.RequestListener = (req, res) => {
     const record: SeenRequest = { method: req.method ?? '', url: req.url ?? '', headers: req.headers, rawHeaders: req.rawHeaders };
@@ -79,7 +104,9 @@ export async function startEchoService(options: { tls?: { key: string; cert: str
     });
   };
   const server = options.tls ? https.createServer(options.tls, handler) : http.createServer(handler);
-  const running = await listenOnLoopback(server, options.tls ? 'https' : 'http');
+  const running = options.socketPath
+    ? await listenOnUnixSocket(server, options.socketPath)
+    : await listenOnLoopback(server, options.tls ? 'https' : 'http');
   return { ...running, seen };
 }
 

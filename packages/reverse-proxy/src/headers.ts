@@ -1,0 +1,145 @@
+import type { OutgoingHttpHeaders } from 'node:http';
+
+/** Response headers as undici parses them: lower-case names, repeated headers as arrays. */
+export type UpstreamHeaders = Record<string, string | string[] | undefined>;
+
+/**
+ * Hop-by-hop headers (RFC 9110 §7.6.1, plus the non-standard ones Go's httputil removes):
+ * they describe one connection and never travel to the next hop.
+ */
+const HOP_BY_HOP: ReadonlySet<string> = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+]);
+
+/** Largest refused request body we read to the end to keep the client's connection; larger ones close it. */
+const DRAINABLE_BODY_BYTES = 64 * 1024;
+
+/** What the proxy needs to know about a request, read from its raw headers in one pass. */
+export interface RequestHead {
+  /** Headers for the upstream as undici takes them: `[name, value, name, value, …]`, hop-by-hop removed. */
+  readonly headers: string[];
+  /** Every Authorization value in order (a signer appends its Bearer after the client's own header). */
+  readonly authorization: string | string[] | undefined;
+  /** The request carries a body (Content-Length > 0 or Transfer-Encoding). */
+  readonly hasBody: boolean;
+  /** A refused request's body is small enough to read to the end and keep the connection. */
+  readonly drainable: boolean;
+  /** The protocol named by `Upgrade`, for an upgrade request. */
+  readonly upgrade: string | undefined;
+}
+
+function connectionTokens(value: string, into: Set<string>): void {
+  for (const token of value.split(',')) {
+    const name = token.trim().toLowerCase();
+    if (name) into.add(name);
+  }
+}
+
+/**
+ * Reads `req.rawHeaders` once: collects the Authorization values (equivalent to
+ * `req.headersDistinct.authorization`, without building the whole object) and the headers to
+ * forward. As Go's httputil.ReverseProxy: hop-by-hop headers and the headers `Connection` names
+ * are removed; Host is kept as the client sent it. `Expect` is dropped too: Node has answered
+ * `100 Continue` to the client, and the body is streamed to the upstream without asking again.
+ */
+export function readRequestHead(rawHeaders: readonly string[]): RequestHead {
+  const headers: string[] = [];
+  let authorization: string | string[] | undefined;
+  let named: Set<string> | undefined;
+  let hasBody = false;
+  let drainable = true;
+  let upgrade: string | undefined;
+  let sawHost = false;
+
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!;
+    const value = rawHeaders[i + 1]!;
+    const lower = name.toLowerCase();
+    if (HOP_BY_HOP.has(lower)) {
+      if (lower === 'connection') connectionTokens(value, (named ??= new Set()));
+      else if (lower === 'transfer-encoding') {
+        hasBody = true;
+        drainable = false;
+      } else if (lower === 'upgrade') upgrade = value;
+      continue;
+    }
+    switch (lower) {
+      case 'authorization':
+        authorization = authorization === undefined ? value : typeof authorization === 'string' ? [authorization, value] : (authorization.push(value), authorization);
+        break;
+      case 'content-length': {
+        const length = Number(value);
+        if (length > 0) {
+          hasBody = true;
+          if (length > DRAINABLE_BODY_BYTES) drainable = false;
+        }
+        break;
+      }
+      case 'host':
+        // Go reads the first Host; a second one would be refused by undici.
+        if (sawHost) continue;
+        sawHost = true;
+        break;
+      case 'expect':
+        continue;
+    }
+    headers.push(name, value);
+  }
+
+  if (named) {
+    // Rare: only when a client names extra per-connection headers in `Connection`.
+    let kept = 0;
+    for (let i = 0; i < headers.length; i += 2) {
+      if (named.has(headers[i]!.toLowerCase())) continue;
+      headers[kept++] = headers[i]!;
+      headers[kept++] = headers[i + 1]!;
+    }
+    headers.length = kept;
+  }
+  return { headers, authorization, hasBody, drainable, upgrade };
+}
+
+/** The upstream's response headers without hop-by-hop headers, for `res.writeHead`. */
+export function responseHeaders(upstream: UpstreamHeaders): OutgoingHttpHeaders {
+  const named = upstream.connection;
+  let namedSet: Set<string> | undefined;
+  if (named) connectionTokens(Array.isArray(named) ? named.join(',') : named, (namedSet = new Set()));
+  const headers: OutgoingHttpHeaders = {};
+  for (const name in upstream) {
+    if (HOP_BY_HOP.has(name) || namedSet?.has(name)) continue;
+    const value = upstream[name];
+    if (value !== undefined) headers[name] = value;
+  }
+  return headers;
+}
+
+/** The upstream's 101 response headers: hop-by-hop removed except the `Connection`/`Upgrade` pair the switch needs. */
+export function switchingProtocolsHeaders(upstream: UpstreamHeaders): OutgoingHttpHeaders {
+  const headers = responseHeaders(upstream);
+  const upgrade = upstream.upgrade;
+  if (upgrade !== undefined) {
+    headers.connection = 'Upgrade';
+    headers.upgrade = Array.isArray(upgrade) ? upgrade.join(', ') : upgrade;
+  }
+  return headers;
+}
+
+/** Serialises a status line and headers for a raw socket (upgrade answers). Values come from parsers that reject CR/LF. */
+export function rawResponseHead(status: number, statusMessage: string, headers: OutgoingHttpHeaders): string {
+  let head = `HTTP/1.1 ${status} ${statusMessage}\r\n`;
+  for (const name in headers) {
+    const value = headers[name];
+    if (value === undefined) continue;
+    if (Array.isArray(value)) for (const item of value) head += `${name}: ${item}\r\n`;
+    else head += `${name}: ${value}\r\n`;
+  }
+  return head + '\r\n';
+}

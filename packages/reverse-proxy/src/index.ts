@@ -1,0 +1,1 @@
+export { startVerifierProxy, type VerifierProxyOptions } from './verifier-proxy.js';

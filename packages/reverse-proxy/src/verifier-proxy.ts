@@ -1,0 +1,173 @@
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { VerificationError, httpAnswerFor, type Logger, type RequestVerifier, type RunningProxy } from '@jwtproxy/core';
+import { PROXY_REQUEST_ANSWER, writeAnswer, writeRawAnswer } from './answers.js';
+import { forward } from './forward.js';
+import { readRequestHead } from './headers.js';
+import { createServer, listen, parseListenAddress, removeSocketFile, type ListenAddress } from './listen.js';
+import { forwardUpgrade } from './upgrade.js';
+import { openUpstream, parseUpstream, type Upstream } from './upstream.js';
+
+export interface VerifierProxyOptions {
+  /** `host:port`, `:port` (all interfaces) or `unix:/path`. */
+  listenAddr: string;
+  /** Mode of a unix socket listener, default 0o755 (as Go). */
+  socketPermission?: number;
+  /** TLS termination; a start-up error on a unix listener (as Go). */
+  tls?: { keyFile: string; certFile: string };
+  /** `http://host:port/base`, `https://…` or `unix:/path/to.sock`. */
+  upstream: string;
+  /** Extra CA (PEM) trusted for an https upstream, on top of Node's trusted roots. */
+  upstreamCaFile?: string;
+  verifier: RequestVerifier;
+  /** How long stop() lets requests in flight finish, in ms. */
+  shutdownTimeout: number;
+  logger: Logger;
+}
+
+/** `*` (OPTIONS *) and origin-form targets are served; anything else is a forward-proxy request. */
+function isProxyRequest(target: string): boolean {
+  return target.charCodeAt(0) !== 47 /* '/' */ && target !== '*';
+}
+
+function ignoreSocketError(): void {
+  // A client that resets its connection is not our failure; the socket closes and is forgotten.
+}
+
+/**
+ * The verifier: listens, verifies each request's token with core's RequestVerifier, and
+ * forwards what passes to the upstream. Rejects with a message naming the file or address
+ * when it cannot start.
+ */
+export async function startVerifierProxy(options: VerifierProxyOptions): Promise<RunningProxy> {
+  const { verifier, logger } = options;
+  const listenAddress = parseListenAddress(options.listenAddr);
+  parseUpstream(options.upstream);
+  const listenerOptions = {
+    listenAddr: options.listenAddr,
+    socketPermission: options.socketPermission ?? 0o755,
+    tls: options.tls,
+  };
+  const server = await createServer(listenerOptions, listenAddress);
+  const upstream = await openUpstream(options.upstream, options.upstreamCaFile);
+  /** Client connections switched to another protocol: Node no longer tracks them as HTTP. */
+  const tunnels = new Set<Duplex>();
+  let stopping = false;
+
+  const refuse = (error: unknown, status: number, body: string): void => {
+    if (!(error instanceof VerificationError)) logger.error('request verification failed unexpectedly', { error });
+    else if (status >= 500) logger.warn('request refused: verification dependency failed', { status, reason: body });
+    else logger.debug('request refused', { status, reason: body });
+  };
+
+  async function handleRequest(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): Promise<void> {
+    const head = readRequestHead(req.rawHeaders);
+    // With `Expect: 100-continue` the body has not been sent: a refusal closes instead of waiting for it.
+    const keepConnection = !expectsContinue && (req.complete || head.drainable);
+    if (isProxyRequest(req.url!)) {
+      writeAnswer(res, PROXY_REQUEST_ANSWER, keepConnection);
+      return;
+    }
+    try {
+      await verifier.verifyRequest(head.authorization);
+    } catch (error) {
+      const answer = httpAnswerFor(error);
+      refuse(error, answer.status, answer.body);
+      writeAnswer(res, answer, keepConnection);
+      return;
+    }
+    if (res.destroyed) return;
+    if (stopping) res.setHeader('connection', 'close');
+    // Only a verified request is invited to send its body.
+    if (expectsContinue) res.writeContinue();
+    forward(upstream, logger, req, res, head);
+  }
+
+  async function handleUpgrade(req: IncomingMessage, client: Duplex, bodyHead: Buffer): Promise<void> {
+    client.on('error', ignoreSocketError);
+    tunnels.add(client);
+    client.once('close', () => tunnels.delete(client));
+    if (isProxyRequest(req.url!)) {
+      writeRawAnswer(client, PROXY_REQUEST_ANSWER);
+      return;
+    }
+    const head = readRequestHead(req.rawHeaders);
+    try {
+      await verifier.verifyRequest(head.authorization);
+    } catch (error) {
+      const answer = httpAnswerFor(error);
+      refuse(error, answer.status, answer.body);
+      writeRawAnswer(client, answer);
+      return;
+    }
+    if (client.destroyed) return;
+    forwardUpgrade(upstream, logger, req, client, bodyHead, head);
+  }
+
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => void handleRequest(req, res, false));
+  server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => void handleRequest(req, res, true));
+  server.on('upgrade', (req: IncomingMessage, client: Duplex, bodyHead: Buffer) => void handleUpgrade(req, client, bodyHead));
+  server.on('connect', (_req: IncomingMessage, client: Duplex) => {
+    client.on('error', ignoreSocketError);
+    writeRawAnswer(client, PROXY_REQUEST_ANSWER);
+  });
+
+  let address: string;
+  try {
+    address = await listen(server, listenAddress, listenerOptions);
+  } catch (error) {
+    await upstream.pool.destroy();
+    throw error;
+  }
+  server.on('error', (error: Error) => logger.error('verifier listener failed', { listen: address, error: error.message }));
+  logger.info('verifier proxy listening', { listen: address, upstream: options.upstream });
+
+  let stopped: Promise<void> | undefined;
+  return {
+    address,
+    stop(deadline = Date.now() + options.shutdownTimeout) {
+      stopped ??= shutdown(server, upstream, listenAddress, tunnels, logger, deadline, () => {
+        stopping = true;
+      });
+      return stopped;
+    },
+  };
+}
+
+/**
+ * Stops accepting at once, closes idle keep-alive connections (and each connection as its last
+ * request finishes), waits for requests in flight until `deadline`, then cuts what is left and
+ * closes the upstream pool.
+ */
+async function shutdown(
+  server: Server,
+  upstream: Upstream,
+  listenAddress: ListenAddress,
+  tunnels: Set<Duplex>,
+  logger: Logger,
+  deadline: number,
+  markStopping: () => void,
+): Promise<void> {
+  markStopping();
+  const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+  server.closeIdleConnections();
+  const sweeper = setInterval(() => server.closeIdleConnections(), 25);
+  let deadlineTimer: NodeJS.Timeout | undefined;
+  const deadlineReached = new Promise<true>((resolve) => {
+    deadlineTimer = setTimeout(() => resolve(true), Math.max(0, deadline - Date.now()));
+  });
+  const timedOut = await Promise.race([closed.then(() => false as const), deadlineReached]);
+  clearInterval(sweeper);
+  if (timedOut) {
+    logger.warn('shutdown deadline reached: closing the connections left', { tunnels: tunnels.size });
+    server.closeAllConnections();
+    for (const tunnel of tunnels) tunnel.destroy();
+    await closed;
+    await upstream.pool.destroy();
+  } else {
+    const poolClosed = upstream.pool.close().then(() => false as const);
+    if (await Promise.race([poolClosed, deadlineReached])) await upstream.pool.destroy();
+  }
+  clearTimeout(deadlineTimer);
+  await removeSocketFile(listenAddress);
+}
