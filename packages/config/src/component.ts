@@ -16,6 +16,18 @@ function problemOf(error: ConfigError): string {
   return message;
 }
 
+/**
+ * Places a ConfigError thrown by code that knows only part of the key path (a proxy, the key
+ * registry server) under `at`, with the line from the file. A path already under `at` is kept;
+ * an error that names another file (a PEM file that cannot be read) is returned as it is.
+ */
+export function placeConfigError(error: ConfigError, at: string, loaded: Pick<LoadedConfig, 'errorAt'>): ConfigError {
+  if (error.file) return error;
+  const isUnder = error.path === at || error.path.startsWith(`${at}.`) || error.path.startsWith(`${at}[`);
+  const full = isUnder ? error.path : error.path ? `${at}.${error.path}` : at;
+  return loaded.errorAt(full, problemOf(error));
+}
+
 /** Where in `options` a nested component of `type` is configured (`key_server`), if anywhere. */
 function findNestedType(value: unknown, type: string, at: string): string | undefined {
   if (value === null || typeof value !== 'object') return undefined;

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { ComponentRegistry, ConfigError, silentLogger, type ComponentContext } from '@jwtproxy/core';
-import { createComponent, expandEnv, parseConfig } from '../src/index.js';
+import { createComponent, expandEnv, parseConfig, placeConfigError } from '../src/index.js';
 
 const context: ComponentContext = { logger: silentLogger, clock: Date.now, baseDir: '/' };
 
@@ -99,5 +99,23 @@ describe('expandEnv (Go os.ExpandEnv rules)', () => {
     ['plain.yaml', 'plain.yaml'],
   ])('%s → %s', (input, output) => {
     expect(expandEnv(input, env)).toBe(output);
+  });
+});
+
+describe('placeConfigError', () => {
+  const loaded = parseConfig(yaml, 'config.yaml');
+  it('puts a relative path under the block, with its line', () => {
+    expect(placeConfigError(new ConfigError('upstream', 'cannot connect'), 'verifier_proxies[0].verifier', loaded).message).toBe(
+      'verifier_proxies[0].verifier.upstream: cannot connect (config.yaml:4)',
+    );
+  });
+  it('keeps a path already under the block, adding the line', () => {
+    expect(placeConfigError(new ConfigError('verifier_proxies[0].verifier.audience', 'bad'), 'verifier_proxies[0]', loaded).message).toBe(
+      'verifier_proxies[0].verifier.audience: bad (config.yaml:5)',
+    );
+  });
+  it('leaves an error about another file alone', () => {
+    const error = new ConfigError('verifier_proxies[0].crt_file', 'no certificate', { file: '/etc/x.crt' });
+    expect(placeConfigError(error, 'verifier_proxies[0]', loaded)).toBe(error);
   });
 });

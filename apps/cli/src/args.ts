@@ -1,0 +1,60 @@
+import { isLogLevel, type LogLevel } from '@jwtproxy/core';
+
+export interface CliArguments {
+  command: 'run' | 'help' | 'version';
+  configFile?: string;
+  logLevel: LogLevel;
+  /** ES modules (paths or package names) imported before the configuration is built. */
+  plugins: string[];
+}
+
+/** A mistake on the command line: printed with a pointer to --help, exit code 2 (as Go's flag package). */
+export class UsageError extends Error {
+  override name = 'UsageError';
+}
+
+export const usage = `Usage: jwtproxy -config FILE [-log-level LEVEL] [--plugin MODULE]...
+
+Runs the JWT signer (forward) proxy and verifier (reverse) proxies described by the
+jwtproxy: block of a Go jwtproxy YAML configuration file.
+
+Options:
+  -config FILE          the YAML configuration file; $VAR and \${VAR} are expanded
+  -log-level LEVEL      debug, info, warn or error (default info)
+  --plugin MODULE       an ES module (path or package) imported before the configuration
+                        is built, to register key servers, private key sources, nonce
+                        storages or claims verifiers; may be repeated
+  --help                show this help
+  --version             show the version
+
+Each option may be written with one or two dashes, and as -option VALUE or -option=VALUE.
+`;
+
+const valueFlags = new Set(['config', 'log-level', 'plugin']);
+
+/** Go-flag-style parsing: `-config f`, `--config f`, `-config=f`, `--config=f`. */
+export function parseArguments(argv: readonly string[]): CliArguments {
+  const result: CliArguments = { command: 'run', logLevel: 'info', plugins: [] };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    const match = /^--?([a-z][a-z-]*)(?:=(.*))?$/s.exec(arg);
+    if (!match) throw new UsageError(`unexpected argument ${JSON.stringify(arg)}`);
+    const [, name = '', inlineValue] = match;
+    if (name === 'help' || name === 'h') return { ...result, command: 'help' };
+    if (name === 'version') return { ...result, command: 'version' };
+    if (!valueFlags.has(name)) throw new UsageError(`unknown flag ${JSON.stringify(arg.split('=')[0])}`);
+    let value = inlineValue;
+    if (value === undefined) {
+      value = argv[++i];
+      if (value === undefined) throw new UsageError(`flag -${name} needs a value`);
+    }
+    if (name === 'config') result.configFile = value;
+    else if (name === 'plugin') result.plugins.push(value);
+    else {
+      if (!isLogLevel(value)) throw new UsageError(`-log-level must be one of debug, info, warn, error (got ${JSON.stringify(value)})`);
+      result.logLevel = value;
+    }
+  }
+  if (result.configFile === undefined || result.configFile === '') throw new UsageError('-config FILE is required');
+  return result;
+}

@@ -1,0 +1,11 @@
+#!/usr/bin/env node
+import { main } from './cli.js';
+
+// Exit explicitly: pools and timers of stopped components must not keep the process alive.
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (error: unknown) => {
+    process.stderr.write(`jwtproxy: ${(error as Error)?.stack ?? String(error)}\n`);
+    process.exit(1);
+  },
+);

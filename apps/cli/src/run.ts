@@ -1,0 +1,196 @@
+/**
+ * Assembly: from a loaded configuration to listening proxies.
+ *
+ *   1. the key registry server, if configured (a signer in this process may publish to it);
+ *   2. every component (key sources, key servers, nonce stores, claims verifiers), so that any
+ *      mistake is a ConfigError naming its key before a proxy listens;
+ *   3. the proxies, signer first, then each verifier.
+ *
+ * Anything that fails stops what already started, and the error goes to the caller.
+ */
+import {
+  ConfigError,
+  RequestSigner,
+  RequestVerifier,
+  claimsVerifiers,
+  keyServers,
+  nonceStores,
+  privateKeySources,
+  systemClock,
+  type ComponentContext,
+  type Logger,
+  type RunningProxy,
+  type Stoppable,
+} from '@jwtproxy/core';
+import { createComponent, placeConfigError, type LoadedConfig } from '@jwtproxy/config';
+import { startSignerProxy } from '@jwtproxy/forward-proxy';
+import { startVerifierProxy } from '@jwtproxy/reverse-proxy';
+import { keyRegistryOptionsFrom, startKeyRegistryServer } from '@jwtproxy/keyregistry-server';
+// Built-in component types register themselves in core's registries on import.
+import '@jwtproxy/key-sources';
+import '@jwtproxy/nonce-stores';
+import '@jwtproxy/nonce-store-redis';
+import '@jwtproxy/keyregistry';
+
+/** A server the CLI started: its key path in the configuration and where it listens. */
+export interface StartedServer {
+  /** `signer_proxy`, `verifier_proxies[0]`, `keyregistry`. */
+  name: string;
+  address: string;
+}
+
+export interface RunningJwtProxy {
+  servers: StartedServer[];
+  /** Stops every proxy in parallel (each within its shutdown_timeout), then the components, then the key registry. */
+  stop(): Promise<void>;
+}
+
+interface Listening {
+  name: string;
+  server: RunningProxy;
+  shutdownTimeout: number;
+}
+
+/** Something that may hold resources: stopped at shutdown when it can be. */
+type Component = Partial<Stoppable>;
+
+/** An error a listener gives when it cannot bind (port in use, no permission, no such address). */
+const listenErrorCodes = new Set(['EADDRINUSE', 'EACCES', 'EADDRNOTAVAIL', 'ENOENT', 'EPERM']);
+
+/** One clear ConfigError for a proxy that could not start, naming its key. */
+function startFailure(error: unknown, at: string, listenAddr: string, config: LoadedConfig): ConfigError {
+  if (error instanceof ConfigError) return placeConfigError(error, at, config);
+  const code = (error as NodeJS.ErrnoException)?.code;
+  const message = (error as Error)?.message ?? String(error);
+  if (code && listenErrorCodes.has(code)) return config.errorAt(`${at}.listen_addr`, `cannot listen on ${JSON.stringify(listenAddr)}: ${message}`);
+  return config.errorAt(at, `cannot start: ${message}`);
+}
+
+export async function startJwtProxy(config: LoadedConfig, logger: Logger): Promise<RunningJwtProxy> {
+  const context: ComponentContext = { logger, clock: systemClock, baseDir: config.baseDir };
+  const components: Component[] = [];
+  const listening: Listening[] = [];
+  let registry: Listening | undefined;
+
+  const stop = async (): Promise<void> => {
+    const settle = async (what: string, work: Promise<void> | undefined): Promise<void> => {
+      try {
+        await work;
+      } catch (error) {
+        logger.warn('error while stopping', { what, error: (error as Error)?.message ?? String(error) });
+      }
+    };
+    await Promise.all(listening.map((l) => settle(l.name, l.server.stop(Date.now() + l.shutdownTimeout))));
+    const componentDeadline = Date.now() + Math.max(5_000, ...listening.map((l) => l.shutdownTimeout));
+    await Promise.all(components.map((c) => settle('component', c.stop?.(componentDeadline))));
+    if (registry) await settle(registry.name, registry.server.stop(Date.now() + registry.shutdownTimeout));
+  };
+
+  const build = <T extends Component>(made: T): T => {
+    components.push(made);
+    return made;
+  };
+
+  try {
+    // 1. The key registry server.
+    if (config.keyregistry?.enabled) {
+      const at = config.keyregistry.path;
+      let options;
+      try {
+        options = keyRegistryOptionsFrom(config.keyregistry.options, config.baseDir);
+      } catch (error) {
+        if (error instanceof ConfigError) throw placeConfigError(error, at, config);
+        throw error;
+      }
+      const listenAddr = options.listenAddr ?? ':8081';
+      try {
+        const server = await startKeyRegistryServer({ ...options, logger });
+        registry = { name: at, server, shutdownTimeout: options.shutdownTimeoutMs ?? 5_000 };
+      } catch (error) {
+        throw startFailure(error, at, listenAddr, config);
+      }
+    }
+
+    // 2. Every component, before any proxy listens.
+    const signerProxy = config.signerProxy?.enabled ? config.signerProxy : undefined;
+    let signer: RequestSigner | undefined;
+    if (signerProxy) {
+      const { signer: settings } = signerProxy;
+      const keySource = build(
+        await createComponent(privateKeySources, settings.privateKey, `${signerProxy.path}.signer.private_key`, context, config),
+      );
+      signer = new RequestSigner({
+        issuer: settings.issuer,
+        expirationTime: settings.expirationTime,
+        maxSkew: settings.maxSkew,
+        nonceLength: settings.nonceLength,
+        keySource,
+      });
+    }
+    const verifierProxies = config.verifierProxies.filter((proxy) => proxy.enabled);
+    const verifiers: RequestVerifier[] = [];
+    for (const proxy of verifierProxies) {
+      const at = `${proxy.path}.verifier`;
+      const settings = proxy.verifier;
+      const keyResolver = build(await createComponent(keyServers, settings.keyServer, `${at}.key_server`, context, config));
+      const nonceStore = build(await createComponent(nonceStores, settings.nonceStorage, `${at}.nonce_storage`, context, config));
+      const checks = [];
+      for (const [i, claimsVerifier] of settings.claimsVerifiers.entries()) {
+        checks.push(build(await createComponent(claimsVerifiers, claimsVerifier, `${at}.claims_verifiers[${i}]`, context, config)));
+      }
+      verifiers.push(
+        new RequestVerifier({
+          audience: settings.audience,
+          maxSkew: settings.maxSkew,
+          maxTtl: settings.maxTtl,
+          keyResolver,
+          nonceStore,
+          claimsVerifiers: checks,
+        }),
+      );
+    }
+
+    // 3. The proxies.
+    if (signerProxy && signer) {
+      try {
+        const server = await startSignerProxy({
+          listenAddr: signerProxy.listenAddr,
+          socketPermission: signerProxy.socketPermission,
+          shutdownTimeout: signerProxy.shutdownTimeout,
+          signer,
+          ...(signerProxy.caKeyFile ? { caKeyFile: signerProxy.caKeyFile } : {}),
+          ...(signerProxy.caCrtFile ? { caCertFile: signerProxy.caCrtFile } : {}),
+          trustedCertificates: signerProxy.trustedCertificates,
+          insecureSkipVerify: signerProxy.insecureSkipVerify,
+          logger,
+        });
+        listening.push({ name: signerProxy.path, server, shutdownTimeout: signerProxy.shutdownTimeout });
+      } catch (error) {
+        throw startFailure(error, signerProxy.path, signerProxy.listenAddr, config);
+      }
+    }
+    for (const [i, proxy] of verifierProxies.entries()) {
+      try {
+        const server = await startVerifierProxy({
+          listenAddr: proxy.listenAddr,
+          socketPermission: proxy.socketPermission,
+          ...(proxy.keyFile && proxy.crtFile ? { tls: { keyFile: proxy.keyFile, certFile: proxy.crtFile } } : {}),
+          upstream: proxy.verifier.upstream,
+          ...(proxy.verifier.upstreamCaFile ? { upstreamCaFile: proxy.verifier.upstreamCaFile } : {}),
+          verifier: verifiers[i]!,
+          shutdownTimeout: proxy.shutdownTimeout,
+          logger,
+        });
+        listening.push({ name: proxy.path, server, shutdownTimeout: proxy.shutdownTimeout });
+      } catch (error) {
+        throw startFailure(error, proxy.path, proxy.listenAddr, config);
+      }
+    }
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+
+  const servers = [...(registry ? [registry] : []), ...listening].map((l) => ({ name: l.name, address: l.server.address }));
+  return { servers, stop };
+}
