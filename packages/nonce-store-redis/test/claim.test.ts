@@ -19,7 +19,9 @@ function newPrefix(): string {
 }
 
 function store(keyPrefix = newPrefix(), extra: ConstructorParameters<typeof RedisNonceStore>[1] = {}): RedisNonceStore {
-  const created = new RedisNonceStore({ url: REDIS_URL, keyPrefix }, extra);
+  // A generous timeout: these tests are about answers, not about failing fast (fault.test.ts is),
+  // and must not turn into 503s on a loaded machine.
+  const created = new RedisNonceStore({ url: REDIS_URL, keyPrefix, commandTimeoutMs: 5000 }, extra);
   stores.push(created);
   return created;
 }
@@ -129,24 +131,34 @@ describe('RedisNonceStore against the real Redis', () => {
 
   it('refuses a non-numeric exp as an invalid exp claim without bothering Redis', async () => {
     const nonces = store();
+    expect(await nonces.ready()).toBe(true);
     await expect(nonces.claim('nan-exp', Number.NaN)).rejects.toMatchObject({ code: 'ERR_INVALID_CLAIM', claim: 'exp' });
     expect(nonces.available).toBe(true);
     expect(await nonces.claim('nan-exp', nowSeconds() + 60)).toBe(true);
   });
 
-  it('claim latency on loopback stays under 2 ms (sequential), and concurrent claims pipeline', async () => {
+  it('claim latency on loopback: median under 2 ms (sequential); concurrent claims share the connection', async () => {
     const nonces = store();
     const exp = nowSeconds() + 60;
     await nonces.claim('warm-up', exp);
     const count = 2000;
-    let started = performance.now();
-    for (let i = 0; i < count; i++) await nonces.claim(`seq-${i}`, exp);
-    const sequentialMs = (performance.now() - started) / count;
-    started = performance.now();
+    const durations: number[] = [];
+    for (let i = 0; i < count; i++) {
+      const started = performance.now();
+      await nonces.claim(`seq-${i}`, exp);
+      durations.push(performance.now() - started);
+    }
+    durations.sort((a, b) => a - b);
+    const median = durations[count / 2]!;
+    const p99 = durations[Math.floor(count * 0.99)]!;
+    const started = performance.now();
     await Promise.all(Array.from({ length: count }, (_, i) => nonces.claim(`par-${i}`, exp)));
     const concurrentMs = performance.now() - started;
-    console.log(`claim latency: ${(sequentialMs * 1000).toFixed(0)} µs sequential; ${count} concurrent claims in ${concurrentMs.toFixed(1)} ms (${Math.round((count / concurrentMs) * 1000)}/s)`);
-    expect(sequentialMs).toBeLessThan(2);
+    console.log(
+      `claim latency: median ${(median * 1000).toFixed(0)} µs, p99 ${(p99 * 1000).toFixed(0)} µs sequential; ${count} concurrent claims in ${concurrentMs.toFixed(1)} ms (${Math.round((count / concurrentMs) * 1000)}/s)`,
+    );
+    // Generous for a loaded CI machine; a claim that took a round trip per retry or a timer would blow it.
+    expect(median).toBeLessThan(2);
   });
 
   it('is registered as nonce_storage type "redis" and built from YAML options', async () => {
@@ -184,6 +196,7 @@ describe('RedisNonceStore against the real Redis', () => {
 
   it('stop() closes the connection; later claims fail closed', async () => {
     const nonces = new RedisNonceStore({ url: REDIS_URL, keyPrefix: newPrefix() });
+    expect(await nonces.ready()).toBe(true);
     expect(await nonces.claim('before-stop', nowSeconds() + 60)).toBe(true);
     const started = Date.now();
     await nonces.stop(Date.now() + 1000);

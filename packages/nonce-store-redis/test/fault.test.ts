@@ -67,6 +67,7 @@ describe('RedisNonceStore when Redis fails', () => {
   it('Redis killed: claims fail closed (503) at once, one log line; Redis back on the same port: the same store serves again', async () => {
     const logger = recordingLogger();
     const store = newStore(logger);
+    expect(await store.ready()).toBe(true);
     expect(await store.claim('before-kill', nowSeconds() + 60)).toBe(true);
 
     await redis.kill();
@@ -87,14 +88,14 @@ describe('RedisNonceStore when Redis fails', () => {
     }
     const slowest = Math.max(...failTimes);
     console.log(`Redis down: first claim failed in ${failTimes[0]!.toFixed(2)} ms, slowest of 50 in ${slowest.toFixed(2)} ms (command timeout ${COMMAND_TIMEOUT_MS} ms)`);
-    expect(slowest).toBeLessThanOrEqual(COMMAND_TIMEOUT_MS + 50);
+    expect(slowest).toBeLessThanOrEqual(COMMAND_TIMEOUT_MS + 100);
     expect(store.available).toBe(false);
 
     const restartedAt = performance.now();
     await redis.start();
     const recoveryMs = await timeUntilServing(store, RECONNECT_MAX_DELAY_MS + 2000);
     console.log(`Redis back: the store served again ${recoveryMs.toFixed(0)} ms after redis-server answered PING (${(performance.now() - restartedAt).toFixed(0)} ms after restart began; reconnect backoff cap ${RECONNECT_MAX_DELAY_MS} ms)`);
-    expect(recoveryMs).toBeLessThan(RECONNECT_MAX_DELAY_MS + 500);
+    expect(recoveryMs).toBeLessThan(RECONNECT_MAX_DELAY_MS + 700);
     expect(store.available).toBe(true);
     // A restarted Redis without persistence has forgotten the old nonce; that is the operator's choice.
     expect(await store.claim('after-restart', nowSeconds() + 60)).toBe(true);
@@ -113,6 +114,7 @@ describe('RedisNonceStore when Redis fails', () => {
   it('Redis hangs (SIGSTOP): a claim fails closed within the command timeout; it serves again when Redis resumes', async () => {
     const logger = recordingLogger();
     const store = newStore(logger);
+    expect(await store.ready()).toBe(true);
     expect(await store.claim('before-pause', nowSeconds() + 60)).toBe(true);
     redis.pause();
     try {
@@ -125,7 +127,7 @@ describe('RedisNonceStore when Redis fails', () => {
         expect((result as PromiseRejectedResult).reason).toBeInstanceOf(NonceStoreUnavailableError);
       }
       expect(elapsed).toBeGreaterThanOrEqual(COMMAND_TIMEOUT_MS - 20);
-      expect(elapsed).toBeLessThan(COMMAND_TIMEOUT_MS + 150);
+      expect(elapsed).toBeLessThan(COMMAND_TIMEOUT_MS + 250);
     } finally {
       redis.resume();
     }
@@ -152,6 +154,7 @@ describe('RedisNonceStore when Redis fails', () => {
 
   it('a claim in flight when the connection breaks is refused, never resent (a resent SET NX could call a fresh token a replay)', async () => {
     const store = newStore(recordingLogger());
+    expect(await store.ready()).toBe(true);
     expect(await store.claim('warm', nowSeconds() + 60)).toBe(true);
     redis.pause();
     const inFlight = store.claim('in-flight', nowSeconds() + 60);
@@ -166,6 +169,7 @@ describe('RedisNonceStore when Redis fails', () => {
   it('Redis out of memory (maxmemory with noeviction): claims fail closed; they succeed again once Redis has room', async () => {
     const logger = recordingLogger();
     const store = newStore(logger);
+    expect(await store.ready()).toBe(true);
     expect(await store.claim('before-oom', nowSeconds() + 60)).toBe(true);
     const admin = new Redis(redis.port, '127.0.0.1');
     try {
@@ -188,6 +192,7 @@ describe('RedisNonceStore when Redis fails', () => {
 
   it('stop(deadline) returns by the deadline even when Redis hangs', async () => {
     const store = new RedisNonceStore({ url: redis.url, commandTimeoutMs: 5000 });
+    expect(await store.ready()).toBe(true);
     expect(await store.claim('x', nowSeconds() + 60)).toBe(true);
     redis.pause();
     try {
@@ -195,7 +200,7 @@ describe('RedisNonceStore when Redis fails', () => {
       await store.stop(Date.now() + 200);
       const took = performance.now() - started;
       expect(took).toBeGreaterThanOrEqual(150);
-      expect(took).toBeLessThan(400);
+      expect(took).toBeLessThan(600);
     } finally {
       redis.resume();
     }
