@@ -1,0 +1,163 @@
+import { createPrivateKey, generateKeyPair, randomBytes, sign, X509Certificate, type KeyObject } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { isIP } from 'node:net';
+import { createSecureContext, type SecureContext } from 'node:tls';
+import { promisify } from 'node:util';
+import { ConfigError } from '@jwtproxy/core';
+import { LRUCache } from 'lru-cache';
+import forge from 'node-forge';
+
+const generateKeyPairAsync = promisify(generateKeyPair);
+const signAsync = promisify(sign);
+
+export interface CertificateAuthorityFiles {
+  caKeyFile: string;
+  caCertFile: string;
+}
+
+/** node-forge has this function; its type definitions do not list it. */
+interface ForgeTbs {
+  getTBSCertificate(cert: forge.pki.Certificate): forge.asn1.Asn1;
+}
+
+const DAY = 24 * 3600_000;
+/** Forged certificates live a year at most (and never beyond the CA's own expiry). */
+const LEAF_LIFETIME = 365 * DAY;
+
+async function readConfigFile(file: string, key: string, what: string): Promise<string> {
+  try {
+    return await readFile(file, 'utf8');
+  } catch (error) {
+    throw new ConfigError(key, `cannot read the ${what}: ${(error as Error).message}`, { file });
+  }
+}
+
+/**
+ * Forges TLS server certificates for intercepted CONNECT tunnels, signed by the operator's CA.
+ *
+ * Speed: one leaf key pair is made at start (async, off the event loop) and shared by every
+ * forged certificate, as mitmproxy does; per host only the certificate is built (node-forge,
+ * about a millisecond of ASN.1) and signed by the CA key with async crypto.sign on the libuv
+ * thread pool. Forged contexts are cached in a bounded LRU, and concurrent tunnels to a new
+ * host share one forging.
+ */
+export class CertificateForger {
+  readonly #caKey: KeyObject;
+  readonly #issuer: forge.pki.CertificateField[];
+  readonly #caNotAfter: number;
+  readonly #signatureOid: string;
+  readonly #leafPublicKey: forge.pki.PublicKey;
+  readonly #leafKeyPem: string;
+  readonly #contexts: LRUCache<string, Promise<SecureContext>>;
+
+  private constructor(caKey: KeyObject, caCert: forge.pki.Certificate, caNotAfter: number, leafPublicKey: forge.pki.PublicKey, leafKeyPem: string, cacheSize: number) {
+    this.#caKey = caKey;
+    this.#issuer = caCert.subject.attributes;
+    this.#caNotAfter = caNotAfter;
+    this.#signatureOid = forge.pki.oids.sha256WithRSAEncryption!;
+    this.#leafPublicKey = leafPublicKey;
+    this.#leafKeyPem = leafKeyPem;
+    this.#contexts = new LRUCache({ max: cacheSize });
+  }
+
+  /**
+   * Reads and checks the CA key and certificate; every problem is a ConfigError naming the file.
+   * Then makes the shared leaf key pair.
+   */
+  static async load(files: CertificateAuthorityFiles, options: { cacheSize?: number } = {}): Promise<CertificateForger> {
+    const keyKey = 'signer_proxy.ca_key_file';
+    const certKey = 'signer_proxy.ca_crt_file';
+    const [keyPem, certPem] = await Promise.all([
+      readConfigFile(files.caKeyFile, keyKey, 'CA private key'),
+      readConfigFile(files.caCertFile, certKey, 'CA certificate'),
+    ]);
+    let caKey: KeyObject;
+    try {
+      caKey = createPrivateKey(keyPem);
+    } catch (error) {
+      const reason = /passphrase/i.test((error as Error).message) ? 'it is encrypted; use a key without a passphrase (openssl -nodes)' : (error as Error).message;
+      throw new ConfigError(keyKey, `not a usable PEM private key: ${reason}`, { file: files.caKeyFile });
+    }
+    if (caKey.asymmetricKeyType !== 'rsa') {
+      throw new ConfigError(keyKey, `the CA key is ${caKey.asymmetricKeyType ?? 'of an unknown type'}; an RSA key is needed (openssl req -newkey rsa:2048)`, { file: files.caKeyFile });
+    }
+    let x509: X509Certificate;
+    let caCert: forge.pki.Certificate;
+    try {
+      x509 = new X509Certificate(certPem);
+      caCert = forge.pki.certificateFromPem(certPem);
+    } catch (error) {
+      throw new ConfigError(certKey, `not a usable PEM RSA certificate: ${(error as Error).message}`, { file: files.caCertFile });
+    }
+    if (!x509.ca) throw new ConfigError(certKey, 'the certificate is not a CA certificate (basicConstraints CA:TRUE is missing)', { file: files.caCertFile });
+    if (!x509.checkPrivateKey(caKey)) {
+      throw new ConfigError(keyKey, `the private key does not match the CA certificate ${files.caCertFile}`, { file: files.caKeyFile });
+    }
+    const caNotAfter = Date.parse(x509.validTo);
+    if (caNotAfter <= Date.now()) throw new ConfigError(certKey, `the CA certificate expired on ${x509.validTo}`, { file: files.caCertFile });
+
+    const leaf = await generateKeyPairAsync('rsa', { modulusLength: 2048 });
+    const leafPublicKey = forge.pki.publicKeyFromPem(leaf.publicKey.export({ type: 'spki', format: 'pem' }) as string);
+    const leafKeyPem = leaf.privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
+    return new CertificateForger(caKey, caCert, caNotAfter, leafPublicKey, leafKeyPem, options.cacheSize ?? 1000);
+  }
+
+  /** How many hosts have a forged certificate cached. */
+  get cachedHosts(): number {
+    return this.#contexts.size;
+  }
+
+  /** A TLS context presenting a certificate for `host` (DNS name or IP address). */
+  secureContextFor(host: string): Promise<SecureContext> {
+    const name = host.toLowerCase();
+    let context = this.#contexts.get(name);
+    if (!context) {
+      context = this.#forge(name);
+      this.#contexts.set(name, context);
+      // A failed forging must not stay cached.
+      context.catch(() => {
+        if (this.#contexts.get(name) === context) this.#contexts.delete(name);
+      });
+    }
+    return context;
+  }
+
+  /** The PEM certificate forged for `host` (for tests and diagnostics). */
+  async certificateFor(host: string): Promise<string> {
+    return (await this.#forgeCertificate(host.toLowerCase())).pem;
+  }
+
+  async #forge(host: string): Promise<SecureContext> {
+    const { pem } = await this.#forgeCertificate(host);
+    return createSecureContext({ key: this.#leafKeyPem, cert: pem });
+  }
+
+  async #forgeCertificate(host: string): Promise<{ pem: string }> {
+    const cert = forge.pki.createCertificate();
+    cert.publicKey = this.#leafPublicKey;
+    // Positive 128-bit serial: clear the top bit of the first byte.
+    const serial = randomBytes(16);
+    serial[0]! &= 0x7f;
+    cert.serialNumber = serial.toString('hex');
+    const now = Date.now();
+    cert.validity.notBefore = new Date(now - DAY);
+    cert.validity.notAfter = new Date(Math.min(now + LEAF_LIFETIME, this.#caNotAfter));
+    cert.setSubject([{ name: 'commonName', value: host.slice(0, 64) }]);
+    cert.setIssuer(this.#issuer);
+    const ipVersion = isIP(host);
+    cert.setExtensions([
+      { name: 'basicConstraints', cA: false },
+      { name: 'keyUsage', critical: true, digitalSignature: true, keyEncipherment: true },
+      { name: 'extKeyUsage', serverAuth: true },
+      { name: 'subjectAltName', altNames: [ipVersion ? { type: 7, ip: host } : { type: 2, value: host }] },
+    ]);
+    // Sign with node:crypto on the thread pool instead of forge's synchronous RSA in JavaScript.
+    cert.signatureOid = this.#signatureOid;
+    cert.siginfo.algorithmOid = this.#signatureOid;
+    cert.tbsCertificate = (forge.pki as unknown as ForgeTbs).getTBSCertificate(cert);
+    const tbsDer = Buffer.from(forge.asn1.toDer(cert.tbsCertificate).getBytes(), 'binary');
+    const signature = await signAsync('sha256', tbsDer, this.#caKey);
+    cert.signature = signature.toString('binary');
+    return { pem: forge.pki.certificateToPem(cert) };
+  }
+}

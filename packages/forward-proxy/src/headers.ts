@@ -1,0 +1,73 @@
+import type { IncomingHttpHeaders } from 'node:http';
+
+/**
+ * Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1), plus the
+ * proxy-only ones. `expect` is dropped too: Node already answered `100 Continue` to the client.
+ */
+const REQUEST_HOP_BY_HOP = new Set([
+  'connection',
+  'proxy-connection',
+  'keep-alive',
+  'proxy-authorization',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'expect',
+  'host',
+]);
+
+const RESPONSE_HOP_BY_HOP = new Set([
+  'connection',
+  'proxy-connection',
+  'keep-alive',
+  'proxy-authenticate',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+]);
+
+/** The header names a `Connection` header lists as hop-by-hop for this message. */
+function namedByConnection(values: Iterable<string>): Set<string> | undefined {
+  let named: Set<string> | undefined;
+  for (const value of values) {
+    for (const token of value.split(',')) {
+      const name = token.trim().toLowerCase();
+      if (name && name !== 'close' && name !== 'keep-alive') (named ??= new Set()).add(name);
+    }
+  }
+  return named;
+}
+
+/**
+ * The request headers for the next hop, as a flat [name, value, …] list that keeps the client's
+ * order, spelling and repeated headers: `host` first, hop-by-hop headers gone, and the signer's
+ * `Authorization` appended last, so a client's own Authorization header stays first (as Go).
+ */
+export function forwardedRequestHeaders(rawHeaders: readonly string[], host: string, authorization: string): string[] {
+  const connectionValues: string[] = [];
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    if (rawHeaders[i]!.length === 10 && rawHeaders[i]!.toLowerCase() === 'connection') connectionValues.push(rawHeaders[i + 1]!);
+  }
+  const named = connectionValues.length ? namedByConnection(connectionValues) : undefined;
+  const headers = ['host', host];
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!;
+    const lower = name.toLowerCase();
+    if (REQUEST_HOP_BY_HOP.has(lower) || named?.has(lower)) continue;
+    headers.push(name, rawHeaders[i + 1]!);
+  }
+  headers.push('authorization', authorization);
+  return headers;
+}
+
+/** Response headers from the upstream with the hop-by-hop ones removed (mutates and returns `headers`). */
+export function forwardedResponseHeaders(headers: IncomingHttpHeaders | Record<string, string | string[] | undefined>): Record<string, string | string[] | undefined> {
+  const connection = headers.connection;
+  const named = connection === undefined ? undefined : namedByConnection(Array.isArray(connection) ? connection : [connection]);
+  for (const name of Object.keys(headers)) {
+    if (RESPONSE_HOP_BY_HOP.has(name) || named?.has(name)) delete headers[name];
+  }
+  return headers;
+}

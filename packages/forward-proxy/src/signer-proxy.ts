@@ -1,0 +1,159 @@
+import { readFile } from 'node:fs/promises';
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import { ConfigError, type Logger, type RequestSigner, type RunningProxy } from '@jwtproxy/core';
+import { CertificateForger } from './certificates.js';
+import { answer, createForwarder } from './forwarding.js';
+import { TlsInterceptor, refuseConnect } from './interception.js';
+import { listenOn, parseListenAddress } from './listen-address.js';
+import { BadTargetError, absoluteTarget, isAbsoluteForm, tunnelTarget, type RequestTarget } from './targets.js';
+import { UpstreamPools } from './upstreams.js';
+
+export interface SignerProxyOptions {
+  /** `host:port`, `:port` (every interface) or `unix:/path`. */
+  listenAddr: string;
+  /** Mode of a unix socket, default 0o755 (as Go). */
+  socketPermission?: number;
+  /** How long stop() lets requests in flight finish by default, in ms. */
+  shutdownTimeout: number;
+  signer: RequestSigner;
+  /** The MITM CA (PEM files). Without both, CONNECT is refused. */
+  caKeyFile?: string;
+  caCertFile?: string;
+  /** PEM files whose certificates replace the system roots for upstream TLS (as Go). */
+  trustedCertificates?: string[];
+  /** Accept any upstream certificate. */
+  insecureSkipVerify?: boolean;
+  logger: Logger;
+}
+
+export const NOT_A_PROXY_REQUEST = 'This is a forward proxy server. Does not respond to non-proxy requests.';
+export const CONNECT_NEEDS_CA =
+  'jwtproxy: HTTPS interception is not configured: set ca_key_file and ca_crt_file in signer_proxy to sign requests sent through CONNECT';
+const UPGRADE_UNSUPPORTED = 'jwtproxy: protocol upgrades (e.g. WebSocket) are not supported by the signer';
+
+async function readTrustedCertificates(files: string[]): Promise<string[]> {
+  return Promise.all(
+    files.map(async (file) => {
+      let pem: string;
+      try {
+        pem = await readFile(file, 'utf8');
+      } catch (error) {
+        throw new ConfigError('signer_proxy.trusted_certificates', `cannot read ${(error as Error).message}`, { file });
+      }
+      if (!pem.includes('-----BEGIN CERTIFICATE-----')) throw new ConfigError('signer_proxy.trusted_certificates', 'no PEM certificate in the file', { file });
+      return pem;
+    }),
+  );
+}
+
+/**
+ * Starts the signer: a forward proxy that adds `Authorization: Bearer <jwt>` to every request,
+ * for plain HTTP (absolute-form requests) and, with a CA, for HTTPS through CONNECT.
+ * Rejects with ConfigError (naming the key and file) when it cannot start.
+ */
+export async function startSignerProxy(options: SignerProxyOptions): Promise<RunningProxy> {
+  const { signer, logger } = options;
+  const listenTarget = parseListenAddress(options.listenAddr);
+  if (Boolean(options.caKeyFile) !== Boolean(options.caCertFile)) {
+    throw new ConfigError(options.caKeyFile ? 'signer_proxy.ca_crt_file' : 'signer_proxy.ca_key_file', 'ca_key_file and ca_crt_file must be given together');
+  }
+  const forger =
+    options.caKeyFile && options.caCertFile ? await CertificateForger.load({ caKeyFile: options.caKeyFile, caCertFile: options.caCertFile }) : undefined;
+  const trustedCertificates = options.trustedCertificates?.length ? await readTrustedCertificates(options.trustedCertificates) : undefined;
+  const pools = new UpstreamPools({ trustedCertificates, insecureSkipVerify: options.insecureSkipVerify ?? false });
+  const forwarder = createForwarder(signer, pools, logger);
+
+  let stopping = false;
+  let inFlight = 0;
+  let drained: (() => void) | undefined;
+
+  const serverOptions: http.ServerOptions = {
+    // Long uploads and downloads stream through: no whole-request deadline, but slow headers are cut.
+    requestTimeout: 0,
+    headersTimeout: 60_000,
+    keepAliveTimeout: 30_000,
+  };
+  const outerServer = http.createServer(serverOptions);
+  const innerServer = http.createServer(serverOptions);
+  const interceptor = forger ? new TlsInterceptor(forger, innerServer, logger) : undefined;
+
+  const handle = (req: IncomingMessage, res: ServerResponse, tunnel: string | undefined): void => {
+    inFlight++;
+    res.once('close', () => {
+      if (--inFlight === 0) drained?.();
+    });
+    // While stopping, let the client know this connection will not carry another request.
+    if (stopping) res.shouldKeepAlive = false;
+    const url = req.url ?? '';
+    let target: RequestTarget;
+    try {
+      if (tunnel !== undefined) target = tunnelTarget(tunnel, url, req.headers.host);
+      else if (isAbsoluteForm(url)) target = absoluteTarget(url);
+      else {
+        answer(res, { status: 500, body: NOT_A_PROXY_REQUEST });
+        req.resume();
+        return;
+      }
+    } catch (error) {
+      if (!(error instanceof BadTargetError)) throw error;
+      answer(res, { status: 400, body: `jwtproxy: bad request target: ${error.message}` });
+      req.resume();
+      return;
+    }
+    void forwarder.forward(req, res, target);
+  };
+
+  outerServer.on('request', (req: IncomingMessage, res: ServerResponse) => handle(req, res, undefined));
+  innerServer.on('request', (req: IncomingMessage, res: ServerResponse) => handle(req, res, interceptor?.tunnelOf(req) ?? ''));
+  outerServer.on('connect', (req: IncomingMessage, socket, head: Buffer) => {
+    if (interceptor && !stopping) interceptor.handleConnect(req, socket, head);
+    else {
+      socket.on('error', () => undefined);
+      refuseConnect(socket, 501, 'Not Implemented', stopping ? 'jwtproxy: shutting down' : CONNECT_NEEDS_CA);
+    }
+  });
+  const refuseUpgrade = (_req: IncomingMessage, socket: import('node:stream').Duplex) => {
+    socket.on('error', () => undefined);
+    refuseConnect(socket, 501, 'Not Implemented', UPGRADE_UNSUPPORTED);
+  };
+  outerServer.on('upgrade', refuseUpgrade);
+  innerServer.on('upgrade', refuseUpgrade);
+
+  const bound = await listenOn(outerServer, listenTarget, options.socketPermission ?? 0o755);
+  if (!forger) {
+    logger.warn('no CA configured (ca_key_file, ca_crt_file): HTTPS requests through CONNECT will be refused, not signed', { listen: bound.address });
+  }
+  logger.info('signer proxy listening', { address: bound.address, https_interception: forger ? 'on' : 'off' });
+
+  let stopped: Promise<void> | undefined;
+  const stop = async (deadline: number): Promise<void> => {
+    stopping = true;
+    const closed = new Promise<void>((resolve) => outerServer.close(() => resolve()));
+    outerServer.closeIdleConnections();
+    innerServer.closeIdleConnections();
+    if (inFlight > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, Math.max(0, deadline - Date.now()));
+        drained = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    }
+    outerServer.closeAllConnections();
+    innerServer.closeAllConnections();
+    interceptor?.destroyAll();
+    await pools.close(deadline);
+    await closed;
+    await bound.cleanUp();
+    logger.info('signer proxy stopped', { address: bound.address });
+  };
+
+  return {
+    address: bound.address,
+    stop(deadline = Date.now() + options.shutdownTimeout) {
+      stopped ??= stop(deadline);
+      return stopped;
+    },
+  };
+}

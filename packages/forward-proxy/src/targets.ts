@@ -1,0 +1,63 @@
+import { audienceOf } from '@jwtproxy/core';
+
+/** Where one request goes and what its token says. */
+export interface RequestTarget {
+  /** `scheme://authority` the upstream connection pool is keyed by. */
+  origin: string;
+  /** The JWT `aud`: `scheme://host[:port]` as the client wrote it (see core's audienceOf). */
+  audience: string;
+  /** The Host header the upstream receives. */
+  host: string;
+  /** Path and query, origin-form. */
+  path: string;
+}
+
+/** A request target we cannot forward (answered 400). */
+export class BadTargetError extends Error {}
+
+const ABSOLUTE_FORM = /^([a-zA-Z][a-zA-Z0-9+.-]*):\/\/([^/?#]*)([^#]*)/;
+const AUTHORITY = /^(?:[a-zA-Z0-9._-]+|\[[0-9a-fA-F:.]+\])(?::\d{1,5})?$/;
+
+/** True when the request line carries an absolute URL (a forward-proxy request). */
+export function isAbsoluteForm(url: string): boolean {
+  return ABSOLUTE_FORM.test(url);
+}
+
+/** The target of an absolute-form request (`GET http://host:port/path?q HTTP/1.1`). */
+export function absoluteTarget(url: string): RequestTarget {
+  const match = ABSOLUTE_FORM.exec(url);
+  if (!match) throw new BadTargetError(`not an absolute URL: ${url}`);
+  const scheme = match[1]!.toLowerCase();
+  if (scheme !== 'http' && scheme !== 'https') throw new BadTargetError(`unsupported scheme ${scheme}: only http and https are proxied`);
+  const authority = match[2]!.slice(match[2]!.lastIndexOf('@') + 1);
+  if (!AUTHORITY.test(authority)) throw new BadTargetError(`invalid host in ${url}`);
+  return { origin: `${scheme}://${authority}`, audience: audienceOf(url), host: authority, path: originForm(match[3]!) };
+}
+
+/**
+ * The target of a request inside an intercepted CONNECT tunnel: the tunnel's `host:port`
+ * as written in the CONNECT line (as the Go signer, which builds `https://` + CONNECT host),
+ * the Host header the client sent inside the tunnel.
+ */
+export function tunnelTarget(connectAuthority: string, url: string, hostHeader: string | undefined): RequestTarget {
+  if (isAbsoluteForm(url)) return absoluteTarget(url);
+  const origin = `https://${connectAuthority}`;
+  return { origin, audience: audienceOf(origin), host: hostHeader ?? connectAuthority, path: originForm(url) };
+}
+
+function originForm(pathAndQuery: string): string {
+  if (pathAndQuery.startsWith('/')) return pathAndQuery;
+  return `/${pathAndQuery}`;
+}
+
+/** Splits a CONNECT target `host:port` / `[v6]:port`; undefined when it is not one. */
+export function parseConnectAuthority(authority: string): { host: string; port: number } | undefined {
+  if (!AUTHORITY.test(authority)) return undefined;
+  const colon = authority.lastIndexOf(':');
+  if (colon < 0 || authority.endsWith(']')) return undefined;
+  const port = Number(authority.slice(colon + 1));
+  if (!Number.isInteger(port) || port < 1 || port > 65535) return undefined;
+  let host = authority.slice(0, colon);
+  if (host.startsWith('[')) host = host.slice(1, -1);
+  return { host: host.toLowerCase(), port };
+}

@@ -1,0 +1,101 @@
+import { createPrivateKey, createPublicKey } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import {
+  KeyNotFoundError,
+  NoActiveKeyError,
+  RequestSigner,
+  RequestVerifier,
+  signingKeyFromKeyObject,
+  verificationKeyFrom,
+  type Logger,
+  type PrivateKeySource,
+  type VerifiedToken,
+} from '@jwtproxy/core';
+import { interop } from '@jwtproxy/testkit';
+
+const signingKey = signingKeyFromKeyObject(interop.keyId, createPrivateKey(readFileSync(interop.privateKeyPath, 'utf8')));
+const publicKey = createPublicKey(readFileSync(interop.publicKeyPath, 'utf8'));
+
+/** A key source with the interop key, or none approved yet (`active = false`). */
+export function interopKeySource(active = true): PrivateKeySource {
+  return {
+    activeKey() {
+      if (!active) throw new NoActiveKeyError();
+      return signingKey;
+    },
+  };
+}
+
+export function makeSigner(keySource: PrivateKeySource = interopKeySource()): RequestSigner {
+  return new RequestSigner({ issuer: interop.issuer, expirationTime: 5 * 60_000, maxSkew: 60_000, nonceLength: 32, keySource });
+}
+
+/** Checks a token the upstream received the way a verifier would (signature, claims, audience, nonce). */
+export async function verifyAsVerifier(authorization: string | string[] | undefined, audience: string): Promise<VerifiedToken> {
+  const seen = new Set<string>();
+  const verifier = new RequestVerifier({
+    audience,
+    maxSkew: 5 * 60_000,
+    maxTtl: 5 * 60_000,
+    keyResolver: {
+      async resolve(issuer, kid) {
+        if (issuer !== interop.issuer || kid !== interop.keyId) throw new KeyNotFoundError();
+        return verificationKeyFrom(publicKey);
+      },
+    },
+    nonceStore: {
+      async claim(jti) {
+        if (seen.has(jti)) return false;
+        seen.add(jti);
+        return true;
+      },
+    },
+  });
+  return verifier.verifyRequest(authorization);
+}
+
+export interface LogLine {
+  level: 'debug' | 'info' | 'warn' | 'error';
+  message: string;
+  fields: Record<string, unknown> | undefined;
+}
+
+export function recordingLogger(): Logger & { lines: LogLine[] } {
+  const lines: LogLine[] = [];
+  const record = (level: LogLine['level']) => (message: string, fields?: Record<string, unknown>) => void lines.push({ level, message, fields });
+  return { lines, debug: record('debug'), info: record('info'), warn: record('warn'), error: record('error') };
+}
+
+export interface ProxiedResponse {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: string;
+}
+
+/** Sends `GET <absolute url>` (or another method) to the proxy, as a proxy client does. */
+export function requestThroughProxy(
+  proxy: { host?: string; port?: number; socketPath?: string },
+  target: string,
+  options: { method?: string; headers?: http.OutgoingHttpHeaders | string[]; body?: string; agent?: http.Agent } = {},
+): Promise<ProxiedResponse> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      { ...proxy, method: options.method ?? 'GET', path: target, headers: options.headers, agent: options.agent ?? false },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (chunk: Buffer) => chunks.push(chunk));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }));
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(options.body);
+  });
+}
+
+/** host and port of an `http://host:port` address. */
+export function hostAndPort(address: string): { host: string; port: number } {
+  const url = new URL(address);
+  return { host: url.hostname.replace(/^\[|\]$/g, ''), port: Number(url.port) };
+}

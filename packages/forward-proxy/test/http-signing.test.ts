@@ -1,0 +1,362 @@
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { lstat, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import net, { type AddressInfo } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { RunningProxy } from '@jwtproxy/core';
+import { listenOnLoopback, startEchoService, type RunningServer, type SeenRequest } from '@jwtproxy/testkit';
+import { afterEach, describe, expect, it } from 'vitest';
+import { CONNECT_NEEDS_CA, NOT_A_PROXY_REQUEST, startSignerProxy, type SignerProxyOptions } from '../src/index.js';
+import { hostAndPort, interopKeySource, makeSigner, recordingLogger, requestThroughProxy, verifyAsVerifier } from './helpers.js';
+
+const cleanups: Array<() => Promise<unknown>> = [];
+afterEach(async () => {
+  while (cleanups.length) await cleanups.pop()!().catch(() => undefined);
+});
+
+async function startSigner(overrides: Partial<SignerProxyOptions> = {}) {
+  const logger = recordingLogger();
+  const proxy = await startSignerProxy({ listenAddr: '127.0.0.1:0', shutdownTimeout: 2000, signer: makeSigner(), logger, ...overrides });
+  cleanups.push(() => proxy.stop());
+  return { proxy, logger, ...hostAndPort(proxy.address) };
+}
+
+async function echo() {
+  const service = await startEchoService();
+  cleanups.push(() => service.close());
+  return service;
+}
+
+/** Writes a request as raw bytes and reads everything until the proxy closes the connection. */
+async function rawExchange(port: number, request: string): Promise<string> {
+  const socket = net.connect(port, '127.0.0.1');
+  await once(socket, 'connect');
+  socket.write(request);
+  let text = '';
+  socket.setEncoding('utf8').on('data', (d: string) => (text += d));
+  await once(socket, 'close');
+  return text;
+}
+
+/** Every value of a header, in the order the service received them. */
+function allValues(seen: SeenRequest, name: string): string[] {
+  const values: string[] = [];
+  for (let i = 0; i < seen.rawHeaders.length; i += 2) if (seen.rawHeaders[i]!.toLowerCase() === name) values.push(seen.rawHeaders[i + 1]!);
+  return values;
+}
+
+describe('signing plain HTTP requests', () => {
+  it('adds a valid JWT whose aud is the target scheme://host:port, forwarding path, query and Host', async () => {
+    const service = await echo();
+    const signer = await startSigner();
+    const response = await requestThroughProxy(signer, `${service.url}/some/path?x=1&y=two`, { headers: { host: `127.0.0.1:${service.port}` } });
+    expect(response.status).toBe(200);
+    const seen = service.seen[0]!;
+    expect(seen.url).toBe('/some/path?x=1&y=two');
+    expect(seen.headers.host).toBe(`127.0.0.1:${service.port}`);
+    const verified = await verifyAsVerifier(allValues(seen, 'authorization'), service.url);
+    expect(verified.claims.aud).toBe(`http://127.0.0.1:${service.port}`);
+    expect(verified.claims.iss).toBe('jwtproxy');
+    expect(verified.header).toEqual({ alg: 'RS256', kid: 'mykey', typ: 'JWT' });
+  });
+
+  it('keeps the client Authorization header first and appends its own after it', async () => {
+    const service = await echo();
+    const signer = await startSigner();
+    await requestThroughProxy(signer, `${service.url}/`, { headers: { authorization: 'Basic dXNlcjpwYXNz' } });
+    const values = allValues(service.seen[0]!, 'authorization');
+    expect(values).toHaveLength(2);
+    expect(values[0]).toBe('Basic dXNlcjpwYXNz');
+    expect(values[1]).toMatch(/^Bearer [\w-]+\.[\w-]+\.[\w-]+$/);
+  });
+
+  it('signs each request with a fresh token (distinct jti)', async () => {
+    const service = await echo();
+    const signer = await startSigner();
+    await requestThroughProxy(signer, `${service.url}/a`);
+    await requestThroughProxy(signer, `${service.url}/b`);
+    const [first, second] = await Promise.all(service.seen.map((seen) => verifyAsVerifier(allValues(seen, 'authorization'), service.url)));
+    expect(first!.claims.jti).not.toBe(second!.claims.jti);
+  });
+
+  it('removes hop-by-hop headers, including those named by Connection, and keeps end-to-end ones', async () => {
+    const service = await echo();
+    const signer = await startSigner();
+    const response = await rawExchange(
+      signer.port,
+      `GET ${service.url}/ HTTP/1.1\r\nHost: 127.0.0.1:${service.port}\r\nProxy-Connection: keep-alive\r\n` +
+        'Proxy-Authorization: Basic c2VjcmV0\r\nConnection: close, X-Hop\r\nX-Hop: one hop only\r\nKeep-Alive: timeout=5\r\n' +
+        'TE: trailers\r\nTrailer: X-Checksum\r\nUpgrade-Insecure-Requests: 1\r\nX-End-To-End: kept\r\n\r\n',
+    );
+    expect(response).toMatch(/^HTTP\/1.1 200 /);
+    const seen = service.seen[0]!;
+    for (const name of ['proxy-connection', 'proxy-authorization', 'x-hop', 'keep-alive', 'te', 'trailer']) expect(seen.headers[name]).toBeUndefined();
+    expect(seen.headers.connection ?? '').not.toMatch(/x-hop/i);
+    expect(seen.headers['x-end-to-end']).toBe('kept');
+    expect(seen.headers['upgrade-insecure-requests']).toBe('1');
+  });
+
+  it('forwards the upstream status, headers and body', async () => {
+    const upstream = await listenOnLoopback(
+      http.createServer((req, res) => {
+        res.writeHead(201, { 'x-upstream': 'yes', 'set-cookie': ['a=1', 'b=2'], connection: 'keep-alive' });
+        res.end('created');
+      }),
+    );
+    cleanups.push(() => upstream.close());
+    const signer = await startSigner();
+    const response = await requestThroughProxy(signer, `${upstream.url}/`);
+    expect(response.status).toBe(201);
+    expect(response.body).toBe('created');
+    expect(response.headers['x-upstream']).toBe('yes');
+    expect(response.headers['set-cookie']).toEqual(['a=1', 'b=2']);
+  });
+
+  it('answers an origin-form request with 500 and the Go body', async () => {
+    const service = await echo();
+    const signer = await startSigner();
+    const response = await requestThroughProxy(signer, '/not/a/proxy/request');
+    expect(response.status).toBe(500);
+    expect(response.body).toBe(NOT_A_PROXY_REQUEST);
+    expect(response.body).toBe('This is a forward proxy server. Does not respond to non-proxy requests.');
+    expect(service.seen).toHaveLength(0);
+  });
+
+  it('answers 400 for a target it cannot forward (another scheme)', async () => {
+    const signer = await startSigner();
+    const response = await requestThroughProxy(signer, 'ftp://127.0.0.1/file');
+    expect(response.status).toBe(400);
+    expect(response.body).toMatch(/^jwtproxy: bad request target: unsupported scheme ftp/);
+  });
+
+  it('answers 502 "unable to sign request" when no key is active, without calling the upstream', async () => {
+    const service = await echo();
+    const signer = await startSigner({ signer: makeSigner(interopKeySource(false)) });
+    const response = await requestThroughProxy(signer, `${service.url}/`);
+    expect(response.status).toBe(502);
+    expect(response.body).toBe('jwtproxy: unable to sign request: No key is yet active');
+    expect(service.seen).toHaveLength(0);
+    expect(signer.logger.lines.some((line) => line.level === 'error' && line.message === 'unable to sign request')).toBe(true);
+  });
+
+  it('answers 502 with the reason and logs it when the upstream is unreachable', async () => {
+    const closed = await listenOnLoopback(http.createServer());
+    await closed.close();
+    const signer = await startSigner();
+    const response = await requestThroughProxy(signer, `${closed.url}/`);
+    expect(response.status).toBe(502);
+    expect(response.body).toBe(`jwtproxy: upstream error: ${closed.url}: connect ECONNREFUSED 127.0.0.1:${closed.port}`);
+    const logged = signer.logger.lines.find((line) => line.message === 'upstream request failed');
+    expect(logged?.level).toBe('warn');
+    expect(logged?.fields?.upstream).toBe(closed.url);
+    // Still serving after the failure.
+    const service = await echo();
+    expect((await requestThroughProxy(signer, `${service.url}/`)).status).toBe(200);
+  });
+
+  it('reuses upstream connections: 50 requests over one kept-alive connection', async () => {
+    const upstream = await listenOnLoopback(http.createServer((req, res) => res.end('ok')));
+    cleanups.push(() => upstream.close());
+    let connections = 0;
+    upstream.server.on('connection', () => connections++);
+    const signer = await startSigner();
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    cleanups.push(async () => agent.destroy());
+    for (let i = 0; i < 50; i++) {
+      const response = await requestThroughProxy(signer, `${upstream.url}/${i}`, { agent });
+      expect(response.status).toBe(200);
+    }
+    expect(connections).toBe(1);
+  });
+
+  it('streams a 200 MiB upload and a 200 MiB download without buffering them', async () => {
+    const total = 200 * 1024 * 1024;
+    const chunk = Buffer.alloc(64 * 1024, 7);
+    function* chunks() {
+      for (let sent = 0; sent < total; sent += chunk.length) yield chunk;
+    }
+    const upstream = await listenOnLoopback(
+      http.createServer(async (req, res) => {
+        if (req.method === 'POST') {
+          let received = 0;
+          for await (const part of req) received += (part as Buffer).length;
+          res.end(String(received));
+        } else {
+          res.writeHead(200, { 'content-length': total });
+          await pipeline(Readable.from(chunks()), res);
+        }
+      }),
+    );
+    cleanups.push(() => upstream.close());
+    const signer = await startSigner();
+
+    // What buffering would grow: JS heap plus Buffer memory (RSS also counts memory freed but kept by the allocator).
+    const used = () => {
+      const { heapUsed, arrayBuffers } = process.memoryUsage();
+      return heapUsed + arrayBuffers;
+    };
+    const baseline = used();
+    let peak = baseline;
+    const sampler = setInterval(() => (peak = Math.max(peak, used())), 10);
+    cleanups.push(async () => clearInterval(sampler));
+
+    const uploaded = await new Promise<string>((resolve, reject) => {
+      const req = http.request({ host: signer.host, port: signer.port, method: 'POST', path: `${upstream.url}/upload`, headers: { 'content-length': total }, agent: false }, (res) => {
+        let body = '';
+        res.setEncoding('utf8').on('data', (d: string) => (body += d)).on('end', () => resolve(body));
+      });
+      req.on('error', reject);
+      pipeline(Readable.from(chunks()), req).catch(reject);
+    });
+    expect(Number(uploaded)).toBe(total);
+
+    let downloaded = 0;
+    await new Promise<void>((resolve, reject) => {
+      http
+        .get({ host: signer.host, port: signer.port, path: `${upstream.url}/download`, agent: false }, (res) => {
+          pipeline(res, new Writable({ write: (part: Buffer, _enc, done) => ((downloaded += part.length), done()) })).then(resolve, reject);
+        })
+        .on('error', reject);
+    });
+    clearInterval(sampler);
+    expect(downloaded).toBe(total);
+    // Buffering either body would add 200 MiB; streaming stays within a few dozen.
+    expect(peak - baseline).toBeLessThan(100 * 1024 * 1024);
+  });
+
+  it('keeps serving after a client aborts an upload midway', async () => {
+    const upstream = await listenOnLoopback(
+      http.createServer((req, res) => {
+        req.on('error', () => undefined);
+        req.resume();
+        req.on('end', () => res.end('done'));
+      }),
+    );
+    cleanups.push(() => upstream.close());
+    const signer = await startSigner();
+    const socket = net.connect(signer.port, signer.host);
+    await once(socket, 'connect');
+    socket.write(`POST ${upstream.url}/ HTTP/1.1\r\nHost: 127.0.0.1:${upstream.port}\r\nContent-Length: 1000000\r\n\r\n`);
+    socket.write(Buffer.alloc(1000, 1));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    socket.destroy();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const response = await requestThroughProxy(signer, `${upstream.url}/`);
+    expect(response.status).toBe(200);
+    expect(response.body).toBe('done');
+  });
+
+  it('refuses CONNECT with 501 naming ca_key_file and ca_crt_file when no CA is configured, and warns at start', async () => {
+    const signer = await startSigner();
+    expect(signer.logger.lines.some((line) => line.level === 'warn' && /ca_key_file, ca_crt_file/.test(line.message))).toBe(true);
+    const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      http
+        .request({ host: signer.host, port: signer.port, method: 'CONNECT', path: '127.0.0.1:443', agent: false })
+        .on('connect', (res: http.IncomingMessage, socket: net.Socket, head: Buffer) => {
+          let body = head.toString('utf8');
+          socket.setEncoding('utf8').on('data', (d: string) => (body += d)).on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        })
+        .on('error', reject)
+        .end();
+    });
+    expect(answer.status).toBe(501);
+    expect(answer.body).toBe(CONNECT_NEEDS_CA);
+    expect(answer.body).toContain('ca_key_file and ca_crt_file');
+  });
+
+  it('refuses a protocol upgrade with 501 instead of hanging', async () => {
+    const service = await echo();
+    const signer = await startSigner();
+    const response = await requestThroughProxy(signer, `${service.url}/ws`, { headers: { connection: 'Upgrade', upgrade: 'websocket' } });
+    expect(response.status).toBe(501);
+  });
+});
+
+describe('listening and stopping', () => {
+  it('listens on a unix socket with the configured mode, replacing a stale socket and removing its own at stop', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'signer-unix-'));
+    cleanups.push(() => rm(dir, { recursive: true, force: true }));
+    const socketPath = path.join(dir, 'signer.sock');
+    // A stale socket from a previous run: bound, then the process "died" without cleaning up.
+    const stale = spawn(process.execPath, ['-e', `require('net').createServer().listen(${JSON.stringify(socketPath)}, () => console.log('up'))`]);
+    await once(stale.stdout, 'data');
+    stale.kill('SIGKILL');
+    await once(stale, 'exit');
+    expect((await lstat(socketPath)).isSocket()).toBe(true);
+
+    const service = await echo();
+    const logger = recordingLogger();
+    const proxy = await startSignerProxy({ listenAddr: `unix:${socketPath}`, socketPermission: 0o700, shutdownTimeout: 1000, signer: makeSigner(), logger });
+    expect(proxy.address).toBe(`unix:${socketPath}`);
+    expect((await stat(socketPath)).mode & 0o777).toBe(0o700);
+    const response = await requestThroughProxy({ socketPath }, `${service.url}/over-unix`);
+    expect(response.status).toBe(200);
+    await verifyAsVerifier(allValues(service.seen[0]!, 'authorization'), service.url);
+    await proxy.stop();
+    await expect(lstat(socketPath)).rejects.toThrow(/ENOENT/);
+  });
+
+  it('refuses to replace a file that is not a socket', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'signer-unix-'));
+    cleanups.push(() => rm(dir, { recursive: true, force: true }));
+    const file = path.join(dir, 'not-a-socket');
+    await writeFile(file, 'data');
+    await expect(startSignerProxy({ listenAddr: `unix:${file}`, shutdownTimeout: 1000, signer: makeSigner(), logger: recordingLogger() })).rejects.toThrow(/is not a socket/);
+  });
+
+  it('listens on :port (every interface)', async () => {
+    const service = await echo();
+    const { proxy } = await startSigner({ listenAddr: ':0' });
+    const { port } = hostAndPort(proxy.address);
+    const response = await requestThroughProxy({ host: '127.0.0.1', port }, `${service.url}/`);
+    expect(response.status).toBe(200);
+  });
+
+  it('rejects a listen address it cannot parse, naming it', async () => {
+    await expect(startSigner({ listenAddr: 'localhost' })).rejects.toThrow(/signer_proxy.listen_addr: "localhost"/);
+  });
+
+  it('stop: refuses new connections at once and lets a request in flight finish', async () => {
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    const upstream = await listenOnLoopback(
+      http.createServer(async (req, res) => {
+        await released;
+        res.end('finished');
+      }),
+    );
+    cleanups.push(() => upstream.close());
+    const { proxy, host, port } = await startSigner();
+    const inFlight = requestThroughProxy({ host, port }, `${upstream.url}/slow`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const stopped = proxy.stop(Date.now() + 5000);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    await expect(requestThroughProxy({ host, port }, `${upstream.url}/new`)).rejects.toThrow(/ECONNREFUSED/);
+    release();
+    const response = await inFlight;
+    expect(response.status).toBe(200);
+    expect(response.body).toBe('finished');
+    await stopped;
+  });
+
+  it('stop: cuts a request still in flight at the deadline', async () => {
+    const upstream = await listenOnLoopback(http.createServer(() => undefined)); // never answers
+    cleanups.push(() => upstream.close());
+    const { proxy, host, port } = await startSigner();
+    const inFlight = requestThroughProxy({ host, port }, `${upstream.url}/hangs`).then(
+      () => 'answered',
+      (error: Error) => error.message,
+    );
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const started = Date.now();
+    await proxy.stop(Date.now() + 300);
+    expect(Date.now() - started).toBeLessThan(2000);
+    expect(await inFlight).toMatch(/socket hang up|ECONNRESET/);
+  });
+});
+
+export type { RunningProxy, RunningServer, AddressInfo };
