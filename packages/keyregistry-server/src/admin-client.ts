@@ -1,3 +1,4 @@
+import { isValidName } from './names.js';
 import type { KeyInfo, LiveState } from './registry.js';
 
 /** An admin request the registry refused, or one that could not be made. */
@@ -67,6 +68,14 @@ export class KeyRegistryAdminClient {
     return body;
   }
 
+  /** The path of one key; refuses names the registry would refuse (and that URL normalisation would mangle, like `..`). */
+  #keyPath(service: string, kid: string): string {
+    for (const [what, value] of [['service name', service], ['key id', kid]] as const) {
+      if (!isValidName(value)) throw new KeyRegistryAdminError(`invalid ${what} ${JSON.stringify(value)}`, undefined, 'invalid_name');
+    }
+    return `/admin/services/${encodeURIComponent(service)}/keys/${encodeURIComponent(kid)}`;
+  }
+
   /** Every key (not purged), optionally of one service and in one state. */
   async list(filter: { service?: string; state?: LiveState } = {}): Promise<KeyInfo[]> {
     const query = new URLSearchParams();
@@ -77,14 +86,14 @@ export class KeyRegistryAdminClient {
   }
 
   async get(service: string, kid: string): Promise<KeyInfo> {
-    return (await this.#call('GET', `/admin/services/${encodeURIComponent(service)}/keys/${encodeURIComponent(kid)}`)) as KeyInfo;
+    return (await this.#call('GET', this.#keyPath(service, kid))) as KeyInfo;
   }
 
   async approve(service: string, kid: string): Promise<KeyInfo> {
-    return (await this.#call('POST', `/admin/services/${encodeURIComponent(service)}/keys/${encodeURIComponent(kid)}/approve`)) as KeyInfo;
+    return (await this.#call('POST', `${this.#keyPath(service, kid)}/approve`)) as KeyInfo;
   }
 
   async revoke(service: string, kid: string): Promise<void> {
-    await this.#call('DELETE', `/admin/services/${encodeURIComponent(service)}/keys/${encodeURIComponent(kid)}`);
+    await this.#call('DELETE', this.#keyPath(service, kid));
   }
 }

@@ -169,8 +169,10 @@ export async function startKeyRegistryServer(options: KeyRegistryServerOptions =
     server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {
       if (!socket.writable || error.code === 'ECONNRESET') return void socket.destroy();
       const status = error.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : error.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? '408 Request Timeout' : '400 Bad Request';
-      const body = JSON.stringify({ error: 'bad_request', message: 'malformed HTTP request' });
-      socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+      // A response to HEAD must not carry a body; the raw packet tells us the method when there is one.
+      const head = (error as { rawPacket?: Buffer }).rawPacket?.subarray(0, 5).toString('latin1') === 'HEAD ';
+      const body = head ? '' : JSON.stringify({ error: 'bad_request', message: `malformed HTTP request (${status.slice(4)})` });
+      socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
     });
 
     const sweepIntervalMs = options.sweepIntervalMs ?? Math.max(1000, Math.min(60_000, pendingTtlMs > 0 ? pendingTtlMs / 2 : 60_000));
