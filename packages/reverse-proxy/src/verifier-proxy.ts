@@ -54,7 +54,7 @@ export async function startVerifierProxy(options: VerifierProxyOptions): Promise
   const tunnels = new Set<Duplex>();
   let stopping = false;
 
-  const refuse = (error: unknown, status: number, body: string): void => {
+  const logRefusal = (error: unknown, status: number, body: string): void => {
     if (!(error instanceof VerificationError)) logger.error('request verification failed unexpectedly', { error });
     else if (status >= 500) logger.warn('request refused: verification dependency failed', { status, reason: body });
     else logger.debug('request refused', { status, reason: body });
@@ -72,7 +72,7 @@ export async function startVerifierProxy(options: VerifierProxyOptions): Promise
       await verifier.verifyRequest(head.authorization);
     } catch (error) {
       const answer = httpAnswerFor(error);
-      refuse(error, answer.status, answer.body);
+      logRefusal(error, answer.status, answer.body);
       writeAnswer(res, answer, keepConnection);
       return;
     }
@@ -96,7 +96,7 @@ export async function startVerifierProxy(options: VerifierProxyOptions): Promise
       await verifier.verifyRequest(head.authorization);
     } catch (error) {
       const answer = httpAnswerFor(error);
-      refuse(error, answer.status, answer.body);
+      logRefusal(error, answer.status, answer.body);
       writeRawAnswer(client, answer);
       return;
     }
