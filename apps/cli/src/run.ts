@@ -60,9 +60,14 @@ const listenErrorCodes = new Set(['EADDRINUSE', 'EACCES', 'EADDRNOTAVAIL', 'ENOE
 /** One clear ConfigError for a proxy that could not start, naming its key. */
 function startFailure(error: unknown, at: string, listenAddr: string, config: LoadedConfig): ConfigError {
   if (error instanceof ConfigError) return placeConfigError(error, at, config);
-  const code = (error as NodeJS.ErrnoException)?.code;
+  // The proxies wrap the listen error in one of their own, keeping it as the cause.
+  const cause = (error as { cause?: unknown })?.cause as NodeJS.ErrnoException | undefined;
+  const code = (error as NodeJS.ErrnoException)?.code ?? cause?.code;
   const message = (error as Error)?.message ?? String(error);
-  if (code && listenErrorCodes.has(code)) return config.errorAt(`${at}.listen_addr`, `cannot listen on ${JSON.stringify(listenAddr)}: ${message}`);
+  if (code && listenErrorCodes.has(code)) {
+    const problem = message.includes('cannot listen on') ? message.replace(/^.*?(cannot listen on)/, '$1') : `cannot listen on ${listenAddr}: ${message}`;
+    return config.errorAt(`${at}.listen_addr`, problem);
+  }
   return config.errorAt(at, `cannot start: ${message}`);
 }
 

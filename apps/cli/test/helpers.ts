@@ -1,0 +1,154 @@
+/**
+ * Running the real `jwtproxy` command in tests: `node apps/cli/dist/main.js …` as a child process.
+ * Build the CLI first (`pnpm --filter @jwtproxy/cli build`; turbo's test task does).
+ *
+ * The CLI prints, after everything started, one logfmt line per server and then `ready`:
+ *   level=info msg="listening" server=signer_proxy address=http://127.0.0.1:41234
+ *   level=info msg="listening" server="verifier_proxies[0]" address=http://127.0.0.1:41235
+ *   level=info msg="ready" servers=2
+ * startCli waits for `ready` and hands back the addresses by server name.
+ */
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const cliMain = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../dist/main.js');
+
+export interface CliResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+export interface CliOptions {
+  cwd?: string;
+  env?: NodeJS.ProcessEnv;
+  /** Kill the process and reject after this long (default 20 s). */
+  timeoutMs?: number;
+}
+
+/** Splits one logfmt line (`time=… level=info msg="x y" key=value`) into its fields. */
+export function parseLogfmt(line: string): Record<string, string> {
+  const fields: Record<string, string> = {};
+  for (const match of line.matchAll(/([\w.-]+)=("(?:[^"\\]|\\.)*"|\S*)/g)) {
+    const [, key = '', raw = ''] = match;
+    fields[key] = raw.startsWith('"') ? (JSON.parse(raw) as string) : raw;
+  }
+  return fields;
+}
+
+function spawnCli(args: readonly string[], options: CliOptions): ChildProcessWithoutNullStreams {
+  return spawn(process.execPath, [cliMain, ...args], {
+    cwd: options.cwd ?? process.cwd(),
+    env: { ...process.env, ...options.env },
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+}
+
+/** Runs the CLI to its end (for --help, mistakes, "No proxy is enabled"). */
+export function runCli(args: readonly string[], options: CliOptions = {}): Promise<CliResult> {
+  const child = spawnCli(args, options);
+  let stdout = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`jwtproxy ${args.join(' ')} did not exit within ${options.timeoutMs ?? 20_000} ms; stderr:\n${stderr}`));
+    }, options.timeoutMs ?? 20_000);
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr });
+    });
+  });
+}
+
+export interface RunningCli {
+  child: ChildProcessWithoutNullStreams;
+  /** Address of each server by its name in the configuration: `signer_proxy`, `verifier_proxies[0]`, `keyregistry`. */
+  servers: Record<string, string>;
+  /** Everything written to stderr (the log) so far. */
+  stderr(): string;
+  /** The log lines so far, parsed. */
+  logLines(): Array<Record<string, string>>;
+  /** Waits until a log line matches (already-written lines count). */
+  waitForLog(pattern: RegExp, timeoutMs?: number): Promise<string>;
+  /** Sends `signal` (default SIGTERM) and waits for the exit. */
+  stop(signal?: NodeJS.Signals, timeoutMs?: number): Promise<CliResult>;
+}
+
+/** Starts the CLI and waits for its `ready` line; rejects with its stderr if it exits first. */
+export async function startCli(args: readonly string[], options: CliOptions = {}): Promise<RunningCli> {
+  const child = spawnCli(args, options);
+  let stdout = '';
+  let stderr = '';
+  const waiters = new Set<() => void>();
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
+    stderr += chunk;
+    for (const wake of waiters) wake();
+  });
+  const exited = new Promise<CliResult>((resolve) => child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr })));
+  let hasExited = false;
+  void exited.then(() => {
+    hasExited = true;
+    for (const wake of waiters) wake();
+  });
+
+  const waitForLog = (pattern: RegExp, timeoutMs = options.timeoutMs ?? 20_000): Promise<string> =>
+    new Promise((resolve, reject) => {
+      const check = (): void => {
+        const line = stderr.split('\n').find((l) => pattern.test(l));
+        if (line !== undefined) return finish(() => resolve(line));
+        if (hasExited) return finish(() => reject(new Error(`jwtproxy exited before logging ${pattern}; stderr:\n${stderr}`)));
+      };
+      const timer = setTimeout(() => finish(() => reject(new Error(`no log line ${pattern} within ${timeoutMs} ms; stderr:\n${stderr}`))), timeoutMs);
+      const finish = (settle: () => void): void => {
+        clearTimeout(timer);
+        waiters.delete(check);
+        settle();
+      };
+      waiters.add(check);
+      check();
+    });
+
+  const logLines = (): Array<Record<string, string>> => stderr.split('\n').filter(Boolean).map(parseLogfmt);
+  const stop = async (signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 20_000): Promise<CliResult> => {
+    if (!hasExited) child.kill(signal);
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    try {
+      return await exited;
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+
+  try {
+    await waitForLog(/msg="ready"/);
+  } catch (error) {
+    await stop('SIGKILL');
+    throw error;
+  }
+  const servers: Record<string, string> = {};
+  for (const fields of logLines()) if (fields.msg === 'listening' && fields.server && fields.address) servers[fields.server] = fields.address;
+  return { child, servers, stderr: () => stderr, logLines, waitForLog, stop };
+}
+
+/** A temporary directory for configuration files; `cleanup` removes it. */
+export async function tempDir(): Promise<{ dir: string; write(name: string, text: string): Promise<string>; cleanup(): Promise<void> }> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'jwtproxy-cli-'));
+  return {
+    dir,
+    async write(name, text) {
+      const file = path.join(dir, name);
+      await writeFile(file, text);
+      return file;
+    },
+    cleanup: () => rm(dir, { recursive: true, force: true }),
+  };
+}
