@@ -14,6 +14,7 @@ export class UsageError extends Error {
 }
 
 export const usage = `Usage: jwtproxy -config FILE [-log-level LEVEL] [--plugin MODULE]...
+       jwtproxy keyregistry list|approve|revoke ...   (see jwtproxy keyregistry --help)
 
 Runs the JWT signer (forward) proxy and verifier (reverse) proxies described by the
 jwtproxy: block of a Go jwtproxy YAML configuration file.

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { ConfigError, createLogger, type Logger } from '@jwtproxy/core';
 import { loadConfig, type LoadedConfig } from '@jwtproxy/config';
 import { parseArguments, usage, UsageError } from './args.js';
+import { runKeyRegistryCommand } from './keyregistry-command.js';
 import { loadPlugins, PluginError } from './plugins.js';
 import { startJwtProxy, type RunningJwtProxy } from './run.js';
 
@@ -21,6 +22,7 @@ function fail(message: string, code: number): number {
  * --help, --version, a mistake or no proxy enabled; after SIGINT/SIGTERM when proxies ran.
  */
 export async function main(argv: readonly string[]): Promise<number> {
+  if (argv[0] === 'keyregistry') return runKeyRegistryCommand(argv.slice(1));
   let args;
   try {
     args = parseArguments(argv);

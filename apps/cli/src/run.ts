@@ -25,7 +25,7 @@ import {
 import { createComponent, placeConfigError, type LoadedConfig } from '@jwtproxy/config';
 import { startSignerProxy } from '@jwtproxy/forward-proxy';
 import { startVerifierProxy } from '@jwtproxy/reverse-proxy';
-import { keyRegistryOptionsFrom, startKeyRegistryServer } from '@jwtproxy/keyregistry-server';
+import { startKeyRegistryFromConfig } from './keyregistry-command.js';
 // Built-in component types register themselves in core's registries on import.
 import '@jwtproxy/key-sources';
 import '@jwtproxy/nonce-stores';
@@ -48,6 +48,7 @@ export interface RunningJwtProxy {
 interface Listening {
   name: string;
   server: RunningProxy;
+  /** ms */
   shutdownTimeout: number;
 }
 
@@ -75,7 +76,8 @@ export async function startJwtProxy(config: LoadedConfig, logger: Logger): Promi
   const context: ComponentContext = { logger, clock: systemClock, baseDir: config.baseDir };
   const components: Component[] = [];
   const listening: Listening[] = [];
-  let registry: Listening | undefined;
+  // Stopped last, with its own shutdown_timeout: a verifier in this process may still ask it for keys.
+  let registry: { name: string; server: RunningProxy } | undefined;
 
   const stop = async (): Promise<void> => {
     const settle = async (what: string, work: Promise<void> | undefined): Promise<void> => {
@@ -88,7 +90,7 @@ export async function startJwtProxy(config: LoadedConfig, logger: Logger): Promi
     await Promise.all(listening.map((l) => settle(l.name, l.server.stop(Date.now() + l.shutdownTimeout))));
     const componentDeadline = Date.now() + Math.max(5_000, ...listening.map((l) => l.shutdownTimeout));
     await Promise.all(components.map((c) => settle('component', c.stop?.(componentDeadline))));
-    if (registry) await settle(registry.name, registry.server.stop(Date.now() + registry.shutdownTimeout));
+    if (registry) await settle(registry.name, registry.server.stop());
   };
 
   const build = <T extends Component>(made: T): T => {
@@ -100,17 +102,10 @@ export async function startJwtProxy(config: LoadedConfig, logger: Logger): Promi
     // 1. The key registry server.
     if (config.keyregistry?.enabled) {
       const at = config.keyregistry.path;
-      let options;
+      const listenAddr = typeof config.keyregistry.options.listen_addr === 'string' ? config.keyregistry.options.listen_addr : ':8081';
       try {
-        options = keyRegistryOptionsFrom(config.keyregistry.options, config.baseDir);
-      } catch (error) {
-        if (error instanceof ConfigError) throw placeConfigError(error, at, config);
-        throw error;
-      }
-      const listenAddr = options.listenAddr ?? ':8081';
-      try {
-        const server = await startKeyRegistryServer({ ...options, logger });
-        registry = { name: at, server, shutdownTimeout: options.shutdownTimeoutMs ?? 5_000 };
+        const server = await startKeyRegistryFromConfig(config.keyregistry.options, config.baseDir, logger);
+        if (server) registry = { name: at, server };
       } catch (error) {
         throw startFailure(error, at, listenAddr, config);
       }
