@@ -1,6 +1,6 @@
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { VerificationError, httpAnswerFor, type Logger, type RequestVerifier, type RunningProxy } from '@jwtproxy/core';
+import { VerificationError, httpAnswerFor, type HttpAnswer, type Logger, type RequestVerifier, type RunningProxy } from '@jwtproxy/core';
 import { PROXY_REQUEST_ANSWER, writeAnswer, writeRawAnswer } from './answers.js';
 import { forward } from './forward.js';
 import { readRequestHead } from './headers.js';
@@ -54,54 +54,59 @@ export async function startVerifierProxy(options: VerifierProxyOptions): Promise
   const tunnels = new Set<Duplex>();
   let stopping = false;
 
-  const logRefusal = (error: unknown, status: number, body: string): void => {
+  /** The answer to a request that did not verify, with a log line (debug for a client's fault). */
+  const refusalFor = (error: unknown): HttpAnswer => {
+    const answer = httpAnswerFor(error);
     if (!(error instanceof VerificationError)) logger.error('request verification failed unexpectedly', { error });
-    else if (status >= 500) logger.warn('request refused: verification dependency failed', { status, reason: body });
-    else logger.debug('request refused', { status, reason: body });
+    else if (answer.status >= 500) logger.warn('request refused: verification dependency failed', { status: answer.status, reason: answer.body });
+    else logger.debug('request refused', { status: answer.status, reason: answer.body });
+    return answer;
+  };
+  // A bug in handling one request must cost its connection, never the process
+  // (an unhandled rejection would end it).
+  const failed = (error: unknown, connection: { destroy(): unknown }): void => {
+    logger.error('request handling failed', { error });
+    connection.destroy();
   };
 
   async function handleRequest(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): Promise<void> {
-    const head = readRequestHead(req.rawHeaders);
-    // With `Expect: 100-continue` the body has not been sent: a refusal closes instead of waiting for it.
-    const keepConnection = !expectsContinue && (req.complete || head.drainable);
-    if (isProxyRequest(req.url!)) {
-      writeAnswer(res, PROXY_REQUEST_ANSWER, keepConnection);
-      return;
-    }
     try {
-      await verifier.verifyRequest(head.authorization);
+      const head = readRequestHead(req.rawHeaders);
+      // With `Expect: 100-continue` the body has not been sent: a refusal closes instead of waiting for it.
+      const keepConnection = !expectsContinue && (req.complete || head.drainable);
+      if (isProxyRequest(req.url!)) return writeAnswer(res, PROXY_REQUEST_ANSWER, keepConnection);
+      try {
+        await verifier.verifyRequest(head.authorization);
+      } catch (error) {
+        return writeAnswer(res, refusalFor(error), keepConnection);
+      }
+      if (res.destroyed) return;
+      if (stopping) res.setHeader('connection', 'close');
+      // Only a verified request is invited to send its body.
+      if (expectsContinue) res.writeContinue();
+      forward(upstream, logger, req, res, head);
     } catch (error) {
-      const answer = httpAnswerFor(error);
-      logRefusal(error, answer.status, answer.body);
-      writeAnswer(res, answer, keepConnection);
-      return;
+      failed(error, res);
     }
-    if (res.destroyed) return;
-    if (stopping) res.setHeader('connection', 'close');
-    // Only a verified request is invited to send its body.
-    if (expectsContinue) res.writeContinue();
-    forward(upstream, logger, req, res, head);
   }
 
   async function handleUpgrade(req: IncomingMessage, client: Duplex, bodyHead: Buffer): Promise<void> {
-    client.on('error', ignoreSocketError);
-    tunnels.add(client);
-    client.once('close', () => tunnels.delete(client));
-    if (isProxyRequest(req.url!)) {
-      writeRawAnswer(client, PROXY_REQUEST_ANSWER);
-      return;
-    }
-    const head = readRequestHead(req.rawHeaders);
     try {
-      await verifier.verifyRequest(head.authorization);
+      client.on('error', ignoreSocketError);
+      tunnels.add(client);
+      client.once('close', () => tunnels.delete(client));
+      if (isProxyRequest(req.url!)) return writeRawAnswer(client, PROXY_REQUEST_ANSWER);
+      const head = readRequestHead(req.rawHeaders);
+      try {
+        await verifier.verifyRequest(head.authorization);
+      } catch (error) {
+        return writeRawAnswer(client, refusalFor(error));
+      }
+      if (client.destroyed) return;
+      forwardUpgrade(upstream, logger, req, client, bodyHead, head);
     } catch (error) {
-      const answer = httpAnswerFor(error);
-      logRefusal(error, answer.status, answer.body);
-      writeRawAnswer(client, answer);
-      return;
+      failed(error, client);
     }
-    if (client.destroyed) return;
-    forwardUpgrade(upstream, logger, req, client, bodyHead, head);
   }
 
   server.on('request', (req: IncomingMessage, res: ServerResponse) => void handleRequest(req, res, false));
