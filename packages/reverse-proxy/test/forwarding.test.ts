@@ -3,7 +3,8 @@ import net from 'node:net';
 import { once } from 'node:events';
 import { countConnections, listenOnLoopback, readBody, startEchoService, type SeenRequest } from '@jwtproxy/testkit';
 import { afterEach, describe, expect, it } from 'vitest';
-import { bearer, refusal, runCleanups, send, startProxy } from './helpers.js';
+import { NonceStoreUnavailableError, type NonceStore } from '@jwtproxy/core';
+import { bearer, makeVerifier, refusal, runCleanups, send, startProxy } from './helpers.js';
 
 const cleanups: Array<() => Promise<unknown>> = [];
 afterEach(() => runCleanups(cleanups));
@@ -153,6 +154,16 @@ describe('refusals', () => {
     expect(connect).toMatch(/^HTTP\/1\.1 500 /);
     expect(connect.endsWith('\r\n\r\nThis is a reverse proxy server. Does not respond to proxy requests.')).toBe(true);
     expect(echo.seen).toHaveLength(0);
+  });
+
+  it('answers 503 and logs when the nonce store cannot answer (fails closed)', async () => {
+    const echo = await echoUpstream();
+    const downStore: NonceStore = { claim: () => Promise.reject(new NonceStoreUnavailableError()) };
+    const proxy = await startProxy({ upstream: echo.url, verifier: makeVerifier(downStore) }, cleanups);
+    const answer = await send(proxy.address, { headers: { authorization: await bearer() } });
+    expect(answer).toMatchObject({ status: 503, body: refusal('Nonce storage unavailable') });
+    expect(echo.seen).toHaveLength(0);
+    expect(proxy.logger.lines.some((line) => line.startsWith('warn request refused'))).toBe(true);
   });
 
   it('answers 502 and logs when the upstream cannot be reached', async () => {
