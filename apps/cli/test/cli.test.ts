@@ -140,6 +140,26 @@ describe('nothing to run', () => {
   });
 });
 
+describe('warnings', () => {
+  it('an unknown key is logged with its key path, line and a suggestion, and does not stop the start', async () => {
+    await files.write('typo.yaml', 'jwtproxy:\n  verifier_proxies:\n  - enabled: false\n    listen_adr: 127.0.0.1:0\n');
+    const result = await runCli(['-config', 'typo.yaml'], { cwd: files.dir });
+    expect(result.code).toBe(0);
+    expect(result.stderr).toMatch(
+      /level=warn msg="unknown configuration key, ignored" key="verifier_proxies\[0\]\.listen_adr" at=typo\.yaml:4 suggestion=listen_addr\n/,
+    );
+    expect(result.stderr).toMatch(/msg="No proxy is enabled"/);
+  });
+});
+
+describe('jwtproxy keyregistry', () => {
+  it('is the key registry admin command', async () => {
+    const result = await runCli(['keyregistry', '--help']);
+    expect(result.code).toBe(0);
+    expect(result.stdout).toMatch(/jwtproxy keyregistry approve SERVICE KID/);
+  });
+});
+
 describe('--plugin', () => {
   it('registers a key server type and a nonce storage type that the configuration then uses, end to end', async () => {
     const upstream = await startEchoService();

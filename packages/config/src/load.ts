@@ -3,7 +3,7 @@ import path from 'node:path';
 import { ConfigError, silentLogger, type ComponentConfig, type Logger } from '@jwtproxy/core';
 import { isMap, LineCounter, parseDocument } from 'yaml';
 import { expandEnv } from './expand-env.js';
-import { MapReader, readComponent, YamlSource } from './reader.js';
+import { describe, MapReader, readComponent, YamlSource } from './reader.js';
 import type {
   KeyRegistryConfig,
   LoadedConfig,
@@ -77,6 +77,8 @@ export function parseConfig(text: string, fileName: string, options: Pick<LoadCo
   const lineIndex = new Map<string, number>();
   src.indexLines(top.node('jwtproxy'), '', lineIndex);
 
+  const block = top.node('jwtproxy');
+  if (block && !isMap(block)) throw src.error('jwtproxy', top.lineOf('jwtproxy'), `must be a mapping, got ${describe(block, doc)}`);
   // A path is written from the top of the `jwtproxy:` block, as users read errors against the file.
   const jwtproxy = top.node('jwtproxy')
     ? new MapReader(src, '', top.node('jwtproxy')!, top.lineOf('jwtproxy'), ['signer_proxy', 'verifier_proxies', 'keyregistry'])

@@ -217,6 +217,8 @@ describe('mistakes name their key path and file:line', () => {
     ['a YAML syntax error', 'jwtproxy:\n  verifier_proxies:\n  - listen_addr: [:8081\n', 'invalid YAML: Flow sequence in block collection must be sufficiently indented and end with a ] (config.yaml:4)'],
     ['a duplicate key', 'jwtproxy:\n  signer_proxy: {}\n  signer_proxy: {}\n', 'invalid YAML: Map keys must be unique (config.yaml:3)'],
     ['no jwtproxy key', 'other:\n  signer_proxy: {}\n', 'jwtproxy: is missing: the configuration goes under a top-level "jwtproxy:" key (config.yaml)'],
+    ['a jwtproxy key that is not a mapping', 'jwtproxy: on\n', 'jwtproxy: must be a mapping, got boolean on (config.yaml:1)'],
+    ['a verifier entry that is not a mapping', 'jwtproxy:\n  verifier_proxies:\n  - :8082\n', 'verifier_proxies[0]: must be a mapping, got ":8082" (config.yaml:3)'],
     ['an empty file', '', 'jwtproxy: is missing: the configuration goes under a top-level "jwtproxy:" key (config.yaml)'],
   ])('%s', (_name, text, message) => {
     expect(errorOf(text)).toBe(message);
