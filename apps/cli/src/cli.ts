@@ -2,9 +2,8 @@ import { readFileSync } from 'node:fs';
 import { ConfigError, createLogger, type Logger } from '@jwtproxy/core';
 import { loadConfig, type LoadedConfig } from '@jwtproxy/config';
 import { parseArguments, usage, UsageError } from './args.js';
-import { runKeyRegistryCommand } from './keyregistry-command.js';
 import { loadPlugins, PluginError } from './plugins.js';
-import { startJwtProxy, type RunningJwtProxy } from './run.js';
+import type { RunningJwtProxy } from './run.js';
 
 export function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -22,7 +21,8 @@ function fail(message: string, code: number): number {
  * --help, --version, a mistake or no proxy enabled; after SIGINT/SIGTERM when proxies ran.
  */
 export async function main(argv: readonly string[]): Promise<number> {
-  if (argv[0] === 'keyregistry') return runKeyRegistryCommand(argv.slice(1));
+  // The proxies and their dependencies load only when they are needed: --help and --version stay quick.
+  if (argv[0] === 'keyregistry') return (await import('./keyregistry-command.js')).runKeyRegistryCommand(argv.slice(1));
   let args;
   try {
     args = parseArguments(argv);
@@ -43,6 +43,8 @@ export async function main(argv: readonly string[]): Promise<number> {
   let config: LoadedConfig;
   let running: RunningJwtProxy;
   try {
+    // Built-in component types register on import, before plugins (which may replace them).
+    const { startJwtProxy } = await import('./run.js');
     await loadPlugins(args.plugins, logger);
     config = await loadConfig(args.configFile!, { logger });
     const nothingEnabled =
