@@ -39,6 +39,9 @@ export async function main(argv: readonly string[]): Promise<number> {
     return 0;
   }
   const logger = createLogger({ level: args.logLevel });
+  // Listen for signals from the start: one that comes while components are being built is
+  // honoured as soon as the start is over (so a component that started is still stopped).
+  const shutdown = shutdownSignals(logger);
 
   let config: LoadedConfig;
   let running: RunningJwtProxy;
@@ -53,40 +56,46 @@ export async function main(argv: readonly string[]): Promise<number> {
       logger.info('No proxy is enabled');
       return 0;
     }
-    running = await startJwtProxy(config, logger);
+    running = await startJwtProxy(config, logger, { signal: shutdown.abortSignal });
   } catch (error) {
     if (error instanceof ConfigError || error instanceof PluginError) return fail(error.message, 1);
     return fail(`cannot start: ${(error as Error)?.stack ?? String(error)}`, 1);
   }
 
-  for (const server of running.servers) logger.info('listening', { server: server.name, address: server.address });
-  logger.info('ready', { servers: running.servers.length });
-  return waitForSignal(running, logger);
+  if (!shutdown.abortSignal.aborted) {
+    for (const server of running.servers) logger.info('listening', { server: server.name, address: server.address });
+    logger.info('ready', { servers: running.servers.length });
+  }
+  await shutdown.requested;
+  try {
+    await running.stop();
+  } catch (error) {
+    logger.error('error while stopping', { error: (error as Error)?.message ?? String(error) });
+    return 1;
+  }
+  logger.info('stopped');
+  return 0;
 }
 
-/** First SIGINT/SIGTERM: graceful stop, exit 0. A second one: exit at once. */
-function waitForSignal(running: RunningJwtProxy, logger: Logger): Promise<number> {
-  return new Promise((resolve) => {
-    let stopping = false;
-    const onSignal = (signal: NodeJS.Signals): void => {
-      if (stopping) {
-        logger.warn('second signal: exiting at once', { signal });
-        process.exit(1);
-      }
-      stopping = true;
-      logger.info('shutting down', { signal });
-      running.stop().then(
-        () => {
-          logger.info('stopped');
-          resolve(0);
-        },
-        (error: unknown) => {
-          logger.error('error while stopping', { error: (error as Error)?.message ?? String(error) });
-          resolve(1);
-        },
-      );
-    };
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
-  });
+/** The first SIGINT/SIGTERM resolves `requested` and aborts `abortSignal` (graceful stop); a second one exits at once. */
+function shutdownSignals(logger: Logger): { requested: Promise<NodeJS.Signals>; abortSignal: AbortSignal } {
+  let requested = false;
+  const controller = new AbortController();
+  return {
+    abortSignal: controller.signal,
+    requested: new Promise((resolve) => {
+      const onSignal = (signal: NodeJS.Signals): void => {
+        if (requested) {
+          logger.warn('second signal: exiting at once', { signal });
+          process.exit(1);
+        }
+        requested = true;
+        logger.info('shutting down', { signal });
+        controller.abort();
+        resolve(signal);
+      };
+      process.on('SIGINT', onSignal);
+      process.on('SIGTERM', onSignal);
+    }),
+  };
 }

@@ -72,7 +72,12 @@ function startFailure(error: unknown, at: string, listenAddr: string, config: Lo
   return config.errorAt(at, `cannot start: ${message}`);
 }
 
-export async function startJwtProxy(config: LoadedConfig, logger: Logger): Promise<RunningJwtProxy> {
+export interface StartOptions {
+  /** Aborted (a signal came) while starting: what was built is stopped and nothing more listens. */
+  signal?: AbortSignal;
+}
+
+export async function startJwtProxy(config: LoadedConfig, logger: Logger, options: StartOptions = {}): Promise<RunningJwtProxy> {
   const context: ComponentContext = { logger, clock: systemClock, baseDir: config.baseDir };
   const components: Component[] = [];
   const listening: Listening[] = [];
@@ -148,6 +153,11 @@ export async function startJwtProxy(config: LoadedConfig, logger: Logger): Promi
           claimsVerifiers: checks,
         }),
       );
+    }
+
+    if (options.signal?.aborted) {
+      await stop();
+      return { servers: [], stop: async () => {} };
     }
 
     // 3. The proxies.

@@ -1,12 +1,14 @@
 /** The CLI running proxies as a real process: assembly, unix sockets, the key registry block, shutdown. */
+import { spawn } from 'node:child_process';
 import { statSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RequestSigner } from '@jwtproxy/core';
 import { PresharedPrivateKeySource } from '@jwtproxy/key-sources';
 import { interop, listenOnLoopback, readBody, startEchoService } from '@jwtproxy/testkit';
-import { runCli, startCli, tempDir, type RunningCli } from './helpers.js';
+import { cliMain, runCli, startCli, tempDir, type RunningCli } from './helpers.js';
 
 let files: Awaited<ReturnType<typeof tempDir>>;
 beforeAll(async () => {
@@ -227,5 +229,34 @@ describe('shutdown', () => {
       upstream.answerAll();
       await upstream.server.close();
     }
+  });
+
+  it('a signal during the start stops what was built, starts no proxy, and exits 0', async () => {
+    const config = await files.write(
+      'slow-start.yaml',
+      [
+        'jwtproxy:',
+        '  verifier_proxies:',
+        '  - listen_addr: 127.0.0.1:0',
+        '    verifier:',
+        '      upstream: http://127.0.0.1:9',
+        '      audience: http://billing.internal',
+        '      key_server:',
+        '        type: slow-start',
+        '        options: {delay_ms: 1500}',
+        '',
+      ].join('\n'),
+    );
+    const plugin = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures/slow-start-plugin.mjs');
+    const child = spawn(process.execPath, [cliMain, '-config', config, '--plugin', plugin]);
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+    const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
+    await expect.poll(() => stderr, { timeout: 10_000 }).toMatch(/msg="slow-start plugin: building"/);
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    expect(stderr).toMatch(/msg="shutting down" signal=SIGTERM[\s\S]*msg="slow-start plugin: stopped"[\s\S]*msg="stopped"\n$/);
+    // Nothing started listening after the signal.
+    expect(stderr).not.toMatch(/verifier proxy listening|msg="ready"/);
   });
 });
