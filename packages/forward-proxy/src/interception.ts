@@ -49,6 +49,7 @@ export class TlsInterceptor {
       refuseConnect(socket, 400, 'Bad Request', `jwtproxy: CONNECT needs a host:port target, got "${authority}"`);
       return;
     }
+    this.#logger.debug('intercepting CONNECT', { tunnel: authority });
     this.#tunnels.add(socket);
     socket.once('close', () => this.#tunnels.delete(socket));
     // Answer at once; the certificate is forged while the client prepares its ClientHello
@@ -81,6 +82,7 @@ export class TlsInterceptor {
     this.#tunnels.add(tlsSocket);
     const timer = setTimeout(() => tlsSocket.destroy(), HANDSHAKE_TIMEOUT);
     tlsSocket.once('close', () => {
+      this.#logger.debug('tunnel closed', { tunnel: authority });
       clearTimeout(timer);
       this.#tunnels.delete(tlsSocket);
       socket.destroy();

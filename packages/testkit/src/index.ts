@@ -167,3 +167,16 @@ export async function readBody(res: http.IncomingMessage): Promise<string> {
   for await (const chunk of res) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks).toString('utf8');
 }
+
+/**
+ * Writes a key pair made in the test to `<dir>/<name>.key` and `<dir>/<name>.crt`
+ * (as `openssl req -x509 -keyout … -out …` would), for components configured with file paths.
+ */
+export async function writePemFiles(pem: Pem, dir: string, name: string): Promise<{ keyFile: string; certFile: string }> {
+  const { writeFile } = await import('node:fs/promises');
+  const keyFile = path.join(dir, `${name}.key`);
+  const certFile = path.join(dir, `${name}.crt`);
+  await writeFile(keyFile, pem.key, { mode: 0o600 });
+  await writeFile(certFile, pem.cert);
+  return { keyFile, certFile };
+}
