@@ -10,7 +10,7 @@ import {
   keyRegistryPublisherFromConfig,
 } from '../src/index.js';
 import { recordingLogger, rsaKey, signAndVerify, type TestKey } from './helpers.js';
-import { startQuayLikeRegistry, type QuayLikeRegistry } from './quay-like-server.js';
+import { startQuayLikeRegistry, type QuayLikeRegistry } from '@jwtproxy/testkit';
 
 const ISSUER = 'billing';
 let first: TestKey;

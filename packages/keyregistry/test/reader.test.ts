@@ -14,7 +14,7 @@ import {
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { KeyRegistryClient, cacheLifetime, verificationKeyFromJwk } from '../src/index.js';
 import { manualClock, recordingLogger, rsaKey, signAndVerify, type TestKey } from './helpers.js';
-import { startQuayLikeRegistry, type QuayLikeRegistry } from './quay-like-server.js';
+import { startQuayLikeRegistry, type QuayLikeRegistry } from '@jwtproxy/testkit';
 
 const ISSUER = 'billing';
 let key: TestKey;

@@ -7,6 +7,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import forge from 'node-forge';
 
+export { QuayLikeRegistry, startQuayLikeRegistry, type StoredKey, type SeenRegistryRequest } from './quay-like-registry.js';
+
 /** Repository root (this file lives in packages/testkit/dist). */
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 
