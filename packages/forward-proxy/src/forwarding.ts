@@ -1,5 +1,5 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
-import { pipeline } from 'node:stream';
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
+import type { Dispatcher } from 'undici';
 import { httpAnswerFor, UpstreamError, type HttpAnswer, type Logger, type RequestSigner } from '@jwtproxy/core';
 import { forwardedRequestHeaders, forwardedResponseHeaders } from './headers.js';
 import type { RequestTarget } from './targets.js';
@@ -38,8 +38,73 @@ export interface Forwarder {
 }
 
 /**
+ * One request's way back: undici calls these as the upstream answers, and they write straight
+ * into the client's response (no intermediate stream), pausing the upstream while the client
+ * is slow to read (backpressure) and aborting it when the client goes away.
+ */
+class ResponseRelay implements Dispatcher.DispatchHandler {
+  readonly #res: ServerResponse;
+  readonly #req: IncomingMessage;
+  readonly #origin: string;
+  readonly #logger: Logger;
+  #finished = false;
+
+  constructor(req: IncomingMessage, res: ServerResponse, origin: string, logger: Logger) {
+    this.#req = req;
+    this.#res = res;
+    this.#origin = origin;
+    this.#logger = logger;
+  }
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    if (this.#res.destroyed) return controller.abort(new Error('client went away'));
+    this.#res.once('close', () => {
+      if (!this.#finished) controller.abort(new Error('client went away'));
+    });
+  }
+
+  onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders, statusMessage?: string): void {
+    if (statusCode < 200) return; // 1xx: Node already answered 100-continue to the client
+    const forwarded = forwardedResponseHeaders(headers);
+    if (statusMessage) this.#res.writeHead(statusCode, statusMessage, forwarded);
+    else this.#res.writeHead(statusCode, forwarded);
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (!this.#res.write(chunk)) {
+      controller.pause();
+      this.#res.once('drain', () => controller.resume());
+    }
+  }
+
+  onResponseEnd(): void {
+    this.#finished = true;
+    this.#res.end();
+  }
+
+  onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
+    this.fail(error);
+  }
+
+  /** The upstream could not be asked, or failed while answering. */
+  fail(error: Error): void {
+    this.#finished = true;
+    if (this.#res.destroyed) return; // the client left first: nothing to tell
+    if (this.#res.headersSent) {
+      this.#logger.debug('response stream ended early', { upstream: this.#origin, error: error.message });
+      this.#res.destroy();
+      return;
+    }
+    const failure = upstreamFailure(this.#origin, error);
+    this.#logger.warn('upstream request failed', { upstream: this.#origin, error: failure.message });
+    answer(this.#res, httpAnswerFor(failure));
+    this.#req.resume();
+  }
+}
+
+/**
  * The signer's hot path: one async signature (libuv thread pool), then the request streamed to a
- * pooled keep-alive connection and the response streamed back; bodies are never buffered.
+ * pooled keep-alive connection and the response relayed back as it arrives; bodies are never buffered.
  */
 export function createForwarder(signer: RequestSigner, pools: UpstreamPools, logger: Logger): Forwarder {
   return {
@@ -54,28 +119,20 @@ export function createForwarder(signer: RequestSigner, pools: UpstreamPools, log
         return;
       }
       if (res.destroyed) return; // the client went away while we signed
-
-      let upstream;
+      const relay = new ResponseRelay(req, res, target.origin, logger);
       try {
-        upstream = await pools.poolFor(target.origin).request({
-          method: req.method!,
-          path: target.path,
-          headers: forwardedRequestHeaders(req.rawHeaders, target.host, authorization),
-          body: hasBody(req) ? req : null,
-        });
+        pools.poolFor(target.origin).dispatch(
+          {
+            method: req.method!,
+            path: target.path,
+            headers: forwardedRequestHeaders(req.rawHeaders, target.host, authorization),
+            body: hasBody(req) ? req : null,
+          },
+          relay,
+        );
       } catch (error) {
-        if (res.destroyed) return; // aborted by the client mid-upload: nothing to answer
-        const failure = upstreamFailure(target.origin, error);
-        logger.warn('upstream request failed', { upstream: target.origin, error: failure.message });
-        answer(res, httpAnswerFor(failure));
-        req.resume();
-        return;
+        relay.fail(error as Error); // undici refused the request outright (e.g. a header it cannot send)
       }
-      res.writeHead(upstream.statusCode, forwardedResponseHeaders(upstream.headers));
-      pipeline(upstream.body, res, (error) => {
-        if (error && !res.destroyed) res.destroy();
-        if (error) logger.debug('response stream ended early', { upstream: target.origin, error: error.message });
-      });
     },
   };
 }
