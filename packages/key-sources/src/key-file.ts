@@ -1,4 +1,4 @@
-import { createPrivateKey, createPublicKey, generateKeyPair, randomBytes, type KeyObject } from 'node:crypto';
+import { createPrivateKey, createPublicKey, generateKeyPair, randomBytes, type JsonWebKey, type KeyObject } from 'node:crypto';
 import { chmod, mkdir, open, rename, rm } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import path from 'node:path';
@@ -97,7 +97,7 @@ export async function readSavedKey(file: string): Promise<SavedKey | undefined> 
   }
   let privateKey: KeyObject;
   try {
-    privateKey = createPrivateKey({ key: fields as import('node:crypto').JsonWebKey, format: 'jwk' });
+    privateKey = createPrivateKey({ key: fields as JsonWebKey, format: 'jwk' });
   } catch (error) {
     // node:crypto's reason is about the structure, never the key's numbers.
     throw new KeyFileError(file, `holds no usable private key (${(error as Error).message.split('\n')[0]}); delete it to generate a new key`);
