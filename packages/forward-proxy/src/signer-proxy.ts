@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
-import { ConfigError, type Logger, type RequestSigner, type RunningProxy } from '@jwtproxy/core';
+import { ConfigError, httpAnswerFor, type Logger, type RequestSigner, type RunningProxy } from '@jwtproxy/core';
 import { CertificateForger } from './certificates.js';
 import { answer, createForwarder } from './forwarding.js';
 import { TlsInterceptor, refuseConnect } from './interception.js';
@@ -95,12 +95,16 @@ export async function startSignerProxy(options: SignerProxyOptions): Promise<Run
         return;
       }
     } catch (error) {
-      if (!(error instanceof BadTargetError)) throw error;
-      answer(res, { status: 400, body: `jwtproxy: bad request target: ${error.message}` });
+      const reason = error instanceof BadTargetError ? error.message : `cannot parse ${url}`;
+      answer(res, { status: 400, body: `jwtproxy: bad request target: ${reason}` });
       req.resume();
       return;
     }
-    void forwarder.forward(req, res, target);
+    forwarder.forward(req, res, target).catch((error: unknown) => {
+      // A bug, not a request problem: answer and keep serving rather than crash on an unhandled rejection.
+      logger.error('request failed unexpectedly', { error });
+      answer(res, httpAnswerFor(error));
+    });
   };
 
   outerServer.on('request', (req: IncomingMessage, res: ServerResponse) => handle(req, res, undefined));

@@ -250,6 +250,21 @@ describe('signing plain HTTP requests', () => {
     expect(response.body).toBe('done');
   });
 
+  it('answers malformed requests with an error status and keeps serving', async () => {
+    const service = await echo();
+    const signer = await startSigner();
+    const cases: Array<[string, RegExp]> = [
+      ['GET http:// HTTP/1.1\r\nHost: x\r\n\r\n', /^HTTP\/1.1 400 /],
+      ['GET http://bad host/ HTTP/1.1\r\nHost: x\r\n\r\n', /^HTTP\/1.1 400 /],
+      ['GET http://127.0.0.1:99999/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n', /^HTTP\/1.1 (400|502) /],
+      ['GET http://[zz::1/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n', /^HTTP\/1.1 400 /],
+      ['CONNECT [::1 HTTP/1.1\r\nHost: x\r\n\r\n', /^HTTP\/1.1 (400|501) /],
+      ['\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 garbage\r\n\r\n', /^HTTP\/1.1 400 |^$/],
+    ];
+    for (const [request, expected] of cases) expect(await rawExchange(signer.port, request)).toMatch(expected);
+    expect((await requestThroughProxy(signer, `${service.url}/after-garbage`)).status).toBe(200);
+  });
+
   it('refuses CONNECT with 501 naming ca_key_file and ca_crt_file when no CA is configured, and warns at start', async () => {
     const signer = await startSigner();
     expect(signer.logger.lines.some((line) => line.level === 'warn' && /ca_key_file, ca_crt_file/.test(line.message))).toBe(true);
