@@ -3,7 +3,11 @@
 // tokens), the signer alone, and signer → verifier → upstream, each under the same wrk load.
 // Prints req/s, p50 and p99 for each and its ratio to the bare upstream.
 //
-//   pnpm bench [--duration 5] [--connections 32] [--threads 2] [--only upstream,verifier,...]
+// Then the verifier on the Redis nonce store, the HTTPS signer over keep-alive CONNECT tunnels
+// (driven by https-client.mjs, as wrk speaks no CONNECT), and the first request to 100 new hosts.
+//
+//   pnpm bench [--duration 5] [--connections 32] [--threads 2]
+//              [--only upstream,verifier,signer,chain,verifier-redis,https-signer,https-new-hosts]
 import { spawn, spawnSync } from 'node:child_process';
 import { createPrivateKey } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -13,6 +17,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { RequestSigner, signingKeyFromKeyObject } from '@jwtproxy/core';
+import { makeCa, makeServerCertificate } from '@jwtproxy/testkit';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..');
@@ -117,11 +122,11 @@ function verifierConfig(port, upstream, audience, nonceStorage = 'type: local') 
         ${nonceStorage}
 `);
 }
-function signerConfig(port) {
+function signerConfig(port, tls = '') {
   return yamlConfig(`jwtproxy:
   signer_proxy:
     listen_addr: 127.0.0.1:${port}
-    signer:
+${tls}    signer:
       issuer: jwtproxy
       private_key:
         type: preshared
@@ -228,6 +233,82 @@ const cases = [
   },
 ];
 
+// HTTPS: a CA for the signer and an upstream certificate for 127.0.0.1 … 127.0.0.101.
+const newHosts = Array.from({ length: 100 }, (_, i) => `127.0.0.${i + 2}`);
+let https;
+async function httpsSetup() {
+  if (https) return https;
+  const ca = makeCa('jwtproxy bench CA');
+  const upstreamCert = makeServerCertificate(['127.0.0.1', ...newHosts]);
+  const files = {};
+  for (const [name, value] of Object.entries({ caKey: ca.key, caCert: ca.cert, key: upstreamCert.key, cert: upstreamCert.cert })) {
+    files[name] = path.join(work, `${name}.pem`);
+    writeFileSync(files[name], value);
+  }
+  const port = await freePort();
+  await start('https upstream', process.execPath, [path.join(here, 'upstream.mjs'), String(port), files.key, files.cert, '127.0.0.1', ...newHosts], port);
+  const tls = `    ca_key_file: ${files.caKey}\n    ca_crt_file: ${files.caCert}\n    trusted_certificates: [${files.cert}]\n`;
+  https = { port, files, tls };
+  return https;
+}
+
+function httpsClient(argv) {
+  const result = spawnSync(process.execPath, [path.join(here, 'https-client.mjs'), ...argv], { encoding: 'utf8' });
+  if (result.status !== 0) throw new Error(`https client failed: ${result.stderr}`);
+  return JSON.parse(result.stdout);
+}
+
+cases.push(
+  {
+    name: 'verifier-redis',
+    label: 'verifier (RS256, redis nonces)',
+    async run() {
+      const port = await freePort();
+      const audience = 'http://verifier.bench';
+      const tokens = await mintTokens(audience, 30_000 * (duration + 1));
+      const prefix = `jwtproxy-bench:${process.pid}:${Date.now()}:`;
+      const storage = `type: redis\n        options: {url: "redis://127.0.0.1:6379", key_prefix: "${prefix}"}`;
+      const proxy = await start('verifier', process.execPath, [cli, '-config', verifierConfig(port, upstreamUrl, audience, storage), '-log-level', 'warn'], port);
+      try {
+        return wrk(`http://127.0.0.1:${port}/`, { script: 'tokens.lua', env: { TOKENS: tokens } });
+      } finally {
+        await proxy.stop();
+        spawnSync('sh', ['-c', `redis-cli -h 127.0.0.1 --scan --pattern '${prefix}*' | xargs -r -n 1000 redis-cli -h 127.0.0.1 unlink >/dev/null`]);
+      }
+    },
+  },
+  {
+    name: 'https-signer',
+    label: 'HTTPS signer (CONNECT, RS256)',
+    async run() {
+      const { port: upstreamTlsPort, files, tls } = await httpsSetup();
+      const port = await freePort();
+      const proxy = await start('signer', process.execPath, [cli, '-config', signerConfig(port, tls), '-log-level', 'warn'], port);
+      try {
+        const r = httpsClient(['--proxy', `http://127.0.0.1:${port}`, '--ca', files.caCert, '--target', `https://127.0.0.1:${upstreamTlsPort}/`, '--connections', String(connections), '--duration', String(duration)]);
+        return { ...r, non2xx: r.failed };
+      } finally {
+        await proxy.stop();
+      }
+    },
+  },
+  {
+    name: 'https-new-hosts',
+    label: 'HTTPS first request, 100 new hosts',
+    async run() {
+      const { port: upstreamTlsPort, files, tls } = await httpsSetup();
+      const port = await freePort();
+      const proxy = await start('signer', process.execPath, [cli, '-config', signerConfig(port, tls), '-log-level', 'warn'], port);
+      try {
+        const r = httpsClient(['--proxy', `http://127.0.0.1:${port}`, '--ca', files.caCert, '--first-hosts', newHosts.join(','), '--port', String(upstreamTlsPort)]);
+        return { rps: NaN, p50: r.firstP50, p99: r.firstP99, non2xx: r.failed, total: r.hosts * 2, note: `new host max ${r.firstMax.toFixed(1)} ms; new tunnel to a known host p50 ${r.knownP50.toFixed(2)} ms, p99 ${r.knownP99.toFixed(2)} ms` };
+      } finally {
+        await proxy.stop();
+      }
+    },
+  },
+);
+
 const only = args.only ? new Set(args.only.split(',')) : undefined;
 const results = [];
 console.log(`wrk -t${threads} -c${connections} -d${duration}s on loopback, ${os.cpus().length} cores, node ${process.version}`);
@@ -240,9 +321,9 @@ const base = results.find((r) => r.name === 'upstream');
 const pad = (s, n) => String(s).padEnd(n);
 console.log(`${pad('case', 34)}${pad('req/s', 10)}${pad('p50 ms', 9)}${pad('p99 ms', 9)}${pad('vs upstream', 13)}notes`);
 for (const r of results) {
-  const ratio = base && r !== base ? `${((r.rps / base.rps) * 100).toFixed(0)} %` : '';
-  const notes = [r.non2xx ? `${r.non2xx} non-2xx of ${r.total}` : '', r.errors ?? ''].filter(Boolean).join('; ');
-  console.log(`${pad(r.label, 34)}${pad(r.rps.toFixed(0), 10)}${pad(r.p50.toFixed(2), 9)}${pad(r.p99.toFixed(2), 9)}${pad(ratio, 13)}${notes}`);
+  const ratio = base && r !== base && !Number.isNaN(r.rps) ? `${((r.rps / base.rps) * 100).toFixed(0)} %` : '';
+  const notes = [r.non2xx ? `${r.non2xx} non-2xx of ${r.total}` : '', r.errors ?? '', r.note ?? ''].filter(Boolean).join('; ');
+  console.log(`${pad(r.label, 34)}${pad(Number.isNaN(r.rps) ? '-' : r.rps.toFixed(0), 10)}${pad(r.p50.toFixed(2), 9)}${pad(r.p99.toFixed(2), 9)}${pad(ratio, 13)}${notes}`);
 }
 if (args.json) writeFileSync(args.json, JSON.stringify({ duration, connections, threads, results }, null, 2));
 cleanup();
