@@ -135,9 +135,10 @@ export class CertificateForger {
   async #forgeCertificate(host: string): Promise<{ pem: string }> {
     const cert = forge.pki.createCertificate();
     cert.publicKey = this.#leafPublicKey;
-    // Positive 128-bit serial: clear the top bit of the first byte.
+    // A positive serial in minimal DER: the first byte in 0x40–0x7f (top bit clear, so not
+    // negative; never zero, which would be an illegal leading pad byte that OpenSSL refuses).
     const serial = randomBytes(16);
-    serial[0]! &= 0x7f;
+    serial[0] = (serial[0]! & 0x3f) | 0x40;
     cert.serialNumber = serial.toString('hex');
     const now = Date.now();
     cert.validity.notBefore = new Date(now - DAY);
