@@ -14,3 +14,12 @@ export {
   type VerifiedToken,
 } from './verification.js';
 export { StaticClaimsVerifier } from './static-claims.js';
+export { HOP_BY_HOP_HEADERS } from './http.js';
+export {
+  parseListenAddress,
+  formatListenAddress,
+  listenOn,
+  removeSocketFile,
+  type ListenAddress,
+  type ListenOptions,
+} from './listen.js';
