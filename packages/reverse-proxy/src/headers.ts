@@ -1,23 +1,8 @@
 import type { OutgoingHttpHeaders } from 'node:http';
+import { HOP_BY_HOP_HEADERS } from '@jwtproxy/core';
 
 /** Response headers as undici parses them: lower-case names, repeated headers as arrays. */
 export type UpstreamHeaders = Record<string, string | string[] | undefined>;
-
-/**
- * Hop-by-hop headers (RFC 9110 §7.6.1, plus the non-standard ones Go's httputil removes):
- * they describe one connection and never travel to the next hop.
- */
-const HOP_BY_HOP: ReadonlySet<string> = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-]);
 
 /** Largest refused request body we read to the end to keep the client's connection; larger ones close it. */
 const DRAINABLE_BODY_BYTES = 64 * 1024;
@@ -63,7 +48,7 @@ export function readRequestHead(rawHeaders: readonly string[]): RequestHead {
     const name = rawHeaders[i]!;
     const value = rawHeaders[i + 1]!;
     const lower = name.toLowerCase();
-    if (HOP_BY_HOP.has(lower)) {
+    if (HOP_BY_HOP_HEADERS.has(lower)) {
       if (lower === 'connection') connectionTokens(value, (named ??= new Set()));
       else if (lower === 'transfer-encoding') {
         hasBody = true;
@@ -114,7 +99,7 @@ export function responseHeaders(upstream: UpstreamHeaders): OutgoingHttpHeaders 
   if (named) connectionTokens(Array.isArray(named) ? named.join(',') : named, (namedSet = new Set()));
   const headers: OutgoingHttpHeaders = {};
   for (const name in upstream) {
-    if (HOP_BY_HOP.has(name) || namedSet?.has(name)) continue;
+    if (HOP_BY_HOP_HEADERS.has(name) || namedSet?.has(name)) continue;
     const value = upstream[name];
     if (value !== undefined) headers[name] = value;
   }

@@ -1,10 +1,21 @@
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { VerificationError, httpAnswerFor, type HttpAnswer, type Logger, type RequestVerifier, type RunningProxy } from '@jwtproxy/core';
+import {
+  VerificationError,
+  httpAnswerFor,
+  listenOn,
+  parseListenAddress,
+  removeSocketFile,
+  type HttpAnswer,
+  type ListenAddress,
+  type Logger,
+  type RequestVerifier,
+  type RunningProxy,
+} from '@jwtproxy/core';
 import { PROXY_REQUEST_ANSWER, writeAnswer, writeRawAnswer } from './answers.js';
 import { forward } from './forward.js';
 import { readRequestHead } from './headers.js';
-import { createServer, listen, parseListenAddress, removeSocketFile, type ListenAddress } from './listen.js';
+import { createServer } from './server.js';
 import { forwardUpgrade } from './upgrade.js';
 import { openUpstream, parseUpstream, type Upstream } from './upstream.js';
 
@@ -43,12 +54,7 @@ export async function startVerifierProxy(options: VerifierProxyOptions): Promise
   const { verifier, logger } = options;
   const listenAddress = parseListenAddress(options.listenAddr);
   parseUpstream(options.upstream);
-  const listenerOptions = {
-    listenAddr: options.listenAddr,
-    socketPermission: options.socketPermission ?? 0o755,
-    tls: options.tls,
-  };
-  const server = await createServer(listenerOptions, listenAddress);
+  const server = await createServer({ listenAddr: options.listenAddr, tls: options.tls }, listenAddress);
   const upstream = await openUpstream(options.upstream, options.upstreamCaFile);
   /** Client connections switched to another protocol: Node no longer tracks them as HTTP. */
   const tunnels = new Set<Duplex>();
@@ -119,7 +125,7 @@ export async function startVerifierProxy(options: VerifierProxyOptions): Promise
 
   let address: string;
   try {
-    address = await listen(server, listenAddress, listenerOptions);
+    address = await listenOn(server, listenAddress, { socketPermission: options.socketPermission ?? 0o755 });
   } catch (error) {
     await upstream.pool.destroy();
     throw error;
