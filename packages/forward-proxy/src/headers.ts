@@ -1,32 +1,11 @@
 import type { IncomingHttpHeaders } from 'node:http';
+import { HOP_BY_HOP_HEADERS } from '@jwtproxy/core';
 
 /**
- * Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1), plus the
- * proxy-only ones. `expect` is dropped too: Node already answered `100 Continue` to the client.
+ * Not forwarded with a request besides the hop-by-hop headers: `expect` (Node already answered
+ * `100 Continue` to the client) and `host` (set first from the target).
  */
-const REQUEST_HOP_BY_HOP = new Set([
-  'connection',
-  'proxy-connection',
-  'keep-alive',
-  'proxy-authorization',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'expect',
-  'host',
-]);
-
-const RESPONSE_HOP_BY_HOP = new Set([
-  'connection',
-  'proxy-connection',
-  'keep-alive',
-  'proxy-authenticate',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-]);
+const REQUEST_ONLY_DROPPED: ReadonlySet<string> = new Set(['expect', 'host']);
 
 /** The header names a `Connection` header lists as hop-by-hop for this message. */
 function namedByConnection(values: Iterable<string>): Set<string> | undefined {
@@ -55,7 +34,7 @@ export function forwardedRequestHeaders(rawHeaders: readonly string[], host: str
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = rawHeaders[i]!;
     const lower = name.toLowerCase();
-    if (REQUEST_HOP_BY_HOP.has(lower) || named?.has(lower)) continue;
+    if (HOP_BY_HOP_HEADERS.has(lower) || REQUEST_ONLY_DROPPED.has(lower) || named?.has(lower)) continue;
     headers.push(name, rawHeaders[i + 1]!);
   }
   headers.push('authorization', authorization);
@@ -67,7 +46,7 @@ export function forwardedResponseHeaders(headers: IncomingHttpHeaders | Record<s
   const connection = headers.connection;
   const named = connection === undefined ? undefined : namedByConnection(Array.isArray(connection) ? connection : [connection]);
   for (const name of Object.keys(headers)) {
-    if (RESPONSE_HOP_BY_HOP.has(name) || named?.has(name)) delete headers[name];
+    if (HOP_BY_HOP_HEADERS.has(name) || named?.has(name)) delete headers[name];
   }
   return headers;
 }

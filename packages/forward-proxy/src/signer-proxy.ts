@@ -1,10 +1,18 @@
 import { readFile } from 'node:fs/promises';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
-import { ConfigError, httpAnswerFor, type Logger, type RequestSigner, type RunningProxy } from '@jwtproxy/core';
+import {
+  ConfigError,
+  httpAnswerFor,
+  listenOn,
+  parseListenAddress,
+  removeSocketFile,
+  type Logger,
+  type RequestSigner,
+  type RunningProxy,
+} from '@jwtproxy/core';
 import { CertificateForger } from './certificates.js';
 import { answer, createForwarder } from './forwarding.js';
 import { TlsInterceptor, refuseConnect } from './interception.js';
-import { listenOn, parseListenAddress } from './listen-address.js';
 import { BadTargetError, absoluteTarget, isAbsoluteForm, tunnelTarget, type RequestTarget } from './targets.js';
 import { UpstreamPools } from './upstreams.js';
 
@@ -25,6 +33,8 @@ export interface SignerProxyOptions {
   insecureSkipVerify?: boolean;
   logger: Logger;
 }
+
+const LISTEN_ADDR_KEY = 'signer_proxy.listen_addr';
 
 export const NOT_A_PROXY_REQUEST = 'This is a forward proxy server. Does not respond to non-proxy requests.';
 export const CONNECT_NEEDS_CA =
@@ -53,7 +63,7 @@ async function readTrustedCertificates(files: string[]): Promise<string[]> {
  */
 export async function startSignerProxy(options: SignerProxyOptions): Promise<RunningProxy> {
   const { signer, logger } = options;
-  const listenTarget = parseListenAddress(options.listenAddr);
+  const listenAddress = parseListenAddress(options.listenAddr, LISTEN_ADDR_KEY);
   if (Boolean(options.caKeyFile) !== Boolean(options.caCertFile)) {
     throw new ConfigError(options.caKeyFile ? 'signer_proxy.ca_crt_file' : 'signer_proxy.ca_key_file', 'ca_key_file and ca_crt_file must be given together');
   }
@@ -123,11 +133,16 @@ export async function startSignerProxy(options: SignerProxyOptions): Promise<Run
   outerServer.on('upgrade', refuseUpgrade);
   innerServer.on('upgrade', refuseUpgrade);
 
-  const bound = await listenOn(outerServer, listenTarget, options.socketPermission ?? 0o755);
-  if (!forger) {
-    logger.warn('no CA configured (ca_key_file, ca_crt_file): HTTPS requests through CONNECT will be refused, not signed', { listen: bound.address });
+  let address: string;
+  try {
+    address = await listenOn(outerServer, listenAddress, { socketPermission: options.socketPermission ?? 0o755 });
+  } catch (error) {
+    throw new ConfigError(LISTEN_ADDR_KEY, (error as Error).message);
   }
-  logger.info('signer proxy listening', { address: bound.address, https_interception: forger ? 'on' : 'off' });
+  if (!forger) {
+    logger.warn('no CA configured (ca_key_file, ca_crt_file): HTTPS requests through CONNECT will be refused, not signed', { listen: address });
+  }
+  logger.info('signer proxy listening', { address, https_interception: forger ? 'on' : 'off' });
 
   let stopped: Promise<void> | undefined;
   const stop = async (deadline: number): Promise<void> => {
@@ -149,12 +164,12 @@ export async function startSignerProxy(options: SignerProxyOptions): Promise<Run
     interceptor?.destroyAll();
     await pools.close(deadline);
     await closed;
-    await bound.cleanUp();
-    logger.info('signer proxy stopped', { address: bound.address });
+    await removeSocketFile(listenAddress);
+    logger.info('signer proxy stopped', { address });
   };
 
   return {
-    address: bound.address,
+    address,
     stop(deadline = Date.now() + options.shutdownTimeout) {
       stopped ??= stop(deadline);
       return stopped;
