@@ -1,8 +1,8 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { ConfigError, toDuration } from '@jwtproxy/core';
+import { ConfigError, parseListenAddress, toDuration } from '@jwtproxy/core';
 import { isValidName } from './names.js';
-import { defaultStoragePath, parseListenAddr, type KeyRegistryServerOptions, type StorageSpec } from './server.js';
+import { defaultStoragePath, type KeyRegistryServerOptions, type StorageSpec } from './server.js';
 
 /** The environment variable holding the admin token when the configuration names none. */
 export const adminTokenEnvVar = 'JWTPROXY_REGISTRY_TOKEN';
@@ -105,11 +105,7 @@ export function keyRegistryOptionsFrom(raw: Record<string, unknown>, baseDir: st
 
   const listenAddr = optionalString(raw, 'listen_addr', 'listen_addr');
   if (listenAddr !== undefined) {
-    try {
-      parseListenAddr(listenAddr);
-    } catch (error) {
-      throw new ConfigError('listen_addr', (error as Error).message);
-    }
+    parseListenAddress(listenAddr, 'listen_addr');
     options.listenAddr = listenAddr;
   }
 

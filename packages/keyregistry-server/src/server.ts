@@ -1,11 +1,19 @@
 import { createHash } from 'node:crypto';
-import { once } from 'node:events';
 import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { silentLogger, systemClock, type Clock, type Logger, type RunningProxy } from '@jwtproxy/core';
+import {
+  listenOn,
+  parseListenAddress,
+  removeSocketFile,
+  silentLogger,
+  systemClock,
+  type Clock,
+  type Logger,
+  type RunningProxy,
+} from '@jwtproxy/core';
 import { FileKeyStore } from './file-store.js';
 import { createRequestHandler } from './http.js';
 import { RedisKeyStore } from './redis-store.js';
@@ -90,21 +98,6 @@ export async function openKeyStore(spec: StorageSpec, logger: Logger = silentLog
   }
 }
 
-type ListenTarget = { path: string } | { host: string | undefined; port: number };
-
-export function parseListenAddr(listenAddr: string): ListenTarget {
-  if (listenAddr.startsWith('unix:')) {
-    const socketPath = listenAddr.slice('unix:'.length);
-    if (!socketPath) throw new Error(`${JSON.stringify(listenAddr)}: unix: needs a socket path`);
-    return { path: socketPath };
-  }
-  const match = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(listenAddr);
-  const port = Number(match?.[3]);
-  if (!match || port > 65535) throw new Error(`${JSON.stringify(listenAddr)} is not host:port, :port or unix:/path`);
-  const host = match[1] ?? match[2];
-  return { host: host === '' ? undefined : host, port };
-}
-
 function hostForUrl(host: string): string {
   return host.includes(':') ? `[${host}]` : host;
 }
@@ -114,8 +107,8 @@ export async function startKeyRegistryServer(options: KeyRegistryServerOptions =
   const logger = options.logger ?? silentLogger;
   const clock = options.clock ?? systemClock;
   const listenAddr = options.listenAddr ?? keyRegistryDefaults.listenAddr;
-  const target = parseListenAddr(listenAddr);
-  if ('path' in target && options.tls) throw new Error('TLS cannot be used on a unix socket listener');
+  const listenAddress = parseListenAddress(listenAddr);
+  if (listenAddress.kind === 'unix' && options.tls) throw new Error('TLS cannot be used on a unix socket listener');
   const scheme = options.tls ? 'https' : 'http';
   const ownsStore = !options.store;
   const store = options.store ?? (await openKeyStore(options.storage ?? { type: 'file', path: defaultStoragePath() }, logger, clock));
@@ -125,25 +118,20 @@ export async function startKeyRegistryServer(options: KeyRegistryServerOptions =
     server.headersTimeout = 10_000;
     server.requestTimeout = 30_000;
     server.keepAliveTimeout = 5_000;
-    if ('path' in target) server.listen(target.path);
-    else server.listen(target.port, target.host);
-    await Promise.race([
-      once(server, 'listening'),
-      once(server, 'error').then(([error]) => {
-        throw new Error(`key registry: cannot listen on ${listenAddr}: ${(error as Error).message}`, { cause: error });
-      }),
-    ]);
-    const bound = server.address();
     let address: string;
+    try {
+      address = await listenOn(server, listenAddress);
+    } catch (error) {
+      // The system error stays the cause: the CLI tells a bind failure by its code.
+      throw new Error(`key registry: ${(error as Error).message}`, { cause: (error as Error).cause ?? error });
+    }
     let derivedPublicUrl: string;
-    if (typeof bound === 'string' || bound === null) {
-      address = `unix:${'path' in target ? target.path : String(bound)}`;
-      derivedPublicUrl = `${scheme}://localhost`;
-    } else {
-      const info = bound as AddressInfo;
-      address = `${scheme}://${hostForUrl(info.address)}:${info.port}`;
-      const unspecified = !('host' in target) || target.host === undefined || target.host === '0.0.0.0' || target.host === '::';
-      derivedPublicUrl = `${scheme}://${unspecified ? 'localhost' : hostForUrl(target.host!)}:${info.port}`;
+    if (listenAddress.kind === 'unix') derivedPublicUrl = `${scheme}://localhost`;
+    else {
+      const { port } = server.address() as AddressInfo;
+      const { host } = listenAddress;
+      const named = host !== undefined && host !== '' && host !== '0.0.0.0' && host !== '::';
+      derivedPublicUrl = `${scheme}://${named ? hostForUrl(host) : 'localhost'}:${port}`;
     }
     if (!options.publicUrl) {
       logger.warn('key registry: public_url is not set; publishing tokens must name this audience', { aud: derivedPublicUrl });
@@ -202,6 +190,9 @@ export async function startKeyRegistryServer(options: KeyRegistryServerOptions =
           clearTimeout(timer);
           server.closeAllConnections();
           await closed;
+          await removeSocketFile(listenAddress).catch((error: unknown) =>
+            logger.warn('key registry: cannot remove its socket file', { address, error: (error as Error).message }),
+          );
           await sweeping;
           if (ownsStore) await store.close();
           logger.info('key registry: stopped', { address });
