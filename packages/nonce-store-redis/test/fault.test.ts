@@ -3,7 +3,7 @@ import { httpAnswerFor, NonceStoreUnavailableError, type Logger } from '@jwtprox
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { RedisNonceStore } from '../src/index.js';
-import { startOwnRedis, type OwnRedis } from './redis-server.js';
+import { startOwnRedis, type OwnRedis } from '@jwtproxy/testkit';
 
 const COMMAND_TIMEOUT_MS = 250;
 const RECONNECT_MAX_DELAY_MS = 500;

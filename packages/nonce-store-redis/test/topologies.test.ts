@@ -5,11 +5,10 @@ import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { nonceStores, NonceStoreUnavailableError, type Logger } from '@jwtproxy/core';
-import { makeCa, makeServerCertificate } from '@jwtproxy/testkit';
+import { freeLoopbackPort, makeCa, makeServerCertificate, startOwnRedis, type OwnRedis } from '@jwtproxy/testkit';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { RedisNonceStore } from '../src/index.js';
-import { freePort, startOwnRedis, type OwnRedis } from './redis-server.js';
 
 const nowSeconds = (): number => Math.floor(Date.now() / 1000);
 const cleanups: Array<() => Promise<void>> = [];
@@ -54,7 +53,7 @@ describe('Redis topologies', () => {
   });
 
   it('Cluster: claims on a (one-node) Redis Cluster; two stores agree on one winner', async () => {
-    const busPort = await freePort();
+    const busPort = await freeLoopbackPort();
     const node = await own({ args: ['--cluster-enabled', 'yes', '--cluster-port', String(busPort), '--cluster-config-file', 'nodes.conf', '--cluster-announce-ip', '127.0.0.1'] });
     const admin = new Redis(node.port, '127.0.0.1');
     try {

@@ -7,6 +7,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import forge from 'node-forge';
 
+export { startOwnRedis, freeLoopbackPort, type OwnRedis, type OwnRedisOptions } from './own-redis.js';
 export { QuayLikeRegistry, startQuayLikeRegistry, type StoredKey, type SeenRegistryRequest } from './quay-like-registry.js';
 
 /** Repository root (this file lives in packages/testkit/dist). */
@@ -181,4 +182,44 @@ export async function writePemFiles(pem: Pem, dir: string, name: string): Promis
   await writeFile(keyFile, pem.key, { mode: 0o600 });
   await writeFile(certFile, pem.cert);
   return { keyFile, certFile };
+}
+
+/**
+ * Samples a process's resident memory (VmRSS in /proc/<pid>/status, Linux) every `everyMs` until
+ * `stop()`, which hands back the first, the highest and the last sample in bytes: to see that a
+ * proxy streams a large body instead of buffering it.
+ */
+export function sampleRss(pid: number, everyMs = 50): { stop(): { first: number; peak: number; last: number; samples: number } } {
+  const read = (): number | undefined => {
+    try {
+      const kib = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1];
+      return kib === undefined ? undefined : Number(kib) * 1024;
+    } catch {
+      return undefined; // the process has exited
+    }
+  };
+  const first = read() ?? 0;
+  let peak = first;
+  let last = first;
+  let samples = 1;
+  const timer = setInterval(() => {
+    const rss = read();
+    if (rss === undefined) return;
+    samples++;
+    last = rss;
+    if (rss > peak) peak = rss;
+  }, everyMs);
+  timer.unref();
+  return {
+    stop() {
+      clearInterval(timer);
+      const rss = read();
+      if (rss !== undefined) {
+        samples++;
+        last = rss;
+        if (rss > peak) peak = rss;
+      }
+      return { first, peak, last, samples };
+    },
+  };
 }

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 /** A port the OS just handed out on 127.0.0.1 (redis-server cannot be told to pick one itself). */
-export async function freePort(): Promise<number> {
+export async function freeLoopbackPort(): Promise<number> {
   const server = net.createServer();
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
@@ -70,7 +70,7 @@ export interface OwnRedisOptions {
 }
 
 export async function startOwnRedis(options: OwnRedisOptions = {}): Promise<OwnRedis> {
-  const port = await freePort();
+  const port = await freeLoopbackPort();
   const dir = mkdtempSync(path.join(tmpdir(), 'jwtproxy-redis-'));
   const own: OwnRedis = {
     port,
