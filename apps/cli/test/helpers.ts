@@ -15,6 +15,10 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { Readable } from 'node:stream';
+import { RequestSigner } from '@jwtproxy/core';
+import { PresharedPrivateKeySource } from '@jwtproxy/key-sources';
+import { interop } from '@jwtproxy/testkit';
 
 export const cliMain = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../dist/main.js');
 
@@ -30,6 +34,8 @@ export interface CliOptions {
   env?: NodeJS.ProcessEnv;
   /** Kill the process and reject after this long (default 20 s). */
   timeoutMs?: number;
+  /** The command to run instead of `node apps/cli/dist/main.js`, e.g. `['npx', '--no', 'jwtproxy']` in a folder where the packed packages were installed. */
+  command?: readonly string[];
 }
 
 /** Splits one logfmt line (`time=… level=info msg="x y" key=value`) into its fields. */
@@ -43,7 +49,8 @@ export function parseLogfmt(line: string): Record<string, string> {
 }
 
 function spawnCli(args: readonly string[], options: CliOptions): ChildProcessWithoutNullStreams {
-  return spawn(process.execPath, [cliMain, ...args], {
+  const [file = process.execPath, ...leading] = options.command ?? [process.execPath, cliMain];
+  return spawn(file, [...leading, ...args], {
     cwd: options.cwd ?? process.cwd(),
     env: { ...process.env, ...options.env },
     stdio: ['pipe', 'pipe', 'pipe'],
@@ -253,4 +260,132 @@ export const keyRegistryConfig = {
 export function kidOf(authorization: string | undefined): string | undefined {
   const header = /^Bearer ([\w-]+)\./.exec(authorization ?? '')?.[1];
   return header ? (JSON.parse(Buffer.from(header, 'base64url').toString('utf8')) as { kid?: string }).kid : undefined;
+}
+
+/**
+ * YAML for the end-to-end tests: a signer and verifiers with the Go interop key pair (preshared),
+ * as the Go examples/httpserver configures them. `jwtproxyConfig` joins the blocks into one file.
+ */
+export const e2eConfig = {
+  signer(options: { listenAddr?: string; shutdownTimeout?: string; extra?: string[] } = {}): string[] {
+    return [
+      '  signer_proxy:',
+      `    listen_addr: ${options.listenAddr ?? '127.0.0.1:0'}`,
+      ...(options.shutdownTimeout ? [`    shutdown_timeout: ${options.shutdownTimeout}`] : []),
+      ...(options.extra ?? []).map((line) => `    ${line}`),
+      '    signer:',
+      `      issuer: ${interop.issuer}`,
+      '      private_key:',
+      '        type: preshared',
+      `        options: {key_id: ${interop.keyId}, private_key_path: ${JSON.stringify(interop.privateKeyPath)}}`,
+    ];
+  },
+  /** One entry of `verifier_proxies`; `nonceStorage` is a YAML flow mapping such as `{type: none}`. */
+  verifier(options: {
+    listenAddr?: string;
+    upstream: string;
+    audience: string;
+    shutdownTimeout?: string;
+    tls?: { keyFile: string; certFile: string };
+    nonceStorage?: string;
+  }): string[] {
+    return [
+      `  - listen_addr: ${options.listenAddr ?? '127.0.0.1:0'}`,
+      ...(options.shutdownTimeout ? [`    shutdown_timeout: ${options.shutdownTimeout}`] : []),
+      ...(options.tls ? [`    key_file: ${JSON.stringify(options.tls.keyFile)}`, `    crt_file: ${JSON.stringify(options.tls.certFile)}`] : []),
+      '    verifier:',
+      `      upstream: ${options.upstream}`,
+      `      audience: ${options.audience}`,
+      '      key_server:',
+      '        type: preshared',
+      `        options: {issuer: ${interop.issuer}, key_id: ${interop.keyId}, public_key_path: ${JSON.stringify(interop.publicKeyPath)}}`,
+      ...(options.nonceStorage ? [`      nonce_storage: ${options.nonceStorage}`] : []),
+    ];
+  },
+};
+
+/** A whole configuration file from a signer block and verifier entries (either may be absent). */
+export function jwtproxyConfig(parts: { signer?: string[]; verifiers?: string[][] }): string {
+  return [
+    'jwtproxy:',
+    ...(parts.signer ?? []),
+    ...(parts.verifiers?.length ? ['  verifier_proxies:', ...parts.verifiers.flat()] : []),
+    '',
+  ].join('\n');
+}
+
+/** A token signed in the test with the interop key, as a signer would make it for `audience`. */
+export async function mintToken(audience: string, options: { expirationMs?: number } = {}): Promise<string> {
+  const signer = new RequestSigner({
+    issuer: interop.issuer,
+    expirationTime: options.expirationMs ?? 60_000,
+    maxSkew: 10_000,
+    nonceLength: 32,
+    keySource: PresharedPrivateKeySource.fromFile(interop.keyId, interop.privateKeyPath),
+  });
+  return signer.sign(audience);
+}
+
+/** The claims of a JWT (not verified: for assertions on what a proxy sent). */
+export function claimsOf(authorization: string | undefined): Record<string, unknown> {
+  const payload = /^Bearer [\w-]+\.([\w-]+)\./.exec(authorization ?? '')?.[1];
+  if (!payload) throw new Error(`not a Bearer JWT: ${authorization}`);
+  return JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as Record<string, unknown>;
+}
+
+export interface FullAnswer extends HttpAnswer {
+  headers: http.IncomingHttpHeaders;
+}
+
+/**
+ * One HTTP request with the usual knobs of these tests: straight to `url`, through the signer
+ * (`proxy`, absolute-form request line), or over a unix socket (`socketPath`); a body as a
+ * string, a buffer or a stream. Resolves with the status, headers and body text.
+ */
+export function httpRequest(
+  url: string,
+  options: {
+    method?: string;
+    proxy?: string;
+    socketPath?: string;
+    headers?: http.OutgoingHttpHeaders;
+    body?: string | Buffer | Readable;
+    agent?: http.Agent | false;
+  } = {},
+): Promise<FullAnswer> {
+  const target = new URL(url);
+  const via = options.proxy ? new URL(options.proxy) : target;
+  return new Promise((resolve, reject) => {
+    const request = http.request(
+      {
+        method: options.method ?? 'GET',
+        ...(options.socketPath ? { socketPath: options.socketPath } : { host: via.hostname, port: via.port }),
+        path: options.proxy ? target.href : `${target.pathname}${target.search}`,
+        headers: { host: target.host, ...options.headers },
+        agent: options.agent ?? false,
+      },
+      (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => (body += chunk));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+        res.on('error', reject);
+      },
+    );
+    request.on('error', reject);
+    const body = options.body;
+    if (body === undefined || typeof body === 'string' || Buffer.isBuffer(body)) request.end(body);
+    else body.on('error', (error) => request.destroy(error)).pipe(request);
+  });
+}
+
+/** Whether a process is still running (signal 0 checks without sending anything). */
+export function isAlive(pid: number | undefined): boolean {
+  if (pid === undefined) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
 }
