@@ -42,6 +42,22 @@ function errorText(error: unknown): string {
 }
 
 /**
+ * Rejects with "Command timed out" when `answer` has not settled `ms` after the call. Not on the
+ * timer alone: when it fires, one more pass of the event loop's I/O phase comes first
+ * (setImmediate), so that a reply Redis already sent is read before giving up. Under a burst of
+ * requests the event loop can be busy for longer than the timeout; a timer checked before the
+ * waiting socket data would then refuse claims that Redis answered in a millisecond (ioredis's own
+ * commandTimeout does exactly that).
+ */
+function withCommandTimeout<T>(answer: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => setImmediate(() => reject(new Error('Command timed out'))), ms);
+  });
+  return Promise.race([answer, timedOut]).finally(() => clearTimeout(timer));
+}
+
+/**
  * Replay protection shared by every verifier that uses the same Redis: a `jti` is claimed
  * with one atomic `SET key 1 PX ttl NX`, so exactly one replica, once, gets true.
  *
@@ -76,7 +92,7 @@ export class RedisNonceStore implements NonceStore {
     const common: RedisOptions = {
       username: connection.username,
       password: connection.password,
-      commandTimeout: this.#commandTimeoutMs,
+      // No ioredis commandTimeout: claim() applies its own (see withCommandTimeout).
       connectTimeout: options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
       // A SET NX sent again after a broken connection may have run the first time and would
       // then answer "already seen": refuse (503) rather than risk calling a fresh token a replay.
@@ -162,7 +178,7 @@ export class RedisNonceStore implements NonceStore {
     const ttlMs = Math.max(1, Math.ceil(expiresAt * 1000 + EXPIRY_GRACE_MS - this.#clock()));
     let answer: string | null;
     try {
-      answer = await this.#client.set(this.#keyPrefix + jti, '1', 'PX', ttlMs, 'NX');
+      answer = await withCommandTimeout(this.#client.set(this.#keyPrefix + jti, '1', 'PX', ttlMs, 'NX'), this.#commandTimeoutMs);
     } catch (error) {
       this.#markUnavailable(error);
       throw new NonceStoreUnavailableError({ cause: error });

@@ -138,6 +138,18 @@ describe('RedisNonceStore when Redis fails', () => {
     expect(escaped).toEqual([]);
   });
 
+  it('a busy event loop is not mistaken for a slow Redis: a claim Redis answered at once is not refused after the timeout', async () => {
+    const logger = recordingLogger();
+    const store = newStore(logger);
+    expect(await store.ready()).toBe(true);
+    const claims = Array.from({ length: 50 }, (_, i) => store.claim(`busy-${i}`, nowSeconds() + 60));
+    // The verifier busy with a burst of other requests for longer than the command timeout.
+    const busyUntil = Date.now() + COMMAND_TIMEOUT_MS + 100;
+    while (Date.now() < busyUntil);
+    expect(await Promise.all(claims)).toEqual(claims.map(() => true));
+    expect(logger.lines.filter((line) => line.includes('unavailable'))).toEqual([]);
+  });
+
   it('Redis down at start-up: the store is created, claims fail closed, and it serves once Redis starts', async () => {
     await redis.kill();
     const logger = recordingLogger();
