@@ -34,8 +34,14 @@ export interface CliOptions {
   env?: NodeJS.ProcessEnv;
   /** Kill the process and reject after this long (default 20 s). */
   timeoutMs?: number;
-  /** The command to run instead of `node apps/cli/dist/main.js`, e.g. `['npx', '--no', 'jwtproxy']` in a folder where the packed packages were installed. */
+  /** The command to run instead of `node apps/cli/dist/main.js`, e.g. `['npx', '--no-install', 'jwtproxy']` in a folder where the packed packages were installed. */
   command?: readonly string[];
+  /**
+   * Start the command in a process group of its own and send signals to the whole group, as a
+   * terminal's Ctrl-C does. For `npx`, which exits on SIGTERM without passing it on to the
+   * command it runs (the command would be left running, holding the test's pipes).
+   */
+  processGroup?: boolean;
 }
 
 /** Splits one logfmt line (`time=… level=info msg="x y" key=value`) into its fields. */
@@ -54,6 +60,7 @@ function spawnCli(args: readonly string[], options: CliOptions): ChildProcessWit
     cwd: options.cwd ?? process.cwd(),
     env: { ...process.env, ...options.env },
     stdio: ['pipe', 'pipe', 'pipe'],
+    detached: options.processGroup ?? false,
   });
 }
 
@@ -127,9 +134,20 @@ export async function startCli(args: readonly string[], options: CliOptions = {}
     });
 
   const logLines = (): Array<Record<string, string>> => stderr.split('\n').filter(Boolean).map(parseLogfmt);
+  const signalCli = (signal: NodeJS.Signals): void => {
+    if (!options.processGroup || child.pid === undefined) {
+      child.kill(signal);
+      return;
+    }
+    try {
+      process.kill(-child.pid, signal);
+    } catch {
+      // The group is gone already.
+    }
+  };
   const stop = async (signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 20_000): Promise<CliResult> => {
-    if (!hasExited) child.kill(signal);
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    if (!hasExited) signalCli(signal);
+    const timer = setTimeout(() => hasExited || signalCli('SIGKILL'), timeoutMs);
     try {
       return await exited;
     } finally {
