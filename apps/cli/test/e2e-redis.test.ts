@@ -4,11 +4,13 @@
  * of the test's own that goes away and comes back, and `nonce_storage: {type: none}`.
  */
 import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import http from 'node:http';
+import path from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startEchoService, startOwnRedis, type OwnRedis, type RunningServer, type SeenRequest } from '@jwtproxy/testkit';
-import { claimsOf, e2eConfig, httpRequest, isAlive, jwtproxyConfig, mintToken, startCli, tempDir, type RunningCli } from './helpers.js';
+import { repoRoot, startEchoService, startOwnRedis, type OwnRedis, type RunningServer, type SeenRequest } from '@jwtproxy/testkit';
+import { claimsOf, e2eConfig, freePort, httpRequest, isAlive, jwtproxyConfig, mintToken, startCli, tempDir, type RunningCli } from './helpers.js';
 
 const redisUrl = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const audience = 'http://api.internal';
@@ -150,5 +152,52 @@ describe('nonce_storage: {type: none}', () => {
     const token = await mintToken(audience);
     expect((await httpRequest(`${verifier.url}/x`, { headers: bearer(token) })).status).toBe(200);
     expect((await httpRequest(`${verifier.url}/x`, { headers: bearer(token) })).status).toBe(200);
+  });
+});
+
+describe('examples/redis-replicas', () => {
+  /** The example file with its fixed ports, paths, Redis and prefix replaced; each replacement must apply. */
+  function exampleConfig(name: string, replacements: Array<[string, string]>): string {
+    let text = readFileSync(path.join(repoRoot, 'examples/redis-replicas', name), 'utf8');
+    for (const [from, to] of replacements) {
+      expect(text, `${name} should contain ${from}`).toContain(from);
+      text = text.replaceAll(from, to);
+    }
+    return text;
+  }
+
+  it('as shipped: a token the signer made for replica A passes once, then B and A refuse it; its nonce expires with it', async () => {
+    const prefix = `jwtproxy:e2e:${randomUUID()}:`;
+    const portA = await freePort();
+    const keys = path.join(repoRoot, 'examples/httpserver') + '/';
+    const verifierReplacements = (listen: string, port: number): Array<[string, string]> => [
+      [`listen_addr: 127.0.0.1:${listen}`, `listen_addr: 127.0.0.1:${port}`],
+      ['audience: http://localhost:8081', `audience: http://localhost:${portA}`],
+      ['upstream: http://127.0.0.1:8080/', `upstream: ${service.url}/`],
+      ['../httpserver/', keys],
+      ['url: redis://127.0.0.1:6379', `url: ${redisUrl}`],
+      ['key_prefix: "jwtproxy:nonce:example:"', `key_prefix: "${prefix}"`],
+    ];
+    const configs = await Promise.all([
+      files.write('example-signer.yaml', exampleConfig('signer.yaml', [['listen_addr: 127.0.0.1:3128', 'listen_addr: 127.0.0.1:0'], ['../httpserver/', keys]])),
+      files.write('example-a.yaml', exampleConfig('verifier-a.yaml', verifierReplacements('8081', portA))),
+      files.write('example-b.yaml', exampleConfig('verifier-b.yaml', verifierReplacements('8083', await freePort()))),
+    ]);
+    const [signer, a, b] = await Promise.all(configs.map((file) => startCli(['-config', file])));
+    running.push(signer!, a!, b!);
+    const replicaA = a!.servers['verifier_proxies[0]']!;
+    const replicaB = b!.servers['verifier_proxies[0]']!;
+
+    const first = await httpRequest(`http://localhost:${portA}/`, { proxy: signer!.servers.signer_proxy });
+    expect(first.status).toBe(200);
+    const token = (JSON.parse(first.body) as SeenRequest).headers.authorization!;
+    expect(await httpRequest(`${replicaB}/`, { headers: { authorization: token } })).toMatchObject({ status: 403, body: JTI_REFUSED });
+    expect(await httpRequest(`${replicaA}/`, { headers: { authorization: token } })).toMatchObject({ status: 403, body: JTI_REFUSED });
+
+    const { jti, exp } = claimsOf(token) as { jti: string; exp: number };
+    const untilExpMs = exp * 1000 - Date.now();
+    const pttl = await redis.pttl(`${prefix}${jti}`);
+    expect(pttl).toBeGreaterThan(untilExpMs - 2000);
+    expect(pttl).toBeLessThanOrEqual(untilExpMs + 1000 + 50);
   });
 });
