@@ -42,19 +42,27 @@ function errorText(error: unknown): string {
 }
 
 /**
- * Rejects with "Command timed out" when `answer` has not settled `ms` after the call. Not on the
- * timer alone: when it fires, one more pass of the event loop's I/O phase comes first
- * (setImmediate), so that a reply Redis already sent is read before giving up. Under a burst of
- * requests the event loop can be busy for longer than the timeout; a timer checked before the
- * waiting socket data would then refuse claims that Redis answered in a millisecond (ioredis's own
- * commandTimeout does exactly that).
+ * Rejects with "Command timed out" when `answer` has not settled `ms` after the command went out.
+ * Auto-pipelining sends the commands of one event-loop turn together from a setImmediate; the
+ * clock starts in the immediate queued after it, that is once the command is written. When the
+ * timer fires, one more pass of the event loop's I/O phase comes first (setImmediate again), so
+ * that a reply Redis already sent is read before giving up. Under a burst of requests the event
+ * loop can be busy for longer than the timeout; a clock started at the call, or checked before
+ * the waiting socket data, would then refuse claims that Redis answered in a millisecond
+ * (ioredis's own commandTimeout does exactly that).
  */
 function withCommandTimeout<T>(answer: Promise<T>, ms: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
+  let settled = false;
   const timedOut = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => setImmediate(() => reject(new Error('Command timed out'))), ms);
+    setImmediate(() => {
+      if (!settled) timer = setTimeout(() => setImmediate(() => reject(new Error('Command timed out'))), ms);
+    });
   });
-  return Promise.race([answer, timedOut]).finally(() => clearTimeout(timer));
+  return Promise.race([answer, timedOut]).finally(() => {
+    settled = true;
+    clearTimeout(timer);
+  });
 }
 
 /**
@@ -99,6 +107,9 @@ export class RedisNonceStore implements NonceStore {
       autoResendUnfulfilledCommands: false,
       maxRetriesPerRequest: 0,
       connectionName: 'jwtproxy-nonce-store',
+      // Claims made in the same event-loop turn go out in one write and their replies come back
+      // in one read: under load, fewer system calls per request on both sides (bench: verifier-redis).
+      enableAutoPipelining: true,
       tls: tlsConnectionOptions(connection.tls),
     };
 

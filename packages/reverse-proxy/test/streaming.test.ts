@@ -9,7 +9,12 @@ afterEach(() => runCleanups(cleanups));
 
 const MiB = 1024 * 1024;
 const TOTAL = 200 * MiB;
-const MEMORY_BUDGET = 64 * MiB;
+/**
+ * RSS growth allowed while 200 MiB pass. Client, proxy and upstream share this process, so RSS
+ * also holds their socket buffers and garbage not yet collected (64 MiB was exceeded once, by
+ * 0.9 MiB); a proxy that buffered the body would grow by about 200 MiB.
+ */
+const MEMORY_BUDGET = 100 * MiB;
 /** Long enough for loopback to move all 200 MiB into a proxy that ignored backpressure. */
 const SLOW_START_MS = 1_500;
 // One chunk, written again and again: the test itself allocates nothing per MiB moved.
@@ -65,7 +70,6 @@ describe('streaming', () => {
       return { status: res.statusCode, body };
     });
     expect(result).toEqual({ status: 200, body: String(TOTAL) });
-    console.log("growth MiB", growth / MiB);
     expect(growth).toBeLessThan(MEMORY_BUDGET);
   });
 
@@ -91,7 +95,6 @@ describe('streaming', () => {
       return bytes;
     });
     expect(received).toBe(TOTAL);
-    console.log("growth MiB", growth / MiB);
     expect(growth).toBeLessThan(MEMORY_BUDGET);
   });
 
