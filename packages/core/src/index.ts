@@ -2,7 +2,7 @@ export * from './errors.js';
 export * from './types.js';
 export * from './registry.js';
 export { parseDuration, formatDuration, toDuration, DurationParseError } from './duration.js';
-export { createLogger, silentLogger, isLogLevel, type LogLevel } from './logger.js';
+export { createLogger, silentLogger, isLogLevel, RepeatedLogLimiter, type LogLevel } from './logger.js';
 export { algorithmsFor, verificationKeyFrom, signingKeyFromKeyObject } from './keys.js';
 export { RequestSigner, audienceOf, generateNonce, type RequestSignerOptions } from './signing.js';
 export {

@@ -35,3 +35,47 @@ export function createLogger(options: { level?: LogLevel; stream?: NodeJS.Writab
 }
 
 export const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };
+
+/**
+ * Keeps a recurring failure from flooding the log: a proxy refusing thousands of requests a
+ * second while Redis, the key server or an upstream is down would otherwise write a line for
+ * each. The first line of each kind passes; then at most one per interval, carrying how many
+ * were held back since the last (`repeated=N`).
+ */
+export class RepeatedLogLimiter {
+  readonly #logger: Logger;
+  readonly #intervalMs: number;
+  readonly #clock: () => number;
+  /** Kind → when its last line was written and how many were held back since. */
+  readonly #kinds = new Map<string, { writtenAt: number; heldBack: number }>();
+
+  constructor(logger: Logger, options: { intervalMs?: number | undefined; clock?: () => number } = {}) {
+    this.#logger = logger;
+    this.#intervalMs = options.intervalMs ?? 10_000;
+    this.#clock = options.clock ?? Date.now;
+  }
+
+  /**
+   * Whether a line of this kind is written now: undefined to hold it back, else the number of
+   * lines held back since the last one written (0 for the first).
+   */
+  admit(kind: string): number | undefined {
+    const now = this.#clock();
+    const seen = this.#kinds.get(kind);
+    if (seen && now - seen.writtenAt < this.#intervalMs) {
+      seen.heldBack++;
+      return undefined;
+    }
+    // Kinds come from error texts; a bound keeps a flood of distinct ones from growing the map.
+    if (!seen && this.#kinds.size >= 1_000) this.#kinds.clear();
+    const heldBack = seen?.heldBack ?? 0;
+    this.#kinds.set(kind, { writtenAt: now, heldBack: 0 });
+    return heldBack;
+  }
+
+  /** Writes the line unless one of the same kind was written less than an interval ago. */
+  write(level: LogLevel, kind: string, message: string, fields: Record<string, unknown> = {}): void {
+    const repeated = this.admit(kind);
+    if (repeated !== undefined) this.#logger[level](message, repeated ? { ...fields, repeated } : fields);
+  }
+}

@@ -1,6 +1,6 @@
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import type { Dispatcher } from 'undici';
-import { httpAnswerFor, UpstreamError, type HttpAnswer, type Logger, type RequestSigner } from '@jwtproxy/core';
+import { httpAnswerFor, RepeatedLogLimiter, UpstreamError, type HttpAnswer, type Logger, type RequestSigner } from '@jwtproxy/core';
 import { forwardedRequestHeaders, forwardedResponseHeaders } from './headers.js';
 import type { RequestTarget } from './targets.js';
 import type { UpstreamPools } from './upstreams.js';
@@ -46,14 +46,14 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
   readonly #res: ServerResponse;
   readonly #req: IncomingMessage;
   readonly #origin: string;
-  readonly #logger: Logger;
+  readonly #log: RepeatedLogLimiter;
   #finished = false;
 
-  constructor(req: IncomingMessage, res: ServerResponse, origin: string, logger: Logger) {
+  constructor(req: IncomingMessage, res: ServerResponse, origin: string, log: RepeatedLogLimiter) {
     this.#req = req;
     this.#res = res;
     this.#origin = origin;
-    this.#logger = logger;
+    this.#log = log;
   }
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
@@ -91,12 +91,12 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
     this.#finished = true;
     if (this.#res.destroyed) return; // the client left first: nothing to tell
     if (this.#res.headersSent) {
-      this.#logger.debug('response stream ended early', { upstream: this.#origin, error: error.message });
+      this.#log.write('debug', `${this.#origin} ${error.message}`, 'response stream ended early', { upstream: this.#origin, error: error.message });
       this.#res.destroy();
       return;
     }
     const failure = upstreamFailure(this.#origin, error);
-    this.#logger.warn('upstream request failed', { upstream: this.#origin, error: failure.message });
+    this.#log.write('warn', failure.message, 'upstream request failed', { upstream: this.#origin, error: failure.message });
     answer(this.#res, httpAnswerFor(failure));
     this.#req.resume();
   }
@@ -106,20 +106,22 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
  * The signer's hot path: one async signature (libuv thread pool), then the request streamed to a
  * pooled keep-alive connection and the response relayed back as it arrives; bodies are never buffered.
  */
-export function createForwarder(signer: RequestSigner, pools: UpstreamPools, logger: Logger): Forwarder {
+export function createForwarder(signer: RequestSigner, pools: UpstreamPools, logger: Logger, repeatedLogIntervalMs?: number): Forwarder {
+  // While the key source or an upstream is down every request fails the same way: one line per kind and interval.
+  const log = new RepeatedLogLimiter(logger, { intervalMs: repeatedLogIntervalMs });
   return {
     async forward(req, res, target) {
       let authorization: string;
       try {
         authorization = await signer.authorizationFor(target.audience);
       } catch (error) {
-        logger.error('unable to sign request', { audience: target.audience, error });
+        log.write('error', error instanceof Error ? error.message : String(error), 'unable to sign request', { audience: target.audience, error });
         answer(res, httpAnswerFor(error));
         req.resume();
         return;
       }
       if (res.destroyed) return; // the client went away while we signed
-      const relay = new ResponseRelay(req, res, target.origin, logger);
+      const relay = new ResponseRelay(req, res, target.origin, log);
       try {
         pools.poolFor(target.origin).dispatch(
           {

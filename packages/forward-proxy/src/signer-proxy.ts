@@ -32,6 +32,8 @@ export interface SignerProxyOptions {
   /** Accept any upstream certificate. */
   insecureSkipVerify?: boolean;
   logger: Logger;
+  /** Least time between two log lines about the same recurring failure, ms (default 10 s). */
+  repeatedLogIntervalMs?: number;
 }
 
 const LISTEN_ADDR_KEY = 'signer_proxy.listen_addr';
@@ -71,7 +73,7 @@ export async function startSignerProxy(options: SignerProxyOptions): Promise<Run
     options.caKeyFile && options.caCertFile ? await CertificateForger.load({ caKeyFile: options.caKeyFile, caCertFile: options.caCertFile }) : undefined;
   const trustedCertificates = options.trustedCertificates?.length ? await readTrustedCertificates(options.trustedCertificates) : undefined;
   const pools = new UpstreamPools({ trustedCertificates, insecureSkipVerify: options.insecureSkipVerify ?? false });
-  const forwarder = createForwarder(signer, pools, logger);
+  const forwarder = createForwarder(signer, pools, logger, options.repeatedLogIntervalMs);
 
   let stopping = false;
   let inFlight = 0;

@@ -136,11 +136,14 @@ describe('signing plain HTTP requests', () => {
   it('answers 502 "unable to sign request" when no key is active, without calling the upstream', async () => {
     const service = await echo();
     const signer = await startSigner({ signer: makeSigner(interopKeySource(false)) });
-    const response = await requestThroughProxy(signer, `${service.url}/`);
-    expect(response.status).toBe(502);
-    expect(response.body).toBe('jwtproxy: unable to sign request: No key is yet active');
+    const responses = await Promise.all(Array.from({ length: 10 }, () => requestThroughProxy(signer, `${service.url}/`)));
+    for (const response of responses) {
+      expect(response.status).toBe(502);
+      expect(response.body).toBe('jwtproxy: unable to sign request: No key is yet active');
+    }
     expect(service.seen).toHaveLength(0);
-    expect(signer.logger.lines.some((line) => line.level === 'error' && line.message === 'unable to sign request')).toBe(true);
+    // Logged once while it lasts (then once per interval), not once per request.
+    expect(signer.logger.lines.filter((line) => line.level === 'error' && line.message === 'unable to sign request')).toHaveLength(1);
   });
 
   it('answers 502 with the reason and logs it when the upstream is unreachable', async () => {

@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { UpstreamError, httpAnswerFor, type Logger } from '@jwtproxy/core';
+import { UpstreamError, httpAnswerFor, type RepeatedLogLimiter } from '@jwtproxy/core';
 import type { Dispatcher } from 'undici';
 import { describeUpstreamError, writeAnswer } from './answers.js';
 import { responseHeaders, type RequestHead, type UpstreamHeaders } from './headers.js';
@@ -33,7 +33,7 @@ class Forwarding implements Dispatcher.DispatchHandler {
 
   constructor(
     private readonly upstream: Upstream,
-    private readonly logger: Logger,
+    private readonly log: RepeatedLogLimiter,
     private readonly req: IncomingMessage,
     private readonly res: ServerResponse,
     private readonly drainable: boolean,
@@ -64,7 +64,7 @@ class Forwarding implements Dispatcher.DispatchHandler {
   onResponseError(_controller: Dispatcher.DispatchController | undefined, error: Error): void {
     if (this.#clientGone) return;
     const reason = describeUpstreamError(error);
-    this.logger.warn('upstream request failed', { upstream: this.upstream.description, method: this.req.method, error: reason });
+    this.log.write('warn', reason, 'upstream request failed', { upstream: this.upstream.description, method: this.req.method, error: reason });
     if (this.res.headersSent) {
       // The upstream died mid-response: the client must see a broken response, not a short one.
       this.res.destroy();
@@ -85,8 +85,8 @@ class Forwarding implements Dispatcher.DispatchHandler {
 }
 
 /** Sends a verified request upstream; the answer (or a 502) goes to `res`. */
-export function forward(upstream: Upstream, logger: Logger, req: IncomingMessage, res: ServerResponse, head: RequestHead): void {
-  const forwarding = new Forwarding(upstream, logger, req, res, head.drainable);
+export function forward(upstream: Upstream, log: RepeatedLogLimiter, req: IncomingMessage, res: ServerResponse, head: RequestHead): void {
+  const forwarding = new Forwarding(upstream, log, req, res, head.drainable);
   (res as ForwardedResponse)[kForwarding] = forwarding;
   res.once('close', onClientClose);
   const options: UpstreamDispatchOptions = {

@@ -1,6 +1,6 @@
 import { STATUS_CODES, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { UpstreamError, httpAnswerFor, type Logger } from '@jwtproxy/core';
+import { UpstreamError, httpAnswerFor, type RepeatedLogLimiter } from '@jwtproxy/core';
 import type { Dispatcher } from 'undici';
 import { describeUpstreamError, writeRawAnswer } from './answers.js';
 import { CLIENT_GONE, type UpstreamDispatchOptions } from './forward.js';
@@ -32,7 +32,7 @@ class UpgradeForwarding implements Dispatcher.DispatchHandler {
 
   constructor(
     private readonly upstream: Upstream,
-    private readonly logger: Logger,
+    private readonly log: RepeatedLogLimiter,
     private readonly client: Duplex,
     private readonly head: Buffer,
   ) {
@@ -81,14 +81,14 @@ class UpgradeForwarding implements Dispatcher.DispatchHandler {
   onResponseError(_controller: Dispatcher.DispatchController | undefined, error: Error): void {
     if (error === CLIENT_GONE || this.client.destroyed) return;
     const reason = describeUpstreamError(error);
-    this.logger.warn('upstream upgrade failed', { upstream: this.upstream.description, error: reason });
+    this.log.write('warn', reason, 'upstream upgrade failed', { upstream: this.upstream.description, error: reason });
     if (this.#answered) this.client.destroy();
     else writeRawAnswer(this.client, httpAnswerFor(new UpstreamError(reason, { cause: error })));
   }
 }
 
 /** Sends a verified upgrade request upstream, forwarding its head with the client's Host. */
-export function forwardUpgrade(upstream: Upstream, logger: Logger, req: IncomingMessage, client: Duplex, bodyHead: Buffer, head: RequestHead): void {
+export function forwardUpgrade(upstream: Upstream, log: RepeatedLogLimiter, req: IncomingMessage, client: Duplex, bodyHead: Buffer, head: RequestHead): void {
   const options: UpstreamDispatchOptions = {
     path: upstream.targetFor(req.url!),
     method: req.method as Dispatcher.HttpMethod,
@@ -97,5 +97,5 @@ export function forwardUpgrade(upstream: Upstream, logger: Logger, req: Incoming
     upgrade: head.upgrade ?? 'websocket',
     servername: upstream.servername,
   };
-  upstream.pool.dispatch(options, new UpgradeForwarding(upstream, logger, client, bodyHead));
+  upstream.pool.dispatch(options, new UpgradeForwarding(upstream, log, client, bodyHead));
 }

@@ -6,6 +6,7 @@ import {
   listenOn,
   parseListenAddress,
   removeSocketFile,
+  RepeatedLogLimiter,
   type HttpAnswer,
   type ListenAddress,
   type Logger,
@@ -34,6 +35,8 @@ export interface VerifierProxyOptions {
   /** How long stop() lets requests in flight finish, in ms. */
   shutdownTimeout: number;
   logger: Logger;
+  /** Least time between two log lines about the same recurring failure, ms (default 10 s). */
+  repeatedLogIntervalMs?: number;
 }
 
 /** `*` (OPTIONS *) and origin-form targets are served; anything else is a forward-proxy request. */
@@ -59,12 +62,14 @@ export async function startVerifierProxy(options: VerifierProxyOptions): Promise
   /** Client connections switched to another protocol: Node no longer tracks them as HTTP. */
   const tunnels = new Set<Duplex>();
   let stopping = false;
+  // While a dependency is down every request fails the same way: one line per kind and interval.
+  const repeats = new RepeatedLogLimiter(logger, { intervalMs: options.repeatedLogIntervalMs });
 
   /** The answer to a request that did not verify, with a log line (debug for a client's fault). */
   const refusalFor = (error: unknown): HttpAnswer => {
     const answer = httpAnswerFor(error);
     if (!(error instanceof VerificationError)) logger.error('request verification failed unexpectedly', { error });
-    else if (answer.status >= 500) logger.warn('request refused: verification dependency failed', { status: answer.status, reason: answer.body });
+    else if (answer.status >= 500) repeats.write('warn', answer.body, 'request refused: verification dependency failed', { status: answer.status, reason: answer.body });
     else logger.debug('request refused', { status: answer.status, reason: answer.body });
     return answer;
   };
@@ -90,7 +95,7 @@ export async function startVerifierProxy(options: VerifierProxyOptions): Promise
       if (stopping) res.setHeader('connection', 'close');
       // Only a verified request is invited to send its body.
       if (expectsContinue) res.writeContinue();
-      forward(upstream, logger, req, res, head);
+      forward(upstream, repeats, req, res, head);
     } catch (error) {
       failed(error, res);
     }
@@ -109,7 +114,7 @@ export async function startVerifierProxy(options: VerifierProxyOptions): Promise
         return writeRawAnswer(client, refusalFor(error));
       }
       if (client.destroyed) return;
-      forwardUpgrade(upstream, logger, req, client, bodyHead, head);
+      forwardUpgrade(upstream, repeats, req, client, bodyHead, head);
     } catch (error) {
       failed(error, client);
     }

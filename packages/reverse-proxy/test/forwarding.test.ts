@@ -160,10 +160,11 @@ describe('refusals', () => {
     const echo = await echoUpstream();
     const downStore: NonceStore = { claim: () => Promise.reject(new NonceStoreUnavailableError()) };
     const proxy = await startProxy({ upstream: echo.url, verifier: makeVerifier(downStore) }, cleanups);
-    const answer = await send(proxy.address, { headers: { authorization: await bearer() } });
-    expect(answer).toMatchObject({ status: 503, body: refusal('Nonce storage unavailable') });
+    const answers = await Promise.all(Array.from({ length: 20 }, async () => send(proxy.address, { headers: { authorization: await bearer() } })));
+    for (const answer of answers) expect(answer).toMatchObject({ status: 503, body: refusal('Nonce storage unavailable') });
     expect(echo.seen).toHaveLength(0);
-    expect(proxy.logger.lines.some((line) => line.startsWith('warn request refused'))).toBe(true);
+    // One line for the outage, not one per refused request.
+    expect(proxy.logger.lines.filter((line) => line.startsWith('warn request refused'))).toHaveLength(1);
   });
 
   it('answers 502 and logs when the upstream cannot be reached', async () => {
@@ -174,6 +175,20 @@ describe('refusals', () => {
     expect(answer).toMatchObject({ status: 502, body: `jwtproxy: upstream error: connect ECONNREFUSED 127.0.0.1:${vacant.port}` });
     expect(answer.headers['content-type']).toBe('text/plain; charset=utf-8');
     expect(proxy.logger.lines.some((line) => line.startsWith('warn upstream request failed') && line.includes('ECONNREFUSED'))).toBe(true);
+  });
+
+  it('logs a lasting upstream outage once per interval, with the count of refusals held back', async () => {
+    const vacant = await listenOnLoopback(http.createServer());
+    await vacant.close();
+    const proxy = await startProxy({ upstream: `http://127.0.0.1:${vacant.port}`, repeatedLogIntervalMs: 300 }, cleanups);
+    const sendSome = () => Promise.all(Array.from({ length: 10 }, async () => send(proxy.address, { headers: { authorization: await bearer() } })));
+    for (const answer of await sendSome()) expect(answer.status).toBe(502);
+    const failures = () => proxy.logger.lines.filter((line) => line.startsWith('warn upstream request failed'));
+    expect(failures()).toHaveLength(1);
+    await new Promise((resolve) => setTimeout(resolve, 350));
+    await sendSome();
+    expect(failures()).toHaveLength(2);
+    expect(failures()[1]).toContain('"repeated":9');
   });
 
   it('does not stall on the body of a refused upload: the answer comes and the connection is closed', async () => {
