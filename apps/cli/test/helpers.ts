@@ -198,28 +198,9 @@ export interface HttpAnswer {
  * GET `url`, straight or through the forward proxy (the signer) at `proxy` (`http://host:port`),
  * as `curl --proxy` does: the request line carries the absolute URL. Rejects on a connection error.
  */
-export function httpGet(url: string, options: { proxy?: string; agent?: http.Agent; headers?: http.OutgoingHttpHeaders } = {}): Promise<HttpAnswer> {
-  const target = new URL(url);
-  const via = options.proxy ? new URL(options.proxy) : target;
-  return new Promise((resolve, reject) => {
-    const request = http.get(
-      {
-        host: via.hostname,
-        port: via.port,
-        path: options.proxy ? target.href : `${target.pathname}${target.search}`,
-        headers: { host: target.host, ...options.headers },
-        agent: options.agent ?? false,
-      },
-      (res) => {
-        let body = '';
-        res.setEncoding('utf8');
-        res.on('data', (chunk: string) => (body += chunk));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-        res.on('error', reject);
-      },
-    );
-    request.on('error', reject);
-  });
+export async function httpGet(url: string, options: { proxy?: string; agent?: http.Agent; headers?: http.OutgoingHttpHeaders } = {}): Promise<HttpAnswer> {
+  const { status, body } = await httpRequest(url, options);
+  return { status, body };
 }
 
 /**
