@@ -6,8 +6,11 @@
 // Then the verifier on the Redis nonce store, the HTTPS signer over keep-alive CONNECT tunnels
 // (driven by https-client.mjs, as wrk speaks no CONNECT), and the first request to 100 new hosts.
 //
-//   pnpm bench [--duration 5] [--connections 32] [--threads 2]
-//              [--only upstream,verifier,signer,chain,verifier-redis,https-signer,https-new-hosts]
+// Last, the latency each proxy adds at a fixed request rate (open loop, fixed-rate.mjs): wrk's 32
+// busy connections measure throughput, and their latency is mostly queueing at saturation.
+//
+//   pnpm bench [--duration 5] [--connections 32] [--threads 2] [--rate 500]
+//              [--only upstream,verifier,signer,chain,verifier-redis,https-signer,https-new-hosts,latency]
 import { spawn, spawnSync } from 'node:child_process';
 import { createPrivateKey } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -31,11 +34,13 @@ const { values: args } = parseArgs({
     threads: { type: 'string', default: '2' },
     only: { type: 'string' },
     json: { type: 'string' },
+    rate: { type: 'string', default: '500' },
   },
 });
 const duration = Number(args.duration);
 const connections = Number(args.connections);
 const threads = Number(args.threads);
+const rate = Number(args.rate);
 
 if (spawnSync('wrk', ['--version']).error) {
   console.error('bench: wrk is not installed (apt-get install -y wrk)');
@@ -325,6 +330,52 @@ for (const r of results) {
   const notes = [r.non2xx ? `${r.non2xx} non-2xx of ${r.total}` : '', r.errors ?? '', r.note ?? ''].filter(Boolean).join('; ');
   console.log(`${pad(r.label, 34)}${pad(Number.isNaN(r.rps) ? '-' : r.rps.toFixed(0), 10)}${pad(r.p50.toFixed(2), 9)}${pad(r.p99.toFixed(2), 9)}${pad(ratio, 13)}${notes}`);
 }
-if (args.json) writeFileSync(args.json, JSON.stringify({ duration, connections, threads, results }, null, 2));
+
+/** Latency at `rate` req/s through each of: the bare upstream, the verifier, the signer, the chain. */
+function fixedRate(url, options = {}) {
+  const argv = [path.join(here, 'fixed-rate.mjs'), '--url', url, '--rate', String(rate), '--duration', String(options.seconds ?? duration)];
+  if (options.target) argv.push('--target', options.target);
+  if (options.tokens) argv.push('--tokens', options.tokens, '--offset', String(options.offset ?? 0));
+  const result = spawnSync(process.execPath, argv, { encoding: 'utf8' });
+  if (result.status !== 0) throw new Error(`fixed-rate client failed: ${result.stderr}`);
+  return JSON.parse(result.stdout);
+}
+
+const latencies = [];
+if (!only || only.has('latency')) {
+  const audience = 'http://verifier.bench';
+  const tokens = await mintTokens(audience, 30_000 * (duration + 1));
+  const [verifierPort, signerPort, chainVerifierPort] = [await freePort(), await freePort(), await freePort()];
+  const chainTarget = `http://127.0.0.1:${chainVerifierPort}`;
+  const verifier = await start('verifier', process.execPath, [cli, '-config', verifierConfig(verifierPort, upstreamUrl, audience), '-log-level', 'warn'], verifierPort);
+  const chainVerifier = await start('verifier', process.execPath, [cli, '-config', verifierConfig(chainVerifierPort, upstreamUrl, chainTarget), '-log-level', 'warn'], chainVerifierPort);
+  const signer = await start('signer', process.execPath, [cli, '-config', signerConfig(signerPort), '-log-level', 'warn'], signerPort);
+  try {
+    const runs = [
+      ['bare upstream', (o) => fixedRate(`${upstreamUrl}/`, o)],
+      // Tokens are single-use: the measured run starts after those the warm-up sent.
+      ['verifier (RS256, local nonces)', (o) => fixedRate(`http://127.0.0.1:${verifierPort}/`, { ...o, tokens, offset: o.seconds ? 0 : rate })],
+      ['signer (RS256)', (o) => fixedRate(`http://127.0.0.1:${signerPort}/`, { ...o, target: `${upstreamUrl}/` })],
+      ['signer → verifier → upstream', (o) => fixedRate(`http://127.0.0.1:${signerPort}/`, { ...o, target: `${chainTarget}/` })],
+    ];
+    for (const [label, run] of runs) {
+      run({ seconds: 1 }); // warms the processes up (JIT, connection pools), as wrk's 1 s run does above
+      latencies.push({ label, ...run({}) });
+    }
+  } finally {
+    await signer.stop();
+    await chainVerifier.stop();
+    await verifier.stop();
+  }
+  const bare = latencies[0];
+  console.log(`\nlatency at a fixed ${rate} req/s for ${duration} s (open loop: from when each request was due)`);
+  console.log(`${pad('case', 34)}${pad('p50 ms', 9)}${pad('p99 ms', 9)}${pad('max ms', 9)}${pad('added p50', 11)}${pad('added p99', 11)}notes`);
+  for (const r of latencies) {
+    const added = (value, baseline) => (r === bare ? '' : (value - baseline).toFixed(2));
+    const notes = r.failed ? `${r.failed} failed of ${r.sent}` : '';
+    console.log(`${pad(r.label, 34)}${pad(r.p50.toFixed(2), 9)}${pad(r.p99.toFixed(2), 9)}${pad(r.max.toFixed(1), 9)}${pad(added(r.p50, bare.p50), 11)}${pad(added(r.p99, bare.p99), 11)}${notes}`);
+  }
+}
+if (args.json) writeFileSync(args.json, JSON.stringify({ duration, connections, threads, rate, results, latencies }, null, 2));
 cleanup();
 process.exit(0);
