@@ -10,9 +10,9 @@
 // busy connections measure throughput, and their latency is mostly queueing at saturation.
 //
 //   pnpm bench [--duration 5] [--connections 32] [--threads 2] [--rate 500]
-//              [--only upstream,verifier,signer,chain,verifier-redis,https-signer,https-new-hosts,latency]
+//              [--only upstream,verifier,signer,signer-es256,chain,verifier-redis,https-signer,https-new-hosts,latency]
 import { spawn, spawnSync } from 'node:child_process';
-import { createPrivateKey } from 'node:crypto';
+import { createPrivateKey, generateKeyPairSync } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -127,7 +127,7 @@ function verifierConfig(port, upstream, audience, nonceStorage = 'type: local') 
         ${nonceStorage}
 `);
 }
-function signerConfig(port, tls = '') {
+function signerConfig(port, tls = '', keyFile = path.join(interop, 'mykey.key')) {
   return yamlConfig(`jwtproxy:
   signer_proxy:
     listen_addr: 127.0.0.1:${port}
@@ -137,7 +137,7 @@ ${tls}    signer:
         type: preshared
         options:
           ${keyOptions}
-          private_key_path: ${path.join(interop, 'mykey.key')}
+          private_key_path: ${keyFile}
 `);
 }
 
@@ -211,6 +211,23 @@ const cases = [
     async run() {
       const port = await freePort();
       const proxy = await start('signer', process.execPath, [cli, '-config', signerConfig(port), '-log-level', 'warn'], port);
+      try {
+        wrk(`http://127.0.0.1:${port}/`, { script: 'absolute.lua', env: { TARGET: `${upstreamUrl}/` }, seconds: 1 });
+        return wrk(`http://127.0.0.1:${port}/`, { script: 'absolute.lua', env: { TARGET: `${upstreamUrl}/` } });
+      } finally {
+        await proxy.stop();
+      }
+    },
+  },
+  {
+    name: 'signer-es256',
+    label: 'signer (ES256, EC P-256 key)',
+    async run() {
+      const port = await freePort();
+      const keyFile = path.join(work, 'ec-p256.key');
+      const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+      writeFileSync(keyFile, privateKey.export({ type: 'sec1', format: 'pem' }));
+      const proxy = await start('signer', process.execPath, [cli, '-config', signerConfig(port, '', keyFile), '-log-level', 'warn'], port);
       try {
         wrk(`http://127.0.0.1:${port}/`, { script: 'absolute.lua', env: { TARGET: `${upstreamUrl}/` }, seconds: 1 });
         return wrk(`http://127.0.0.1:${port}/`, { script: 'absolute.lua', env: { TARGET: `${upstreamUrl}/` } });
