@@ -27,7 +27,10 @@ const root = path.resolve(here, '..');
 const cli = path.join(root, 'apps/cli/dist/main.js');
 const interop = path.join(root, 'fixtures/interop');
 
+// `pnpm bench -- --duration 8` passes the `--` on: skip it.
+const argv = process.argv.slice(2);
 const { values: args } = parseArgs({
+  args: argv[0] === '--' ? argv.slice(1) : argv,
   options: {
     duration: { type: 'string', default: '5' },
     connections: { type: 'string', default: '32' },

@@ -1,20 +1,23 @@
 /**
  * Issue 3, end to end with the real `jwtproxy` process: a WebSocket echo service behind the
- * verifier. The upgrade is verified like any request, then messages flow both ways.
+ * verifier. The upgrade is verified like any request, then messages flow both ways. A client
+ * that goes through the signer (ws:// through an HTTP proxy) gets its upgrade signed.
  */
 import { once } from 'node:events';
 import http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { HttpProxyAgent } from 'http-proxy-agent';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { listenOnLoopback, type RunningServer } from '@jwtproxy/testkit';
-import { e2eConfig, jwtproxyConfig, mintToken, startCli, tempDir, type RunningCli } from './helpers.js';
+import { claimsOf, e2eConfig, freePort, jwtproxyConfig, mintToken, startCli, tempDir, type RunningCli } from './helpers.js';
 
-const audience = 'http://chat.internal';
+let audience: string;
 let files: Awaited<ReturnType<typeof tempDir>>;
 let echo: RunningServer;
 let upgradesSeen: http.IncomingHttpHeaders[];
 let cli: RunningCli;
 let verifierWs: string;
+let signer: string;
 
 beforeAll(async () => {
   files = await tempDir();
@@ -26,9 +29,16 @@ beforeAll(async () => {
     socket.on('message', (data: RawData, isBinary: boolean) => socket.send(data, { binary: isBinary }));
   });
   echo = await listenOnLoopback(server);
-  const config = await files.write('ws.yaml', jwtproxyConfig({ verifiers: [e2eConfig.verifier({ upstream: echo.url, audience })] }));
+  // The verifier's audience is its own address, as the signer signs for the URL it is given.
+  const port = await freePort();
+  audience = `http://127.0.0.1:${port}`;
+  const config = await files.write(
+    'ws.yaml',
+    jwtproxyConfig({ signer: e2eConfig.signer(), verifiers: [e2eConfig.verifier({ listenAddr: `127.0.0.1:${port}`, upstream: echo.url, audience })] }),
+  );
   cli = await startCli(['-config', config]);
   verifierWs = cli.servers['verifier_proxies[0]']!.replace(/^http/, 'ws');
+  signer = cli.servers.signer_proxy!;
 });
 
 afterAll(async () => {
@@ -39,9 +49,9 @@ afterAll(async () => {
 });
 
 /** Opens a WebSocket, or resolves with the HTTP status and body of the refusal. */
-function connect(url: string, headers: Record<string, string>): Promise<WebSocket | { status: number; body: string }> {
+function connect(url: string, headers: Record<string, string>, proxy?: string): Promise<WebSocket | { status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const socket = new WebSocket(url, { headers });
+    const socket = new WebSocket(url, { headers, ...(proxy ? { agent: new HttpProxyAgent(proxy) } : {}) });
     socket.once('open', () => resolve(socket));
     socket.once('unexpected-response', (_req, res) => {
       let body = '';
@@ -95,5 +105,27 @@ describe('WebSocket through the verifier', () => {
       status: 403,
       body: "jwtproxy: unable to verify request: Missing or invalid 'jti' claim",
     });
+  });
+
+  it('through the signer: the upgrade is signed for the verifier, passes, and echoes; each WebSocket gets its own token', async () => {
+    const before = upgradesSeen.length;
+    const sockets: WebSocket[] = [];
+    for (let i = 0; i < 2; i++) {
+      const socket = await connect(`${verifierWs}/chat`, {}, signer);
+      if (!(socket instanceof WebSocket)) throw new Error(`refused: ${socket.status} ${socket.body}`);
+      sockets.push(socket);
+    }
+    try {
+      const reply = nextMessage(sockets[1]!);
+      sockets[1]!.send('signed and verified');
+      expect(await reply).toEqual({ data: Buffer.from('signed and verified'), isBinary: false });
+      const seen = upgradesSeen.slice(before);
+      expect(seen).toHaveLength(2);
+      const claims = seen.map((headers) => claimsOf(headers.authorization));
+      expect(claims[0]).toMatchObject({ aud: audience });
+      expect(claims[0]!.jti).not.toBe(claims[1]!.jti);
+    } finally {
+      for (const socket of sockets) socket.close();
+    }
   });
 });

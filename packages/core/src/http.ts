@@ -1,3 +1,5 @@
+import type { Duplex } from 'node:stream';
+
 /**
  * Hop-by-hop headers (RFC 9110 §7.6.1, plus the non-standard ones Go's httputil removes), in
  * lower case: they describe one connection and never travel to the next hop, in either
@@ -14,3 +16,18 @@ export const HOP_BY_HOP_HEADERS: ReadonlySet<string> = new Set([
   'transfer-encoding',
   'upgrade',
 ]);
+
+/**
+ * Joins two raw connections (an upgraded WebSocket, say) byte for byte. Either side's end or
+ * failure closes the other: a tunnel has no half-open state worth keeping.
+ */
+export function spliceSockets(client: Duplex, upstream: Duplex): void {
+  const closeBoth = (): void => {
+    client.destroy();
+    upstream.destroy();
+  };
+  client.on('error', closeBoth).on('close', closeBoth);
+  upstream.on('error', closeBoth).on('close', closeBoth);
+  upstream.pipe(client);
+  client.pipe(upstream);
+}

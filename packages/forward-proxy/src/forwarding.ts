@@ -18,7 +18,7 @@ export function answer(res: ServerResponse, { status, body }: HttpAnswer): void 
 /** Certificate problems get their own wording: the operator's fix is trusted_certificates. */
 const CERTIFICATE_ERROR = /CERT|SIGNATURE|ALTNAME|ISSUER/;
 
-function upstreamFailure(origin: string, error: unknown): UpstreamError {
+export function upstreamFailure(origin: string, error: unknown): UpstreamError {
   const { message, code } = error as { message?: string; code?: string };
   const reason = message ?? String(error);
   if (code && CERTIFICATE_ERROR.test(code)) {

@@ -1,11 +1,14 @@
 import { readFile } from 'node:fs/promises';
-import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import http, { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
 import {
   ConfigError,
   httpAnswerFor,
   listenOn,
   parseListenAddress,
   removeSocketFile,
+  RepeatedLogLimiter,
+  type HttpAnswer,
   type Logger,
   type RequestSigner,
   type RunningProxy,
@@ -14,6 +17,7 @@ import { CertificateForger } from './certificates.js';
 import { answer, createForwarder } from './forwarding.js';
 import { TlsInterceptor, refuseConnect } from './interception.js';
 import { BadTargetError, absoluteTarget, isAbsoluteForm, tunnelTarget, type RequestTarget } from './targets.js';
+import { forwardUpgrade } from './upgrade.js';
 import { UpstreamPools } from './upstreams.js';
 
 export interface SignerProxyOptions {
@@ -41,7 +45,6 @@ const LISTEN_ADDR_KEY = 'signer_proxy.listen_addr';
 export const NOT_A_PROXY_REQUEST = 'This is a forward proxy server. Does not respond to non-proxy requests.';
 export const CONNECT_NEEDS_CA =
   'jwtproxy: HTTPS interception is not configured: set ca_key_file and ca_crt_file in signer_proxy to sign requests sent through CONNECT';
-const UPGRADE_UNSUPPORTED = 'jwtproxy: protocol upgrades (e.g. WebSocket) are not supported by the signer';
 
 async function readTrustedCertificates(files: string[]): Promise<string[]> {
   return Promise.all(
@@ -72,12 +75,14 @@ export async function startSignerProxy(options: SignerProxyOptions): Promise<Run
   const forger =
     options.caKeyFile && options.caCertFile ? await CertificateForger.load({ caKeyFile: options.caKeyFile, caCertFile: options.caCertFile }) : undefined;
   const trustedCertificates = options.trustedCertificates?.length ? await readTrustedCertificates(options.trustedCertificates) : undefined;
-  const pools = new UpstreamPools({ trustedCertificates, insecureSkipVerify: options.insecureSkipVerify ?? false });
+  const tlsPolicy = { trustedCertificates, insecureSkipVerify: options.insecureSkipVerify ?? false };
+  const pools = new UpstreamPools(tlsPolicy);
   const forwarder = createForwarder(signer, pools, logger, options.repeatedLogIntervalMs);
 
   let stopping = false;
   let inFlight = 0;
   let drained: (() => void) | undefined;
+  const upgrades = new Set<Duplex>();
 
   const serverOptions: http.ServerOptions = {
     // Long uploads and downloads stream through: no whole-request deadline, but slow headers are cut.
@@ -89,26 +94,33 @@ export async function startSignerProxy(options: SignerProxyOptions): Promise<Run
   const innerServer = http.createServer(serverOptions);
   const interceptor = forger ? new TlsInterceptor(forger, innerServer, logger) : undefined;
 
-  const handle = (req: IncomingMessage, res: ServerResponse, tunnel: string | undefined): void => {
-    inFlight++;
-    res.once('close', () => {
-      if (--inFlight === 0) drained?.();
-    });
-    // While stopping, let the client know this connection will not carry another request.
-    if (stopping) res.shouldKeepAlive = false;
+  /** Where a request goes, or the answer when it cannot be forwarded. */
+  const targetOf = (req: IncomingMessage, tunnel: string | undefined): RequestTarget | HttpAnswer => {
     const url = req.url ?? '';
-    let target: RequestTarget;
     try {
-      if (tunnel !== undefined) target = tunnelTarget(tunnel, url, req.headers.host);
-      else if (isAbsoluteForm(url)) target = absoluteTarget(url);
-      else {
-        answer(res, { status: 500, body: NOT_A_PROXY_REQUEST });
-        req.resume();
-        return;
-      }
+      if (tunnel !== undefined) return tunnelTarget(tunnel, url, req.headers.host);
+      if (isAbsoluteForm(url)) return absoluteTarget(url);
+      return { status: 500, body: NOT_A_PROXY_REQUEST };
     } catch (error) {
       const reason = error instanceof BadTargetError ? error.message : `cannot parse ${url}`;
-      answer(res, { status: 400, body: `jwtproxy: bad request target: ${reason}` });
+      return { status: 400, body: `jwtproxy: bad request target: ${reason}` };
+    }
+  };
+
+  const track = (connection: { once(event: 'close', listener: () => void): unknown }): void => {
+    inFlight++;
+    connection.once('close', () => {
+      if (--inFlight === 0) drained?.();
+    });
+  };
+
+  const handle = (req: IncomingMessage, res: ServerResponse, tunnel: string | undefined): void => {
+    track(res);
+    // While stopping, let the client know this connection will not carry another request.
+    if (stopping) res.shouldKeepAlive = false;
+    const target = targetOf(req, tunnel);
+    if ('status' in target) {
+      answer(res, target);
       req.resume();
       return;
     }
@@ -117,6 +129,20 @@ export async function startSignerProxy(options: SignerProxyOptions): Promise<Run
       logger.error('request failed unexpectedly', { error });
       answer(res, httpAnswerFor(error));
     });
+  };
+
+  // WebSocket and other upgrades: signed, then the connections are joined. An open tunnel counts
+  // as a request in flight, so a graceful stop gives it until the deadline before cutting it.
+  const upgradeLog = new RepeatedLogLimiter(logger, { intervalMs: options.repeatedLogIntervalMs });
+  const handleUpgrade = (req: IncomingMessage, client: Duplex, bodyHead: Buffer, tunnel: string | undefined): void => {
+    client.on('error', () => undefined);
+    if (stopping) return refuseConnect(client, 503, 'Service Unavailable', 'jwtproxy: shutting down');
+    track(client);
+    upgrades.add(client);
+    client.once('close', () => upgrades.delete(client));
+    const target = targetOf(req, tunnel);
+    if ('status' in target) return refuseConnect(client, target.status, STATUS_CODES[target.status] ?? '', target.body);
+    void forwardUpgrade(signer, tlsPolicy, upgradeLog, req, client, bodyHead, target);
   };
 
   outerServer.on('request', (req: IncomingMessage, res: ServerResponse) => handle(req, res, undefined));
@@ -128,12 +154,10 @@ export async function startSignerProxy(options: SignerProxyOptions): Promise<Run
       refuseConnect(socket, 501, 'Not Implemented', stopping ? 'jwtproxy: shutting down' : CONNECT_NEEDS_CA);
     }
   });
-  const refuseUpgrade = (_req: IncomingMessage, socket: import('node:stream').Duplex) => {
-    socket.on('error', () => undefined);
-    refuseConnect(socket, 501, 'Not Implemented', UPGRADE_UNSUPPORTED);
-  };
-  outerServer.on('upgrade', refuseUpgrade);
-  innerServer.on('upgrade', refuseUpgrade);
+  outerServer.on('upgrade', (req: IncomingMessage, client: Duplex, bodyHead: Buffer) => handleUpgrade(req, client, bodyHead, undefined));
+  innerServer.on('upgrade', (req: IncomingMessage, client: Duplex, bodyHead: Buffer) =>
+    handleUpgrade(req, client, bodyHead, interceptor?.tunnelOf(req) ?? ''),
+  );
 
   let address: string;
   try {
@@ -164,6 +188,7 @@ export async function startSignerProxy(options: SignerProxyOptions): Promise<Run
     outerServer.closeAllConnections();
     innerServer.closeAllConnections();
     interceptor?.destroyAll();
+    for (const client of upgrades) client.destroy();
     await pools.close(deadline);
     await closed;
     await removeSocketFile(listenAddress);

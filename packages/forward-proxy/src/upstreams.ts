@@ -9,6 +9,11 @@ export interface UpstreamTlsPolicy {
   insecureSkipVerify: boolean;
 }
 
+/** TLS options for a connection to an HTTPS upstream under `policy`. */
+export function upstreamTlsOptions({ trustedCertificates, insecureSkipVerify }: UpstreamTlsPolicy): { rejectUnauthorized: boolean; ca?: string[] } {
+  return { rejectUnauthorized: !insecureSkipVerify, ...(trustedCertificates ? { ca: trustedCertificates } : {}) };
+}
+
 /**
  * Keep-alive connection pools to upstreams, one per origin, in a bounded LRU so a signer that
  * talks to many hosts does not keep a pool for each forever. An evicted pool closes gracefully:
@@ -36,12 +41,7 @@ export class UpstreamPools {
   poolFor(origin: string): Pool {
     let pool = this.#pools.get(origin);
     if (!pool) {
-      const { trustedCertificates, insecureSkipVerify } = this.#tls;
-      pool = new Pool(origin, {
-        connect: origin.startsWith('https:')
-          ? { rejectUnauthorized: !insecureSkipVerify, ...(trustedCertificates ? { ca: trustedCertificates } : {}) }
-          : {},
-      });
+      pool = new Pool(origin, { connect: origin.startsWith('https:') ? upstreamTlsOptions(this.#tls) : {} });
       this.#pools.set(origin, pool);
     }
     return pool;

@@ -285,13 +285,6 @@ describe('signing plain HTTP requests', () => {
     expect(answer.body).toBe(CONNECT_NEEDS_CA);
     expect(answer.body).toContain('ca_key_file and ca_crt_file');
   });
-
-  it('refuses a protocol upgrade with 501 instead of hanging', async () => {
-    const service = await echo();
-    const signer = await startSigner();
-    const response = await requestThroughProxy(signer, `${service.url}/ws`, { headers: { connection: 'Upgrade', upgrade: 'websocket' } });
-    expect(response.status).toBe(501);
-  });
 });
 
 describe('listening and stopping', () => {

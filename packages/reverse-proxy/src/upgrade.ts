@@ -1,23 +1,11 @@
 import { STATUS_CODES, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { UpstreamError, httpAnswerFor, type RepeatedLogLimiter } from '@jwtproxy/core';
+import { UpstreamError, httpAnswerFor, spliceSockets, type RepeatedLogLimiter } from '@jwtproxy/core';
 import type { Dispatcher } from 'undici';
 import { describeUpstreamError, writeRawAnswer } from './answers.js';
 import { CLIENT_GONE, type UpstreamDispatchOptions } from './forward.js';
 import { rawResponseHead, responseHeaders, switchingProtocolsHeaders, type RequestHead, type UpstreamHeaders } from './headers.js';
 import type { Upstream } from './upstream.js';
-
-/** Each side's end or failure closes the other: a tunnel has no half-open state worth keeping. */
-function tunnel(client: Duplex, upstream: Duplex): void {
-  const closeBoth = (): void => {
-    client.destroy();
-    upstream.destroy();
-  };
-  client.on('error', closeBoth).on('close', closeBoth);
-  upstream.on('error', closeBoth).on('close', closeBoth);
-  upstream.pipe(client);
-  client.pipe(upstream);
-}
 
 /**
  * A verified upgrade request (WebSocket and the like) on its way upstream through the same
@@ -55,7 +43,7 @@ class UpgradeForwarding implements Dispatcher.DispatchHandler {
     this.#tunnelled = true;
     this.client.write(rawResponseHead(statusCode, STATUS_CODES[statusCode] ?? '', switchingProtocolsHeaders(headers)));
     if (this.head.length > 0) socket.write(this.head);
-    tunnel(this.client, socket);
+    spliceSockets(this.client, socket);
   }
 
   onResponseStart(_controller: Dispatcher.DispatchController, statusCode: number, headers: UpstreamHeaders): void {
