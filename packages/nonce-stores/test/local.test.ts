@@ -3,6 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { ConfigError, NonceStoreFullError, nonceStores, silentLogger, type ComponentContext, type Logger } from '@jwtproxy/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DEFAULT_MAX_ENTRIES, DEFAULT_PURGE_INTERVAL_MS, LocalNonceStore, registerNonceStores } from '../src/index.js';
+import { PURGE_SLICE } from '../src/local.js';
 
 /** A clock the test moves by hand; starts at a realistic epoch time. */
 function movableClock(start = 1_700_000_000_000) {
@@ -169,6 +170,25 @@ describe('local nonce store', () => {
     expect(store.size).toBeGreaterThanOrEqual(240_000); // none of the unexpired ones went
     // In one go this purge held the event loop for about 100 ms (200 ms for the whole 1M-entry walk).
     expect(longestGap).toBeLessThan(40);
+  });
+
+  it('a full store whose nonces have expired makes room a slice at a time, and no unexpired nonce goes', async () => {
+    const clock = movableClock();
+    const count = 400_000;
+    const store = await localStore({ purge_interval: 0, max_entries: count }, { clock: clock.now });
+    for (let i = 0; i < count; i++) {
+      clock.advance(300_000 / count);
+      await store.claim(`nonce-${i}-0123456789abcdefghijkl`, clock.seconds() + 300);
+    }
+    clock.advance(120_000); // 40 % of them have expired; the store is full
+    // The first new claim frees one slice, not all 160,000 expired nonces (that held it ~60 ms).
+    expect(await store.claim('fresh-0', clock.seconds() + 300)).toBe(true);
+    expect(store.size).toBeGreaterThanOrEqual(count - PURGE_SLICE);
+    expect(store.size).toBeLessThanOrEqual(count);
+    for (let i = 1; i < 10_000; i++) expect(await store.claim(`fresh-${i}`, clock.seconds() + 300)).toBe(true);
+    expect(store.size).toBeLessThanOrEqual(count);
+    // The unexpired ones are all still there: replays of them are refused.
+    for (let i = count - 1; i > count - 1000; i--) expect(await store.claim(`nonce-${i}-0123456789abcdefghijkl`, clock.seconds() + 300)).toBe(false);
   });
 
   it('a jti claimed again after it expired stays when the purge visits its first, expired, claim', async () => {
