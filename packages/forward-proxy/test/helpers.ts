@@ -1,6 +1,9 @@
 import { createPrivateKey, createPublicKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
 import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
 import {
   KeyNotFoundError,
   NoActiveKeyError,
@@ -12,7 +15,9 @@ import {
   type PrivateKeySource,
   type VerifiedToken,
 } from '@jwtproxy/core';
-import { interop } from '@jwtproxy/testkit';
+import { interop, makeCa, makeServerCertificate, writePemFiles, type Pem } from '@jwtproxy/testkit';
+import { afterAll, beforeAll } from 'vitest';
+import { startSignerProxy, type SignerProxyOptions } from '../src/index.js';
 
 const signingKey = signingKeyFromKeyObject(interop.keyId, createPrivateKey(readFileSync(interop.privateKeyPath, 'utf8')));
 const publicKey = createPublicKey(readFileSync(interop.publicKeyPath, 'utf8'));
@@ -98,4 +103,52 @@ export function requestThroughProxy(
 export function hostAndPort(address: string): { host: string; port: number } {
   const url = new URL(address);
   return { host: url.hostname.replace(/^\[|\]$/g, ''), port: Number(url.port) };
+}
+
+/** What the interception tests run on, made in the file's beforeAll and removed in its afterAll. */
+export interface InterceptionPki {
+  /** A temporary folder for PEM files. */
+  dir: string;
+  /** The signer's CA, which forges the certificates it shows its clients. */
+  mitmCa: Pem;
+  mitmCaFiles: { keyFile: string; certFile: string };
+  /** The web service's own CA, trusted by the signer only through trusted_certificates. */
+  upstreamCa: Pem;
+  upstreamCaFile: string;
+  /** The web service's certificate (localhost and 127.0.0.1), from upstreamCa. */
+  upstreamCert: Pem;
+}
+
+/** Registers the hooks that make and remove the interception PKI; its fields are set once beforeAll ran. */
+export function useInterceptionPki(): InterceptionPki {
+  const pki = {} as InterceptionPki;
+  beforeAll(async () => {
+    pki.dir = await mkdtemp(path.join(os.tmpdir(), 'signer-pki-'));
+    pki.mitmCa = makeCa('jwtproxy signer test CA');
+    pki.mitmCaFiles = await writePemFiles(pki.mitmCa, pki.dir, 'ca');
+    pki.upstreamCa = makeCa('upstream test CA');
+    pki.upstreamCaFile = (await writePemFiles(pki.upstreamCa, pki.dir, 'upstream-ca')).certFile;
+    pki.upstreamCert = makeServerCertificate(['localhost', '127.0.0.1'], pki.upstreamCa);
+  });
+  afterAll(async () => {
+    await rm(pki.dir, { recursive: true, force: true });
+  });
+  return pki;
+}
+
+/** Starts a signer on loopback that intercepts CONNECT with `pki`'s CA; `cleanups` stops it. */
+export async function startInterceptingSigner(pki: InterceptionPki, cleanups: Array<() => Promise<unknown>>, overrides: Partial<SignerProxyOptions> = {}) {
+  const logger = recordingLogger();
+  const proxy = await startSignerProxy({
+    listenAddr: '127.0.0.1:0',
+    shutdownTimeout: 2000,
+    signer: makeSigner(),
+    logger,
+    caKeyFile: pki.mitmCaFiles.keyFile,
+    caCertFile: pki.mitmCaFiles.certFile,
+    trustedCertificates: [pki.upstreamCaFile],
+    ...overrides,
+  });
+  cleanups.push(() => proxy.stop());
+  return { proxy, logger, url: proxy.address, ...hostAndPort(proxy.address) };
 }

@@ -1,70 +1,37 @@
 import { execFile } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { makeCa, makeServerCertificate, startEchoService, writePemFiles, type Pem, type SeenRequest } from '@jwtproxy/testkit';
+import { makeCa, makeServerCertificate, startEchoService, writePemFiles, type SeenRequest } from '@jwtproxy/testkit';
 import { ProxyAgent, request } from 'undici';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { CertificateForger } from '../src/certificates.js';
-import { startSignerProxy, type SignerProxyOptions } from '../src/index.js';
-import { hostAndPort, makeSigner, recordingLogger, verifyAsVerifier } from './helpers.js';
+import type { SignerProxyOptions } from '../src/index.js';
+import { startInterceptingSigner, useInterceptionPki, verifyAsVerifier } from './helpers.js';
 
 const run = promisify(execFile);
 
-let dir: string;
-let mitmCa: Pem;
-let mitmCaFiles: { keyFile: string; certFile: string };
-let upstreamCa: Pem;
-let upstreamCaFile: string;
-let upstreamCert: Pem;
-
-beforeAll(async () => {
-  dir = await mkdtemp(path.join(os.tmpdir(), 'signer-https-'));
-  mitmCa = makeCa('jwtproxy signer test CA');
-  mitmCaFiles = await writePemFiles(mitmCa, dir, 'ca');
-  // The web service's own CA, trusted by the signer only through trusted_certificates.
-  upstreamCa = makeCa('upstream test CA');
-  upstreamCaFile = (await writePemFiles(upstreamCa, dir, 'upstream-ca')).certFile;
-  upstreamCert = makeServerCertificate(['localhost', '127.0.0.1'], upstreamCa);
-});
-afterAll(async () => {
-  await rm(dir, { recursive: true, force: true });
-});
+const pki = useInterceptionPki();
 
 const cleanups: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
   while (cleanups.length) await cleanups.pop()!().catch(() => undefined);
 });
 
-async function startSigner(overrides: Partial<SignerProxyOptions> = {}) {
-  const logger = recordingLogger();
-  const proxy = await startSignerProxy({
-    listenAddr: '127.0.0.1:0',
-    shutdownTimeout: 2000,
-    signer: makeSigner(),
-    logger,
-    caKeyFile: mitmCaFiles.keyFile,
-    caCertFile: mitmCaFiles.certFile,
-    trustedCertificates: [upstreamCaFile],
-    ...overrides,
-  });
-  cleanups.push(() => proxy.stop());
-  return { proxy, logger, url: proxy.address, ...hostAndPort(proxy.address) };
-}
+const startSigner = (overrides: Partial<SignerProxyOptions> = {}) => startInterceptingSigner(pki, cleanups, overrides);
 
 async function httpsService() {
-  const service = await startEchoService({ tls: upstreamCert });
+  const service = await startEchoService({ tls: pki.upstreamCert });
   cleanups.push(() => service.close());
   return service;
 }
 
 /** A Node client that goes through the signer with CONNECT and trusts `ca` (the signer's CA by default). */
-function clientThrough(proxyUrl: string, ca: string | undefined = mitmCa.cert) {
+function clientThrough(proxyUrl: string, ca: string | undefined = pki.mitmCa.cert) {
   // One connection per origin, so sequential requests must share one tunnel (undici may open a
   // second one otherwise while the first is being released).
   const agent = new ProxyAgent({ uri: proxyUrl, connections: 1, requestTls: ca ? { ca } : {} });
@@ -124,7 +91,7 @@ describe('HTTPS through CONNECT (interception)', () => {
   it('works with curl --proxy … --cacert ca.crt to a DNS name (localhost)', async () => {
     const service = await httpsService();
     const signer = await startSigner();
-    const { stdout } = await run('curl', ['-sS', '--fail', '--proxy', signer.url, '--cacert', mitmCaFiles.certFile, `https://localhost:${service.port}/from-curl`], {
+    const { stdout } = await run('curl', ['-sS', '--fail', '--proxy', signer.url, '--cacert', pki.mitmCaFiles.certFile, `https://localhost:${service.port}/from-curl`], {
       env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
     });
     expect(JSON.parse(stdout).url).toBe('/from-curl');
@@ -134,7 +101,7 @@ describe('HTTPS through CONNECT (interception)', () => {
 
   it('answers 502 with the reason when the upstream certificate is not trusted', async () => {
     const service = await httpsService();
-    const signer = await startSigner({ trustedCertificates: [mitmCaFiles.certFile] }); // not the service's CA
+    const signer = await startSigner({ trustedCertificates: [pki.mitmCaFiles.certFile] }); // not the service's CA
     const response = await clientThrough(signer.url)(`${service.url}/`);
     expect(response.status).toBe(502);
     expect(response.body).toMatch(new RegExp(`^jwtproxy: upstream error: certificate of https://127.0.0.1:${service.port} not accepted: .+\\(\\w+\\)$`));
@@ -159,7 +126,7 @@ describe('HTTPS through CONNECT (interception)', () => {
   it('a client that does not trust the signer CA fails its handshake and nothing reaches the service', async () => {
     const service = await httpsService();
     const signer = await startSigner();
-    const get = clientThrough(signer.url, upstreamCa.cert); // trusts some other CA only
+    const get = clientThrough(signer.url, pki.upstreamCa.cert); // trusts some other CA only
     await expect(get(`${service.url}/`)).rejects.toThrow(/certificate|self.signed|issuer/i);
     expect(service.seen).toHaveLength(0);
     // The signer keeps serving.
@@ -193,12 +160,12 @@ describe('HTTPS through CONNECT (interception)', () => {
 describe('forged certificates', () => {
   let forger: CertificateForger;
   beforeAll(async () => {
-    forger = await CertificateForger.load({ caKeyFile: mitmCaFiles.keyFile, caCertFile: mitmCaFiles.certFile });
+    forger = await CertificateForger.load({ caKeyFile: pki.mitmCaFiles.keyFile, caCertFile: pki.mitmCaFiles.certFile });
   });
 
   it('issues a certificate for a DNS name with a DNS subject alternative name, signed by the CA', async () => {
     const cert = new X509Certificate(await forger.certificateFor('Service.Example.test'));
-    const ca = new X509Certificate(mitmCa.cert);
+    const ca = new X509Certificate(pki.mitmCa.cert);
     expect(cert.subjectAltName).toBe('DNS:service.example.test');
     expect(cert.checkIssued(ca)).toBe(true);
     expect(cert.verify(ca.publicKey)).toBe(true);
@@ -235,7 +202,7 @@ describe('forged certificates', () => {
   });
 
   it('keeps the cache bounded', async () => {
-    const small = await CertificateForger.load({ caKeyFile: mitmCaFiles.keyFile, caCertFile: mitmCaFiles.certFile }, { cacheSize: 3 });
+    const small = await CertificateForger.load({ caKeyFile: pki.mitmCaFiles.keyFile, caCertFile: pki.mitmCaFiles.certFile }, { cacheSize: 3 });
     await Promise.all(['a.test', 'b.test', 'c.test', 'd.test', 'e.test'].map((host) => small.secureContextFor(host)));
     expect(small.cachedHosts).toBe(3);
   });
@@ -243,31 +210,31 @@ describe('forged certificates', () => {
 
 describe('CA configuration errors at start', () => {
   it('names a missing CA key file', async () => {
-    const missing = path.join(dir, 'missing.key');
+    const missing = path.join(pki.dir, 'missing.key');
     await expect(startSigner({ caKeyFile: missing })).rejects.toThrow(`signer_proxy.ca_key_file: cannot read the CA private key`);
     await expect(startSigner({ caKeyFile: missing })).rejects.toThrow(missing);
   });
 
   it('names a missing CA certificate file', async () => {
-    const missing = path.join(dir, 'missing.crt');
+    const missing = path.join(pki.dir, 'missing.crt');
     await expect(startSigner({ caCertFile: missing })).rejects.toThrow(new RegExp(`signer_proxy.ca_crt_file: cannot read the CA certificate.*${missing}`));
   });
 
   it('names a key that does not match the certificate', async () => {
-    const other = await writePemFiles(makeCa('another CA'), dir, 'other');
+    const other = await writePemFiles(makeCa('another CA'), pki.dir, 'other');
     await expect(startSigner({ caKeyFile: other.keyFile })).rejects.toThrow(
-      `signer_proxy.ca_key_file: the private key does not match the CA certificate ${mitmCaFiles.certFile} (${other.keyFile})`,
+      `signer_proxy.ca_key_file: the private key does not match the CA certificate ${pki.mitmCaFiles.certFile} (${other.keyFile})`,
     );
   });
 
   it('names a file that is not PEM', async () => {
-    const garbage = path.join(dir, 'garbage.crt');
+    const garbage = path.join(pki.dir, 'garbage.crt');
     await writeFile(garbage, 'not a certificate');
     await expect(startSigner({ caCertFile: garbage })).rejects.toThrow(new RegExp(`signer_proxy.ca_crt_file: not a usable PEM RSA certificate.*${garbage}`));
   });
 
   it('refuses a certificate that is not a CA', async () => {
-    const leaf = await writePemFiles(makeServerCertificate(['localhost']), dir, 'leaf');
+    const leaf = await writePemFiles(makeServerCertificate(['localhost']), pki.dir, 'leaf');
     await expect(startSigner({ caKeyFile: leaf.keyFile, caCertFile: leaf.certFile })).rejects.toThrow(/not a CA certificate/);
   });
 
@@ -276,7 +243,7 @@ describe('CA configuration errors at start', () => {
   });
 
   it('names an unreadable trusted certificate file', async () => {
-    const missing = path.join(dir, 'nope.pem');
+    const missing = path.join(pki.dir, 'nope.pem');
     await expect(startSigner({ trustedCertificates: [missing] })).rejects.toThrow(new RegExp(`signer_proxy.trusted_certificates: .*${missing}`));
   });
 });

@@ -4,37 +4,18 @@
  * CONNECT tunnel (https-proxy-agent). The upgrade request is signed like any request.
  */
 import { once } from 'node:events';
-import { mkdtemp, rm } from 'node:fs/promises';
 import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
-import { makeCa, makeServerCertificate, writePemFiles, type Pem } from '@jwtproxy/testkit';
+import type { Pem } from '@jwtproxy/testkit';
 import { HttpProxyAgent } from 'http-proxy-agent';
 import { HttpsProxyAgent } from 'https-proxy-agent';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
-import { startSignerProxy, type SignerProxyOptions } from '../src/index.js';
-import { interopKeySource, makeSigner, recordingLogger, verifyAsVerifier } from './helpers.js';
+import type { SignerProxyOptions } from '../src/index.js';
+import { interopKeySource, makeSigner, startInterceptingSigner, useInterceptionPki, verifyAsVerifier } from './helpers.js';
 
-let dir: string;
-let mitmCa: Pem;
-let mitmCaFiles: { keyFile: string; certFile: string };
-let upstreamCaFile: string;
-let upstreamCert: Pem;
-
-beforeAll(async () => {
-  dir = await mkdtemp(path.join(os.tmpdir(), 'signer-ws-'));
-  mitmCa = makeCa('jwtproxy signer ws test CA');
-  mitmCaFiles = await writePemFiles(mitmCa, dir, 'ca');
-  const upstreamCa = makeCa('ws upstream test CA');
-  upstreamCaFile = (await writePemFiles(upstreamCa, dir, 'upstream-ca')).certFile;
-  upstreamCert = makeServerCertificate(['localhost', '127.0.0.1'], upstreamCa);
-});
-afterAll(async () => {
-  await rm(dir, { recursive: true, force: true });
-});
+const pki = useInterceptionPki();
 
 const cleanups: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
@@ -72,28 +53,14 @@ async function wsEchoService(options: { tls?: Pem; refuse?: boolean } = {}): Pro
   return { url: `${scheme}://127.0.0.1:${(server.address() as AddressInfo).port}`, upgrades };
 }
 
-async function startSigner(overrides: Partial<SignerProxyOptions> = {}) {
-  const logger = recordingLogger();
-  const proxy = await startSignerProxy({
-    listenAddr: '127.0.0.1:0',
-    shutdownTimeout: 2000,
-    signer: makeSigner(),
-    logger,
-    caKeyFile: mitmCaFiles.keyFile,
-    caCertFile: mitmCaFiles.certFile,
-    trustedCertificates: [upstreamCaFile],
-    ...overrides,
-  });
-  cleanups.push(() => proxy.stop());
-  return { proxy, logger, url: proxy.address };
-}
+const startSigner = (overrides: Partial<SignerProxyOptions> = {}) => startInterceptingSigner(pki, cleanups, overrides);
 
 type Outcome = { socket: WebSocket } | { status: number; body: string };
 
 /** Opens a WebSocket through the signer: absolute-form for ws://, CONNECT for wss:// (trusting the signer's CA). */
 function openThrough(proxyUrl: string, url: string, options: { headers?: Record<string, string>; protocols?: string[] } = {}): Promise<Outcome> {
   const agent = url.startsWith('wss:') ? new HttpsProxyAgent(proxyUrl) : new HttpProxyAgent(proxyUrl);
-  const socket = new WebSocket(url, options.protocols ?? [], { agent, headers: options.headers, ca: mitmCa.cert });
+  const socket = new WebSocket(url, options.protocols ?? [], { agent, headers: options.headers, ca: pki.mitmCa.cert });
   cleanups.push(async () => socket.terminate());
   return new Promise((resolve, reject) => {
     socket.once('open', () => resolve({ socket }));
@@ -140,7 +107,7 @@ describe('WebSocket through the signer', () => {
   });
 
   it('signs a wss:// upgrade inside an intercepted CONNECT tunnel (aud https://host:port)', async () => {
-    const service = await wsEchoService({ tls: upstreamCert });
+    const service = await wsEchoService({ tls: pki.upstreamCert });
     const signer = await startSigner();
     // By name: https-proxy-agent checks an IP address target's certificate against "localhost".
     const url = service.url.replace('127.0.0.1', 'localhost');
