@@ -31,3 +31,20 @@ export function spliceSockets(client: Duplex, upstream: Duplex): void {
   upstream.pipe(client);
   client.pipe(upstream);
 }
+
+/** How long a raw connection that got its last answer may stay open waiting for the client to close. */
+export const RAW_CLOSE_LINGER_MS = 5_000;
+
+/**
+ * Ends a raw connection (one handed over by an `upgrade` or `connect` event) after writing `last`.
+ * Such a socket is paused: unless its incoming bytes are read, the client's FIN is never seen and
+ * the half-closed socket stays open for good (a leak of one file descriptor per refusal). So the
+ * rest of the input is read and dropped, and a client that never closes is cut after the linger.
+ */
+export function endRawConnection(socket: Duplex, last?: string): void {
+  if (socket.destroyed) return;
+  socket.resume();
+  if (last === undefined) socket.end();
+  else socket.end(last);
+  setTimeout(() => socket.destroy(), RAW_CLOSE_LINGER_MS).unref();
+}

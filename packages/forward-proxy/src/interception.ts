@@ -1,7 +1,7 @@
 import type { IncomingMessage, Server } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { TLSSocket, type SecureContext } from 'node:tls';
-import type { Logger } from '@jwtproxy/core';
+import { endRawConnection, type Logger } from '@jwtproxy/core';
 import type { CertificateForger } from './certificates.js';
 import { parseConnectAuthority } from './targets.js';
 
@@ -10,8 +10,8 @@ const HANDSHAKE_TIMEOUT = 10_000;
 
 /** Writes a complete HTTP/1.1 answer on a raw socket (CONNECT has no ServerResponse) and closes it. */
 export function refuseConnect(socket: Duplex, status: number, reason: string, body: string): void {
-  if (socket.destroyed) return;
-  socket.end(
+  endRawConnection(
+    socket,
     `HTTP/1.1 ${status} ${reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
   );
 }

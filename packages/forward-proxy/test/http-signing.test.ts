@@ -31,13 +31,17 @@ async function echo() {
   return service;
 }
 
-/** Writes a request as raw bytes and reads everything until the proxy closes the connection. */
-async function rawExchange(port: number, request: string): Promise<string> {
+/**
+ * Writes a request as raw bytes and reads everything until the proxy closes the connection. With
+ * `more`, sends those bytes too once the answer starts, then closes its side.
+ */
+async function rawExchange(port: number, request: string, more?: string): Promise<string> {
   const socket = net.connect(port, '127.0.0.1');
   await once(socket, 'connect');
   socket.write(request);
   let text = '';
   socket.setEncoding('utf8').on('data', (d: string) => (text += d));
+  if (more !== undefined) socket.once('data', () => socket.end(more));
   await once(socket, 'close');
   return text;
 }
@@ -288,6 +292,19 @@ describe('signing plain HTTP requests', () => {
 });
 
 describe('listening and stopping', () => {
+  it('closes refused CONNECT and upgrade connections when the client sends more and closes: a stop does not wait for them', async () => {
+    const signer = await startSigner({ shutdownTimeout: 10_000 });
+    for (let i = 0; i < 5; i++) {
+      expect(await rawExchange(signer.port, 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n', 'bytes sent after the answer')).toMatch(/^HTTP\/1\.1 501 /);
+      expect(await rawExchange(signer.port, 'GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n', 'bytes sent after the answer')).toMatch(/^HTTP\/1\.1 500 /);
+    }
+    const started = Date.now();
+    await signer.proxy.stop();
+    // Bytes sent to a socket the signer no longer read hid the client's close from it: each such
+    // connection stayed half-open and kept the listener from closing.
+    expect(Date.now() - started).toBeLessThan(2_000);
+  });
+
   it('listens on a unix socket with the configured mode, replacing a stale socket and removing its own at stop', async () => {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'signer-unix-'));
     cleanups.push(() => rm(dir, { recursive: true, force: true }));

@@ -1,6 +1,6 @@
 import { STATUS_CODES, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { HttpAnswer } from '@jwtproxy/core';
+import { endRawConnection, type HttpAnswer } from '@jwtproxy/core';
 
 /** The Go verifier's answer to an absolute-form (forward proxy) request. */
 export const PROXY_REQUEST_ANSWER: HttpAnswer = {
@@ -34,8 +34,8 @@ export function writeAnswer(res: ServerResponse, answer: HttpAnswer, keepConnect
 
 /** The same answer on a raw socket (an upgrade or CONNECT request), then the connection is closed. */
 export function writeRawAnswer(socket: Duplex, answer: HttpAnswer): void {
-  if (socket.destroyed) return;
-  socket.end(
+  endRawConnection(
+    socket,
     `HTTP/1.1 ${answer.status} ${STATUS_CODES[answer.status] ?? ''}\r\n` +
       `Content-Type: ${TEXT_PLAIN}\r\nContent-Length: ${Buffer.byteLength(answer.body)}\r\nConnection: close\r\n\r\n` +
       answer.body,

@@ -1,6 +1,6 @@
 import { STATUS_CODES, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { UpstreamError, httpAnswerFor, spliceSockets, type RepeatedLogLimiter } from '@jwtproxy/core';
+import { UpstreamError, endRawConnection, httpAnswerFor, spliceSockets, type RepeatedLogLimiter } from '@jwtproxy/core';
 import type { Dispatcher } from 'undici';
 import { describeUpstreamError, writeRawAnswer } from './answers.js';
 import { CLIENT_GONE, type UpstreamDispatchOptions } from './forward.js';
@@ -63,7 +63,7 @@ class UpgradeForwarding implements Dispatcher.DispatchHandler {
   }
 
   onResponseEnd(): void {
-    this.client.end();
+    endRawConnection(this.client);
   }
 
   onResponseError(_controller: Dispatcher.DispatchController | undefined, error: Error): void {

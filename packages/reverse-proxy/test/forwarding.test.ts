@@ -15,16 +15,22 @@ async function echoUpstream() {
   return echo;
 }
 
-/** Sends raw bytes on a new connection and collects everything until the proxy closes it. */
-async function rawExchange(address: string, bytes: string): Promise<string> {
+/**
+ * Sends raw bytes on a new connection and collects everything until the proxy closes it. With
+ * `more`, sends those bytes too once the answer starts, then closes its side.
+ */
+async function rawExchange(address: string, bytes: string, more?: string): Promise<string> {
   const { hostname, port } = new URL(address);
   const socket = net.connect({ host: hostname, port: Number(port) });
   socket.write(bytes);
   const chunks: Buffer[] = [];
   socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+  if (more !== undefined) socket.once('data', () => socket.end(more));
   await once(socket, 'close');
   return Buffer.concat(chunks).toString('latin1');
 }
+
+const AFTER_THE_ANSWER = 'bytes sent after the answer';
 
 describe('a request with a valid token', () => {
   it('reaches the upstream with the path and query joined, Host and Authorization kept, no hop-by-hop or X-Forwarded headers', async () => {
@@ -154,6 +160,20 @@ describe('refusals', () => {
     expect(connect).toMatch(/^HTTP\/1\.1 500 /);
     expect(connect.endsWith('\r\n\r\nThis is a reverse proxy server. Does not respond to proxy requests.')).toBe(true);
     expect(echo.seen).toHaveLength(0);
+  });
+
+  it('closes refused CONNECT and upgrade connections when the client sends more and closes: a stop does not wait for them', async () => {
+    const echo = await echoUpstream();
+    const proxy = await startProxy({ upstream: echo.url, shutdownTimeout: 10_000 }, cleanups);
+    for (let i = 0; i < 5; i++) {
+      expect(await rawExchange(proxy.address, 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n', AFTER_THE_ANSWER)).toMatch(/^HTTP\/1\.1 500 /);
+      expect(await rawExchange(proxy.address, 'GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n', AFTER_THE_ANSWER)).toMatch(/^HTTP\/1\.1 403 /);
+    }
+    const started = Date.now();
+    await proxy.stop();
+    // Bytes sent to a socket the proxy no longer read hid the client's close from it: each such
+    // connection stayed half-open and held the stop until shutdown_timeout.
+    expect(Date.now() - started).toBeLessThan(2_000);
   });
 
   it('answers 503 and logs when the nonce store cannot answer (fails closed)', async () => {
