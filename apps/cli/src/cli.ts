@@ -77,25 +77,42 @@ export async function main(argv: readonly string[]): Promise<number> {
   return 0;
 }
 
-/** The first SIGINT/SIGTERM resolves `requested` and aborts `abortSignal` (graceful stop); a second one exits at once. */
+/** How often a jwtproxy started by npx checks that npx is still there. */
+const PARENT_CHECK_INTERVAL_MS = 500;
+
+/**
+ * The first SIGINT/SIGTERM resolves `requested` and aborts `abortSignal` (graceful stop); a second
+ * one exits at once. Started by npx (`npm exec`, which sets npm_command=exec), the process also
+ * stops when npx goes: npx does not pass SIGTERM on, so `kill <npx>` or a process manager stopping
+ * npx would otherwise leave the proxy running, orphaned.
+ */
 function shutdownSignals(logger: Logger): { requested: Promise<NodeJS.Signals>; abortSignal: AbortSignal } {
   let requested = false;
   const controller = new AbortController();
   return {
     abortSignal: controller.signal,
     requested: new Promise((resolve) => {
-      const onSignal = (signal: NodeJS.Signals): void => {
+      const stop = (signal: NodeJS.Signals, reason?: string): void => {
         if (requested) {
           logger.warn('second signal: exiting at once', { signal });
           process.exit(1);
         }
         requested = true;
-        logger.info('shutting down', { signal });
+        logger.info('shutting down', reason ? { signal, reason } : { signal });
         controller.abort();
         resolve(signal);
       };
-      process.on('SIGINT', onSignal);
-      process.on('SIGTERM', onSignal);
+      process.on('SIGINT', stop);
+      process.on('SIGTERM', stop);
+      if (process.env.npm_command === 'exec') {
+        const parent = process.ppid;
+        const watch = setInterval(() => {
+          if (process.ppid === parent) return;
+          clearInterval(watch);
+          if (!requested) stop('SIGTERM', 'npx, which started jwtproxy, has exited');
+        }, PARENT_CHECK_INTERVAL_MS);
+        watch.unref();
+      }
     }),
   };
 }

@@ -149,5 +149,13 @@ describe('the packages as published', () => {
       const stopped = await cli.stop();
       expect(stopped.stderr).toMatch(/msg="shutting down" signal=SIGTERM[\s\S]*msg="stopped"/);
     }
+
+    // SIGTERM to npx alone, as `kill <pid>` or a process manager sends it: npx dies without
+    // passing it on, and jwtproxy notices that npx is gone and stops as if it had been signalled.
+    const second: RunningCli = await startCli(['-config', config], { cwd: installDir.dir, command: ['npx', '--no-install', 'jwtproxy'], timeoutMs: 60_000 });
+    const verifier = second.servers['verifier_proxies[0]']!;
+    const stopped = await second.stop('SIGTERM');
+    expect(stopped.stderr).toMatch(/msg="shutting down" signal=SIGTERM reason="npx, which started jwtproxy, has exited"[\s\S]*msg="stopped"/);
+    await expect(httpRequest(`${verifier}/x`)).rejects.toThrow(/ECONNREFUSED/);
   }, 240_000);
 });
