@@ -102,8 +102,9 @@ function shutdownSignals(logger: Logger): { requested: Promise<NodeJS.Signals>; 
         controller.abort();
         resolve(signal);
       };
-      process.on('SIGINT', stop);
-      process.on('SIGTERM', stop);
+      // Node passes the signal's number as a second argument: not a reason.
+      process.on('SIGINT', () => stop('SIGINT'));
+      process.on('SIGTERM', () => stop('SIGTERM'));
       if (process.env.npm_command === 'exec') {
         const parent = process.ppid;
         const watch = setInterval(() => {

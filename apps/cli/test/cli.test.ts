@@ -232,7 +232,7 @@ describe('--plugin', () => {
 
       const stopped = await cli.stop('SIGTERM');
       expect(stopped.code).toBe(0);
-      expect(stopped.stderr).toMatch(/msg="shutting down" signal=SIGTERM/);
+      expect(stopped.stderr).toMatch(/msg="shutting down" signal=SIGTERM\n/);
       expect(stopped.stderr).toMatch(/msg="stopped"\n$/);
     } finally {
       await cli?.stop('SIGKILL');

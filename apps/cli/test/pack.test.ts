@@ -147,7 +147,7 @@ describe('the packages as published', () => {
     } finally {
       // SIGTERM to the group (npx itself dies of it): jwtproxy stops cleanly.
       const stopped = await cli.stop();
-      expect(stopped.stderr).toMatch(/msg="shutting down" signal=SIGTERM[\s\S]*msg="stopped"/);
+      expect(stopped.stderr).toMatch(/msg="shutting down" signal=SIGTERM\n[\s\S]*msg="stopped"/);
     }
 
     // SIGTERM to npx alone, as `kill <pid>` or a process manager sends it: npx dies without
