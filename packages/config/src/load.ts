@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { ConfigError, silentLogger, type ComponentConfig, type Logger } from '@jwtproxy/core';
+import { ConfigError, parseListenAddress, silentLogger, type ComponentConfig, type Logger } from '@jwtproxy/core';
 import { isMap, LineCounter, parseDocument } from 'yaml';
 import { expandEnv } from './expand-env.js';
 import { describe, MapReader, readComponent, YamlSource } from './reader.js';
@@ -255,16 +255,17 @@ function readVerifier(block: MapReader, enabled: boolean, filePath: FilePath): V
   };
 }
 
-/** `:8080`, `host:8080`, `[::1]:8080` or `unix:/path/to.sock`, as Go's net.Listen and the Go tool take them. */
+/**
+ * `:8080`, `host:8080`, `[::1]:8080` or `unix:/path/to.sock`, as Go's net.Listen and the Go tool
+ * take them. Core's parser, which the proxies listen with, is the one definition of what is valid.
+ */
 function listenAddress(block: MapReader, fallback: string): string {
   const value = block.string('listen_addr', fallback);
-  const problem = `${JSON.stringify(value)} is not a listen address (expected host:port, :port or unix:/path/to.sock)`;
-  if (value.startsWith('unix:')) {
-    if (value.length === 'unix:'.length) block.fail('listen_addr', problem);
-    return value;
+  try {
+    parseListenAddress(value);
+  } catch {
+    block.fail('listen_addr', `${JSON.stringify(value)} is not a listen address (expected host:port, :port or unix:/path/to.sock)`);
   }
-  const match = /^(?:\[[0-9A-Fa-f:.]+(?:%[\w.-]+)?\]|[\w.-]*):(\d{1,5})$/.exec(value);
-  if (!match || Number(match[1]) > 65535) block.fail('listen_addr', problem);
   return value;
 }
 

@@ -143,6 +143,13 @@ describe('the README example', () => {
     expect(config.verifierProxies[0]).toMatchObject({ socketPermission: 0o750, enabled: true });
   });
 
+  it('takes every listen address form the proxies listen on: host:port, :port, [v6]:port, unix:/path', () => {
+    for (const address of ['127.0.0.1:8081', ':8081', '[::1]:8081', 'unix:/run/jwtproxy/v.sock']) {
+      const config = parseConfig(verifierYaml().replace('127.0.0.1:0', `"${address}"`), 'c.yaml');
+      expect(config.verifierProxies[0]!.listenAddr).toBe(address);
+    }
+  });
+
   it('reads the keyregistry block raw, enabled by default', () => {
     const config = parseConfig('jwtproxy:\n  keyregistry:\n    listen_addr: 127.0.0.1:0\n    store: { type: memory }\n', 'c.yaml');
     expect(config.keyregistry).toEqual({ path: 'keyregistry', enabled: true, options: { listen_addr: '127.0.0.1:0', store: { type: 'memory' } } });
@@ -192,6 +199,7 @@ describe('mistakes name their key path and file:line', () => {
     ['a bad socket permission', verifierYaml({ proxy: 'socket_permission: rwx' }), 'verifier_proxies[0].socket_permission: must be an octal file mode such as 0755, got "rwx" (config.yaml:4)'],
     ['a decimal socket permission', verifierYaml({ proxy: 'socket_permission: 755' }), 'verifier_proxies[0].socket_permission: 755 is not a file mode (write it in octal with a leading 0, as in 0755) (config.yaml:4)'],
     ['a bad listen_addr', verifierYaml({ proxy: 'listen_addr: localhost' }).replace('  - listen_addr: 127.0.0.1:0\n', '  - enabled: true\n'), 'verifier_proxies[0].listen_addr: "localhost" is not a listen address (expected host:port, :port or unix:/path/to.sock) (config.yaml:4)'],
+    ['an IPv6 listen address without brackets', verifierYaml().replace('127.0.0.1:0', '"::1:8081"'), 'verifier_proxies[0].listen_addr: "::1:8081" is not a listen address (expected host:port, :port or unix:/path/to.sock) (config.yaml:3)'],
     ['an out-of-range port', verifierYaml().replace('127.0.0.1:0', ':99999'), 'verifier_proxies[0].listen_addr: ":99999" is not a listen address (expected host:port, :port or unix:/path/to.sock) (config.yaml:3)'],
     ['a bad upstream', verifierYaml().replace('http://127.0.0.1:9000', 'ftp://files.example'), 'verifier_proxies[0].verifier.upstream: "ftp://files.example" is not an upstream (expected http://host[:port][/path], https://… or unix:/path/to.sock) (config.yaml:5)'],
     ['an upstream without a scheme', verifierYaml().replace('http://127.0.0.1:9000', '127.0.0.1:9000'), 'verifier_proxies[0].verifier.upstream: "127.0.0.1:9000" is not an upstream (expected http://host[:port][/path], https://… or unix:/path/to.sock) (config.yaml:5)'],
