@@ -1,4 +1,6 @@
+import { STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
+import type { HttpAnswer } from './errors.js';
 
 /**
  * Hop-by-hop headers (RFC 9110 §7.6.1, plus the non-standard ones Go's httputil removes), in
@@ -47,4 +49,18 @@ export function endRawConnection(socket: Duplex, last?: string): void {
   if (last === undefined) socket.end();
   else socket.end(last);
   setTimeout(() => socket.destroy(), RAW_CLOSE_LINGER_MS).unref();
+}
+
+/**
+ * One of the proxies' own answers (status, text/plain body without a trailing newline, as the Go
+ * tool) on a raw connection, which has no ServerResponse (an upgrade or CONNECT request); then
+ * the connection is closed.
+ */
+export function writeRawAnswer(socket: Duplex, { status, body }: HttpAnswer): void {
+  endRawConnection(
+    socket,
+    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\n` +
+      `Content-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n` +
+      body,
+  );
 }

@@ -14,7 +14,7 @@ export {
   type VerifiedToken,
 } from './verification.js';
 export { StaticClaimsVerifier } from './static-claims.js';
-export { HOP_BY_HOP_HEADERS, RAW_CLOSE_LINGER_MS, endRawConnection, spliceSockets } from './http.js';
+export { HOP_BY_HOP_HEADERS, RAW_CLOSE_LINGER_MS, endRawConnection, spliceSockets, writeRawAnswer } from './http.js';
 export {
   parseListenAddress,
   formatListenAddress,

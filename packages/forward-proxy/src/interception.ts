@@ -1,20 +1,12 @@
 import type { IncomingMessage, Server } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { TLSSocket, type SecureContext } from 'node:tls';
-import { endRawConnection, type Logger } from '@jwtproxy/core';
+import { writeRawAnswer, type Logger } from '@jwtproxy/core';
 import type { CertificateForger } from './certificates.js';
 import { parseConnectAuthority } from './targets.js';
 
 /** A client that has not finished its TLS handshake in this time is dropped. */
 const HANDSHAKE_TIMEOUT = 10_000;
-
-/** Writes a complete HTTP/1.1 answer on a raw socket (CONNECT has no ServerResponse) and closes it. */
-export function refuseConnect(socket: Duplex, status: number, reason: string, body: string): void {
-  endRawConnection(
-    socket,
-    `HTTP/1.1 ${status} ${reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
-  );
-}
 
 /**
  * Man-in-the-middle for CONNECT: answers 200, forges a certificate for the requested host
@@ -46,7 +38,7 @@ export class TlsInterceptor {
     const target = parseConnectAuthority(authority);
     socket.on('error', (error) => this.#logger.debug('tunnel socket error', { tunnel: authority, error: error.message }));
     if (!target) {
-      refuseConnect(socket, 400, 'Bad Request', `jwtproxy: CONNECT needs a host:port target, got "${authority}"`);
+      writeRawAnswer(socket, { status: 400, body: `jwtproxy: CONNECT needs a host:port target, got "${authority}"` });
       return;
     }
     this.#logger.debug('intercepting CONNECT', { tunnel: authority });

@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import http, { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import {
   ConfigError,
@@ -8,6 +8,7 @@ import {
   parseListenAddress,
   removeSocketFile,
   RepeatedLogLimiter,
+  writeRawAnswer,
   type HttpAnswer,
   type Logger,
   type RequestSigner,
@@ -15,7 +16,7 @@ import {
 } from '@jwtproxy/core';
 import { CertificateForger } from './certificates.js';
 import { answer, createForwarder } from './forwarding.js';
-import { TlsInterceptor, refuseConnect } from './interception.js';
+import { TlsInterceptor } from './interception.js';
 import { BadTargetError, absoluteTarget, isAbsoluteForm, tunnelTarget, type RequestTarget } from './targets.js';
 import { forwardUpgrade } from './upgrade.js';
 import { UpstreamPools } from './upstreams.js';
@@ -136,12 +137,12 @@ export async function startSignerProxy(options: SignerProxyOptions): Promise<Run
   const upgradeLog = new RepeatedLogLimiter(logger, { intervalMs: options.repeatedLogIntervalMs });
   const handleUpgrade = (req: IncomingMessage, client: Duplex, bodyHead: Buffer, tunnel: string | undefined): void => {
     client.on('error', () => undefined);
-    if (stopping) return refuseConnect(client, 503, 'Service Unavailable', 'jwtproxy: shutting down');
+    if (stopping) return writeRawAnswer(client, { status: 503, body: 'jwtproxy: shutting down' });
     track(client);
     upgrades.add(client);
     client.once('close', () => upgrades.delete(client));
     const target = targetOf(req, tunnel);
-    if ('status' in target) return refuseConnect(client, target.status, STATUS_CODES[target.status] ?? '', target.body);
+    if ('status' in target) return writeRawAnswer(client, target);
     void forwardUpgrade(signer, tlsPolicy, upgradeLog, req, client, bodyHead, target);
   };
 
@@ -151,7 +152,7 @@ export async function startSignerProxy(options: SignerProxyOptions): Promise<Run
     if (interceptor && !stopping) interceptor.handleConnect(req, socket, head);
     else {
       socket.on('error', () => undefined);
-      refuseConnect(socket, 501, 'Not Implemented', stopping ? 'jwtproxy: shutting down' : CONNECT_NEEDS_CA);
+      writeRawAnswer(socket, { status: 501, body: stopping ? 'jwtproxy: shutting down' : CONNECT_NEEDS_CA });
     }
   });
   outerServer.on('upgrade', (req: IncomingMessage, client: Duplex, bodyHead: Buffer) => handleUpgrade(req, client, bodyHead, undefined));

@@ -2,19 +2,14 @@ import type { IncomingMessage } from 'node:http';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
-import { httpAnswerFor, spliceSockets, type HttpAnswer, type RepeatedLogLimiter, type RequestSigner } from '@jwtproxy/core';
+import { httpAnswerFor, spliceSockets, writeRawAnswer, type RepeatedLogLimiter, type RequestSigner } from '@jwtproxy/core';
 import { upstreamFailure } from './forwarding.js';
 import { forwardedRequestHeaders } from './headers.js';
-import { refuseConnect } from './interception.js';
 import type { RequestTarget } from './targets.js';
 import { upstreamTlsOptions, type UpstreamTlsPolicy } from './upstreams.js';
 
 /** As undici's default connect timeout: an upstream that does not accept in this time gets a 502. */
 const CONNECT_TIMEOUT = 10_000;
-
-function refuse(client: Duplex, { status, body }: HttpAnswer): void {
-  refuseConnect(client, status, status === 502 ? 'Bad Gateway' : 'Error', body);
-}
 
 /** The request head for the upstream: the client's request, signed, with `Connection: Upgrade` restored. */
 function upgradeRequestHead(req: IncomingMessage, target: RequestTarget, authorization: string): string {
@@ -56,7 +51,7 @@ export async function forwardUpgrade(
     authorization = await signer.authorizationFor(target.audience);
   } catch (error) {
     log.write('error', error instanceof Error ? error.message : String(error), 'unable to sign request', { audience: target.audience, error });
-    return refuse(client, httpAnswerFor(error));
+    return writeRawAnswer(client, httpAnswerFor(error));
   }
   if (client.destroyed) return;
   const upstream = connectTo(target.origin, policy);
@@ -67,7 +62,7 @@ export async function forwardUpgrade(
       upstream.destroy();
       const failure = upstreamFailure(target.origin, error);
       log.write('warn', failure.message, 'upstream upgrade failed', { upstream: target.origin, error: failure.message });
-      refuse(client, httpAnswerFor(failure));
+      writeRawAnswer(client, httpAnswerFor(failure));
       settled();
     };
     const gone = (): void => {

@@ -1,6 +1,5 @@
 import { STATUS_CODES, type ServerResponse } from 'node:http';
-import type { Duplex } from 'node:stream';
-import { endRawConnection, type HttpAnswer } from '@jwtproxy/core';
+import type { HttpAnswer } from '@jwtproxy/core';
 
 /** The Go verifier's answer to an absolute-form (forward proxy) request. */
 export const PROXY_REQUEST_ANSWER: HttpAnswer = {
@@ -30,16 +29,6 @@ export function writeAnswer(res: ServerResponse, answer: HttpAnswer, keepConnect
       : { 'content-type': TEXT_PLAIN, 'content-length': Buffer.byteLength(answer.body), connection: 'close' },
   );
   res.end(answer.body);
-}
-
-/** The same answer on a raw socket (an upgrade or CONNECT request), then the connection is closed. */
-export function writeRawAnswer(socket: Duplex, answer: HttpAnswer): void {
-  endRawConnection(
-    socket,
-    `HTTP/1.1 ${answer.status} ${STATUS_CODES[answer.status] ?? ''}\r\n` +
-      `Content-Type: ${TEXT_PLAIN}\r\nContent-Length: ${Buffer.byteLength(answer.body)}\r\nConnection: close\r\n\r\n` +
-      answer.body,
-  );
 }
 
 /** An undici/net error as one line: a failed dual-stack connect is an AggregateError with an empty message. */

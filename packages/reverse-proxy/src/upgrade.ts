@@ -1,8 +1,8 @@
 import { STATUS_CODES, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { UpstreamError, endRawConnection, httpAnswerFor, spliceSockets, type RepeatedLogLimiter } from '@jwtproxy/core';
+import { UpstreamError, endRawConnection, httpAnswerFor, spliceSockets, writeRawAnswer, type RepeatedLogLimiter } from '@jwtproxy/core';
 import type { Dispatcher } from 'undici';
-import { describeUpstreamError, writeRawAnswer } from './answers.js';
+import { describeUpstreamError } from './answers.js';
 import { CLIENT_GONE, type UpstreamDispatchOptions } from './forward.js';
 import { rawResponseHead, responseHeaders, switchingProtocolsHeaders, type RequestHead, type UpstreamHeaders } from './headers.js';
 import type { Upstream } from './upstream.js';

@@ -7,13 +7,14 @@ import {
   parseListenAddress,
   removeSocketFile,
   RepeatedLogLimiter,
+  writeRawAnswer,
   type HttpAnswer,
   type ListenAddress,
   type Logger,
   type RequestVerifier,
   type RunningProxy,
 } from '@jwtproxy/core';
-import { PROXY_REQUEST_ANSWER, writeAnswer, writeRawAnswer } from './answers.js';
+import { PROXY_REQUEST_ANSWER, writeAnswer } from './answers.js';
 import { forward } from './forward.js';
 import { readRequestHead } from './headers.js';
 import { createServer } from './server.js';
