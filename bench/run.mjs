@@ -20,7 +20,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { RequestSigner, signingKeyFromKeyObject } from '@jwtproxy/core';
-import { makeCa, makeServerCertificate } from '@jwtproxy/testkit';
+import { freeLoopbackPort, makeCa, makeServerCertificate } from '@jwtproxy/testkit';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..');
@@ -62,14 +62,6 @@ const cleanup = () => {
 };
 process.on('exit', cleanup);
 process.on('SIGINT', () => process.exit(130));
-
-async function freePort() {
-  const server = net.createServer().listen(0, '127.0.0.1');
-  await new Promise((resolve) => server.once('listening', resolve));
-  const { port } = server.address();
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 async function waitForPort(port, child, name) {
   const deadline = Date.now() + 15_000;
@@ -180,7 +172,7 @@ function wrk(url, { script, env = {}, seconds = duration } = {}) {
   return { rps, p50, p99, non2xx, errors, total };
 }
 
-const upstreamPort = await freePort();
+const upstreamPort = await freeLoopbackPort();
 const upstreamUrl = `http://127.0.0.1:${upstreamPort}`;
 await start('upstream', process.execPath, [path.join(here, 'upstream.mjs'), String(upstreamPort)], upstreamPort);
 
@@ -197,7 +189,7 @@ const cases = [
     name: 'verifier',
     label: 'verifier (RS256, local nonces)',
     async run() {
-      const port = await freePort();
+      const port = await freeLoopbackPort();
       const audience = 'http://verifier.bench';
       const tokens = await mintTokens(audience, 30_000 * (duration + 1));
       const proxy = await start('verifier', process.execPath, [cli, '-config', verifierConfig(port, upstreamUrl, audience), '-log-level', 'warn'], port);
@@ -212,7 +204,7 @@ const cases = [
     name: 'signer',
     label: 'signer (RS256)',
     async run() {
-      const port = await freePort();
+      const port = await freeLoopbackPort();
       const proxy = await start('signer', process.execPath, [cli, '-config', signerConfig(port), '-log-level', 'warn'], port);
       try {
         wrk(`http://127.0.0.1:${port}/`, { script: 'absolute.lua', env: { TARGET: `${upstreamUrl}/` }, seconds: 1 });
@@ -226,7 +218,7 @@ const cases = [
     name: 'signer-es256',
     label: 'signer (ES256, EC P-256 key)',
     async run() {
-      const port = await freePort();
+      const port = await freeLoopbackPort();
       const keyFile = path.join(work, 'ec-p256.key');
       const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
       writeFileSync(keyFile, privateKey.export({ type: 'sec1', format: 'pem' }));
@@ -243,7 +235,7 @@ const cases = [
     name: 'chain',
     label: 'signer → verifier → upstream',
     async run() {
-      const [signerPort, verifierPort] = [await freePort(), await freePort()];
+      const [signerPort, verifierPort] = [await freeLoopbackPort(), await freeLoopbackPort()];
       const target = `http://127.0.0.1:${verifierPort}`;
       const verifier = await start('verifier', process.execPath, [cli, '-config', verifierConfig(verifierPort, upstreamUrl, target), '-log-level', 'warn'], verifierPort);
       const signer = await start('signer', process.execPath, [cli, '-config', signerConfig(signerPort), '-log-level', 'warn'], signerPort);
@@ -270,7 +262,7 @@ async function httpsSetup() {
     files[name] = path.join(work, `${name}.pem`);
     writeFileSync(files[name], value);
   }
-  const port = await freePort();
+  const port = await freeLoopbackPort();
   await start('https upstream', process.execPath, [path.join(here, 'upstream.mjs'), String(port), files.key, files.cert, '127.0.0.1', ...newHosts], port);
   const tls = `    ca_key_file: ${files.caKey}\n    ca_crt_file: ${files.caCert}\n    trusted_certificates: [${files.cert}]\n`;
   https = { port, files, tls };
@@ -288,7 +280,7 @@ cases.push(
     name: 'verifier-redis',
     label: 'verifier (RS256, redis nonces)',
     async run() {
-      const port = await freePort();
+      const port = await freeLoopbackPort();
       const audience = 'http://verifier.bench';
       const tokens = await mintTokens(audience, 30_000 * (duration + 1));
       const prefix = `jwtproxy-bench:${process.pid}:${Date.now()}:`;
@@ -307,7 +299,7 @@ cases.push(
     label: 'HTTPS signer (CONNECT, RS256)',
     async run() {
       const { port: upstreamTlsPort, files, tls } = await httpsSetup();
-      const port = await freePort();
+      const port = await freeLoopbackPort();
       const proxy = await start('signer', process.execPath, [cli, '-config', signerConfig(port, tls), '-log-level', 'warn'], port);
       try {
         const r = httpsClient(['--proxy', `http://127.0.0.1:${port}`, '--ca', files.caCert, '--target', `https://127.0.0.1:${upstreamTlsPort}/`, '--connections', String(connections), '--duration', String(duration)]);
@@ -322,7 +314,7 @@ cases.push(
     label: 'HTTPS first request, 100 new hosts',
     async run() {
       const { port: upstreamTlsPort, files, tls } = await httpsSetup();
-      const port = await freePort();
+      const port = await freeLoopbackPort();
       const proxy = await start('signer', process.execPath, [cli, '-config', signerConfig(port, tls), '-log-level', 'warn'], port);
       try {
         const r = httpsClient(['--proxy', `http://127.0.0.1:${port}`, '--ca', files.caCert, '--first-hosts', newHosts.join(','), '--port', String(upstreamTlsPort)]);
@@ -365,7 +357,7 @@ const latencies = [];
 if (!only || only.has('latency')) {
   const audience = 'http://verifier.bench';
   const tokens = await mintTokens(audience, 30_000 * (duration + 1));
-  const [verifierPort, signerPort, chainVerifierPort] = [await freePort(), await freePort(), await freePort()];
+  const [verifierPort, signerPort, chainVerifierPort] = [await freeLoopbackPort(), await freeLoopbackPort(), await freeLoopbackPort()];
   const chainTarget = `http://127.0.0.1:${chainVerifierPort}`;
   const verifier = await start('verifier', process.execPath, [cli, '-config', verifierConfig(verifierPort, upstreamUrl, audience), '-log-level', 'warn'], verifierPort);
   const chainVerifier = await start('verifier', process.execPath, [cli, '-config', verifierConfig(chainVerifierPort, upstreamUrl, chainTarget), '-log-level', 'warn'], chainVerifierPort);

@@ -3,8 +3,8 @@
  * verifier to a web service; what passes, what is refused and with which Go body.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { interop, startEchoService, type RunningServer, type SeenRequest } from '@jwtproxy/testkit';
-import { claimsOf, e2eConfig, freePort, httpRequest, jwtproxyConfig, startCli, tempDir, type RunningCli } from './helpers.js';
+import { freeLoopbackPort, interop, type RunningServer, type SeenRequest, startEchoService } from '@jwtproxy/testkit';
+import { claimsOf, e2eConfig, httpRequest, jwtproxyConfig, startCli, tempDir, type RunningCli } from './helpers.js';
 
 let files: Awaited<ReturnType<typeof tempDir>>;
 let service: RunningServer & { seen: SeenRequest[] };
@@ -18,7 +18,7 @@ let verifierOfDeadService: string;
 beforeAll(async () => {
   files = await tempDir();
   service = await startEchoService();
-  const [port, deadPort, deadServicePort] = [await freePort(), await freePort(), await freePort()];
+  const [port, deadPort, deadServicePort] = [await freeLoopbackPort(), await freeLoopbackPort(), await freeLoopbackPort()];
   verifier = `http://127.0.0.1:${port}`;
   verifierOfDeadService = `http://127.0.0.1:${deadPort}`;
   const config = await files.write(

@@ -8,8 +8,8 @@
 import http from 'node:http';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { interop, makeCa, makeServerCertificate, startEchoService, writePemFiles, type Pem, type RunningServer, type SeenRequest } from '@jwtproxy/testkit';
-import { claimsOf, e2eConfig, freePort, jwtproxyConfig, startCli, tempDir, type RunningCli } from './helpers.js';
+import { freeLoopbackPort, interop, makeCa, makeServerCertificate, type Pem, type RunningServer, type SeenRequest, startEchoService, writePemFiles } from '@jwtproxy/testkit';
+import { claimsOf, e2eConfig, jwtproxyConfig, startCli, tempDir, type RunningCli } from './helpers.js';
 
 let files: Awaited<ReturnType<typeof tempDir>>;
 let service: RunningServer & { seen: SeenRequest[] };
@@ -27,7 +27,7 @@ beforeAll(async () => {
   signerCaFiles = await writePemFiles(signerCa, files.dir, 'signer-ca');
   verifierPem = makeServerCertificate(['127.0.0.1', 'localhost']); // self-signed, as `openssl req -x509` makes it
   verifierFiles = await writePemFiles(verifierPem, files.dir, 'verifier');
-  verifierPort = await freePort();
+  verifierPort = await freeLoopbackPort();
   const config = await files.write(
     'verifier.yaml',
     jwtproxyConfig({

@@ -6,8 +6,8 @@ import { existsSync, statSync } from 'node:fs';
 import https from 'node:https';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { makeServerCertificate, readBody, startEchoService, writePemFiles, type SeenRequest } from '@jwtproxy/testkit';
-import { claimsOf, e2eConfig, freePort, httpRequest, jwtproxyConfig, mintToken, startCli, tempDir } from './helpers.js';
+import { freeLoopbackPort, makeServerCertificate, readBody, type SeenRequest, startEchoService, writePemFiles } from '@jwtproxy/testkit';
+import { claimsOf, e2eConfig, httpRequest, jwtproxyConfig, mintToken, startCli, tempDir } from './helpers.js';
 
 let files: Awaited<ReturnType<typeof tempDir>>;
 beforeAll(async () => {
@@ -21,7 +21,7 @@ describe('unix sockets', () => {
     const signerSocket = path.join(files.dir, 'signer.sock');
     const verifierSocket = path.join(files.dir, 'verifier.sock');
     const service = await startEchoService({ socketPath: serviceSocket });
-    const tcpPort = await freePort();
+    const tcpPort = await freeLoopbackPort();
     const tcpVerifier = `http://127.0.0.1:${tcpPort}`;
     const config = await files.write(
       'unix.yaml',

@@ -9,8 +9,8 @@ import http from 'node:http';
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { repoRoot, startEchoService, startOwnRedis, type OwnRedis, type RunningServer, type SeenRequest } from '@jwtproxy/testkit';
-import { claimsOf, e2eConfig, freePort, httpRequest, isAlive, jwtproxyConfig, mintToken, startCli, tempDir, type RunningCli } from './helpers.js';
+import { freeLoopbackPort, type OwnRedis, repoRoot, type RunningServer, type SeenRequest, startEchoService, startOwnRedis } from '@jwtproxy/testkit';
+import { claimsOf, e2eConfig, httpRequest, isAlive, jwtproxyConfig, mintToken, startCli, tempDir, type RunningCli } from './helpers.js';
 
 const redisUrl = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const audience = 'http://api.internal';
@@ -168,7 +168,7 @@ describe('examples/redis-replicas', () => {
 
   it('as shipped: a token the signer made for replica A passes once, then B and A refuse it; its nonce expires with it', async () => {
     const prefix = `jwtproxy:e2e:${randomUUID()}:`;
-    const portA = await freePort();
+    const portA = await freeLoopbackPort();
     const keys = path.join(repoRoot, 'examples/httpserver') + '/';
     const verifierReplacements = (listen: string, port: number): Array<[string, string]> => [
       [`listen_addr: 127.0.0.1:${listen}`, `listen_addr: 127.0.0.1:${port}`],
@@ -181,7 +181,7 @@ describe('examples/redis-replicas', () => {
     const configs = await Promise.all([
       files.write('example-signer.yaml', exampleConfig('signer.yaml', [['listen_addr: 127.0.0.1:3128', 'listen_addr: 127.0.0.1:0'], ['../httpserver/', keys]])),
       files.write('example-a.yaml', exampleConfig('verifier-a.yaml', verifierReplacements('8081', portA))),
-      files.write('example-b.yaml', exampleConfig('verifier-b.yaml', verifierReplacements('8083', await freePort()))),
+      files.write('example-b.yaml', exampleConfig('verifier-b.yaml', verifierReplacements('8083', await freeLoopbackPort()))),
     ]);
     const [signer, a, b] = await Promise.all(configs.map((file) => startCli(['-config', file])));
     running.push(signer!, a!, b!);

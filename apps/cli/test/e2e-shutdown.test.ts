@@ -6,8 +6,8 @@
 import http from 'node:http';
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { listenOnLoopback, type RunningServer } from '@jwtproxy/testkit';
-import { e2eConfig, freePort, httpRequest, jwtproxyConfig, startCli, tempDir, type CliResult, type RunningCli } from './helpers.js';
+import { freeLoopbackPort, listenOnLoopback, type RunningServer } from '@jwtproxy/testkit';
+import { e2eConfig, httpRequest, jwtproxyConfig, startCli, tempDir, type CliResult, type RunningCli } from './helpers.js';
 
 type SlowService = RunningServer & { arrived: Promise<void> };
 
@@ -63,7 +63,7 @@ afterEach(async () => {
 /** Signer and verifier in one process, both with `shutdownTimeout`, in front of `upstream`. */
 async function startChain(upstream: string, shutdownTimeout: string): Promise<{ cli: RunningCli; signer: string; verifier: string }> {
   files = await tempDir();
-  const port = await freePort();
+  const port = await freeLoopbackPort();
   const verifier = `http://127.0.0.1:${port}`;
   const config = await files.write(
     'shutdown.yaml',

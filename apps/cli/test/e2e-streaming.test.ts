@@ -8,8 +8,8 @@ import http from 'node:http';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { listenOnLoopback, sampleRss, type RunningServer } from '@jwtproxy/testkit';
-import { e2eConfig, freePort, jwtproxyConfig, startCli, tempDir, type RunningCli } from './helpers.js';
+import { freeLoopbackPort, listenOnLoopback, type RunningServer, sampleRss } from '@jwtproxy/testkit';
+import { e2eConfig, jwtproxyConfig, startCli, tempDir, type RunningCli } from './helpers.js';
 
 const MiB = 1024 * 1024;
 const TOTAL = 200 * MiB;
@@ -73,7 +73,7 @@ beforeAll(async () => {
       res.writeHead(200).end('ok');
     }),
   );
-  const port = await freePort();
+  const port = await freeLoopbackPort();
   verifierUrl = `http://127.0.0.1:${port}`;
   const verifierConfig = await files.write(
     'verifier.yaml',

@@ -8,8 +8,8 @@ import http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HttpProxyAgent } from 'http-proxy-agent';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
-import { listenOnLoopback, type RunningServer } from '@jwtproxy/testkit';
-import { claimsOf, e2eConfig, freePort, jwtproxyConfig, mintToken, startCli, tempDir, type RunningCli } from './helpers.js';
+import { freeLoopbackPort, listenOnLoopback, type RunningServer } from '@jwtproxy/testkit';
+import { claimsOf, e2eConfig, jwtproxyConfig, mintToken, startCli, tempDir, type RunningCli } from './helpers.js';
 
 let audience: string;
 let files: Awaited<ReturnType<typeof tempDir>>;
@@ -30,7 +30,7 @@ beforeAll(async () => {
   });
   echo = await listenOnLoopback(server);
   // The verifier's audience is its own address, as the signer signs for the URL it is given.
-  const port = await freePort();
+  const port = await freeLoopbackPort();
   audience = `http://127.0.0.1:${port}`;
   const config = await files.write(
     'ws.yaml',

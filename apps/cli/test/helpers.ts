@@ -11,7 +11,6 @@
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -178,15 +177,6 @@ export async function tempDir(): Promise<{ dir: string; write(name: string, text
     },
     cleanup: () => rm(dir, { recursive: true, force: true }),
   };
-}
-
-/** A port the OS just handed out and that is free again: for an address a configuration must name before the start (a verifier's audience) or keep across restarts. */
-export async function freePort(): Promise<number> {
-  const probe = http.createServer();
-  await new Promise<void>((resolve, reject) => probe.once('error', reject).listen(0, '127.0.0.1', resolve));
-  const { port } = probe.address() as AddressInfo;
-  await new Promise<void>((resolve) => probe.close(() => resolve()));
-  return port;
 }
 
 export interface HttpAnswer {

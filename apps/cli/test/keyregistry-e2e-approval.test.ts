@@ -6,8 +6,8 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { startEchoService } from '@jwtproxy/testkit';
-import { freePort, httpGet, keyRegistryConfig, kidOf, parseLogfmt, runCli, startCli, tempDir, type CliResult, type RunningCli } from './helpers.js';
+import { freeLoopbackPort, startEchoService } from '@jwtproxy/testkit';
+import { httpGet, keyRegistryConfig, kidOf, parseLogfmt, runCli, startCli, tempDir, type CliResult, type RunningCli } from './helpers.js';
 
 const adminToken = 'e2e-admin-token-5f0c1d9a7b3e2468';
 const issuer = 'frontend';
@@ -55,7 +55,7 @@ async function listKeys(registry: string, ...filters: string[]): Promise<ListedK
 
 /** Registry, signer and verifier processes; the signer's first key published and pending. */
 async function startStack(): Promise<{ registry: string; target: string; signer: RunningCli; signerYaml: string; pendingKid: string }> {
-  const [registryPort, verifierPort] = [await freePort(), await freePort()];
+  const [registryPort, verifierPort] = [await freeLoopbackPort(), await freeLoopbackPort()];
   const registry = `http://127.0.0.1:${registryPort}`;
   await files.write('admin.token', `${adminToken}\n`);
   await start('registry.yaml', keyRegistryConfig.registry({ port: registryPort, storagePath: 'state/keys.json', adminTokenFile: 'admin.token' }));

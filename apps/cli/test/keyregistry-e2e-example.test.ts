@@ -8,8 +8,8 @@ import { once } from 'node:events';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { repoRoot } from '@jwtproxy/testkit';
-import { freePort, httpGet, parseLogfmt, runCli, startCli, tempDir, type RunningCli } from './helpers.js';
+import { freeLoopbackPort, repoRoot } from '@jwtproxy/testkit';
+import { httpGet, parseLogfmt, runCli, startCli, tempDir, type RunningCli } from './helpers.js';
 
 const exampleDir = path.join(repoRoot, 'examples/keyregistry');
 const exampleCommands = {
@@ -43,7 +43,7 @@ afterAll(async () => {
 /** The example's ports (web service, registry, verifier, signer) mapped to free ones. */
 async function portMap(): Promise<(text: string) => string> {
   const ports = new Map<string, number>();
-  for (const port of ['8080', '8081', '8082', '3128']) ports.set(port, await freePort());
+  for (const port of ['8080', '8081', '8082', '3128']) ports.set(port, await freeLoopbackPort());
   return (text) => text.replace(/\b(8080|8081|8082|3128)\b/g, (port) => String(ports.get(port)));
 }
 

@@ -4,8 +4,8 @@
  * registry (file store, same file) is back.
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { startEchoService } from '@jwtproxy/testkit';
-import { freePort, httpGet, keyRegistryConfig, kidOf, startCli, tempDir, type RunningCli } from './helpers.js';
+import { freeLoopbackPort, startEchoService } from '@jwtproxy/testkit';
+import { httpGet, keyRegistryConfig, kidOf, startCli, tempDir, type RunningCli } from './helpers.js';
 
 const issuer = 'checkout';
 const keyServerError = { status: 403, body: 'jwtproxy: unable to verify request: Unexpected key server error' };
@@ -33,7 +33,7 @@ async function start(name: string, yaml: string): Promise<RunningCli> {
 
 describe('key registry down', () => {
   it('a verifier with the key cached keeps passing requests, one without it answers 403, and both recover when the registry is back', async () => {
-    const [registryPort, cachedPort, coldPort] = [await freePort(), await freePort(), await freePort()];
+    const [registryPort, cachedPort, coldPort] = [await freeLoopbackPort(), await freeLoopbackPort(), await freeLoopbackPort()];
     const registry = `http://127.0.0.1:${registryPort}/`;
     const registryYaml = keyRegistryConfig.registry({ port: registryPort, storagePath: 'state/keys.json', autoApprove: [issuer] });
     let registryProcess = await start('registry.yaml', registryYaml);

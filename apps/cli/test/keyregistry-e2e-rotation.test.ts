@@ -4,8 +4,8 @@
  */
 import http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startEchoService } from '@jwtproxy/testkit';
-import { freePort, httpGet, keyRegistryConfig, kidOf, tempDir, startCli, type RunningCli } from './helpers.js';
+import { freeLoopbackPort, startEchoService } from '@jwtproxy/testkit';
+import { httpGet, keyRegistryConfig, kidOf, tempDir, startCli, type RunningCli } from './helpers.js';
 
 const issuer = 'rotating';
 const rotateEverySeconds = 3;
@@ -35,7 +35,7 @@ async function start(name: string, yaml: string): Promise<RunningCli> {
 
 describe('key rotation under load', () => {
   it(`rotates every ${rotateEverySeconds} s while ${concurrency} clients send requests through signer → verifier → service, and no request fails`, async () => {
-    const [registryPort, verifierPort] = [await freePort(), await freePort()];
+    const [registryPort, verifierPort] = [await freeLoopbackPort(), await freeLoopbackPort()];
     const registry = `http://127.0.0.1:${registryPort}/`;
     await start('registry.yaml', keyRegistryConfig.registry({ port: registryPort, storagePath: 'keys.json', autoApprove: [issuer] }));
     const signer = await start('signer.yaml', keyRegistryConfig.signer({ issuer, registry, keyFolder: 'keys', rotateEvery: `${rotateEverySeconds}s` }));

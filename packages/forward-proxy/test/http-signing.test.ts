@@ -8,7 +8,7 @@ import path from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { RunningProxy } from '@jwtproxy/core';
-import { listenOnLoopback, startEchoService, type RunningServer, type SeenRequest } from '@jwtproxy/testkit';
+import { freeLoopbackPort, listenOnLoopback, startEchoService, type RunningServer, type SeenRequest } from '@jwtproxy/testkit';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CONNECT_NEEDS_CA, NOT_A_PROXY_REQUEST, startSignerProxy, type SignerProxyOptions } from '../src/index.js';
 import { hostAndPort, interopKeySource, makeSigner, recordingLogger, requestThroughProxy, verifyAsVerifier } from './helpers.js';
@@ -151,8 +151,8 @@ describe('signing plain HTTP requests', () => {
   });
 
   it('answers 502 with the reason and logs it when the upstream is unreachable', async () => {
-    const closed = await listenOnLoopback(http.createServer());
-    await closed.close();
+    const closedPort = await freeLoopbackPort(); // nothing listens there
+    const closed = { url: `http://127.0.0.1:${closedPort}`, port: closedPort };
     const signer = await startSigner();
     const response = await requestThroughProxy(signer, `${closed.url}/`);
     expect(response.status).toBe(502);

@@ -1,7 +1,7 @@
 import http from 'node:http';
 import net from 'node:net';
 import { once } from 'node:events';
-import { countConnections, listenOnLoopback, readBody, startEchoService, type SeenRequest } from '@jwtproxy/testkit';
+import { countConnections, freeLoopbackPort, listenOnLoopback, readBody, startEchoService, type SeenRequest } from '@jwtproxy/testkit';
 import { afterEach, describe, expect, it } from 'vitest';
 import { NonceStoreUnavailableError, type NonceStore } from '@jwtproxy/core';
 import { bearer, makeVerifier, refusal, runCleanups, send, startProxy } from './helpers.js';
@@ -188,8 +188,7 @@ describe('refusals', () => {
   });
 
   it('answers 502 and logs when the upstream cannot be reached', async () => {
-    const vacant = await listenOnLoopback(http.createServer());
-    await vacant.close();
+    const vacant = { port: await freeLoopbackPort() }; // nothing listens there
     const proxy = await startProxy({ upstream: `http://127.0.0.1:${vacant.port}` }, cleanups);
     const answer = await send(proxy.address, { headers: { authorization: await bearer() } });
     expect(answer).toMatchObject({ status: 502, body: `jwtproxy: upstream error: connect ECONNREFUSED 127.0.0.1:${vacant.port}` });
@@ -198,8 +197,7 @@ describe('refusals', () => {
   });
 
   it('logs a lasting upstream outage once per interval, with the count of refusals held back', async () => {
-    const vacant = await listenOnLoopback(http.createServer());
-    await vacant.close();
+    const vacant = { port: await freeLoopbackPort() }; // nothing listens there
     const proxy = await startProxy({ upstream: `http://127.0.0.1:${vacant.port}`, repeatedLogIntervalMs: 300 }, cleanups);
     const sendSome = () => Promise.all(Array.from({ length: 10 }, async () => send(proxy.address, { headers: { authorization: await bearer() } })));
     for (const answer of await sendSome()) expect(answer.status).toBe(502);

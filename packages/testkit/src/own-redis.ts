@@ -9,16 +9,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-
-/** A port the OS just handed out on 127.0.0.1 (redis-server cannot be told to pick one itself). */
-export async function freeLoopbackPort(): Promise<number> {
-  const server = net.createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
+import { freeLoopbackPort } from './ports.js';
 
 /** Resolves once redis-server answers PING on the port (PONG, or NOAUTH when it wants a password; plain TCP only). */
 async function waitForPing(port: number, timeoutMs = 5000): Promise<void> {
