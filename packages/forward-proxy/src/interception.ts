@@ -73,6 +73,10 @@ export class TlsInterceptor {
     this.#tunnels.delete(socket);
     this.#tunnels.add(tlsSocket);
     const timer = setTimeout(() => tlsSocket.destroy(), HANDSHAKE_TIMEOUT);
+    // A client that closes its side before the handshake is done will never finish it; without
+    // this its socket would wait out the whole timeout.
+    const dropHalfClosed = () => tlsSocket.destroy();
+    tlsSocket.once('end', dropHalfClosed);
     tlsSocket.once('close', () => {
       this.#logger.debug('tunnel closed', { tunnel: authority });
       clearTimeout(timer);
@@ -86,6 +90,7 @@ export class TlsInterceptor {
     });
     tlsSocket.once('secure', () => {
       clearTimeout(timer);
+      tlsSocket.off('end', dropHalfClosed);
       this.#authorities.set(tlsSocket, authority);
       this.#innerServer.emit('connection', tlsSocket);
     });

@@ -133,6 +133,21 @@ describe('HTTPS through CONNECT (interception)', () => {
     expect((await clientThrough(signer.url)(`${service.url}/`)).status).toBe(200);
   });
 
+  it('closes a tunnel at once when the client half-closes before finishing its TLS handshake', async () => {
+    const { host, port } = await startSigner();
+    for (const partial of [Buffer.alloc(0), Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])]) {
+      const socket = net.connect(port, host);
+      socket.write('CONNECT localhost:9 HTTP/1.1\r\nHost: localhost:9\r\n\r\n');
+      const [answer] = (await once(socket, 'data')) as [Buffer];
+      expect(answer.toString()).toMatch(/^HTTP\/1\.1 200 /);
+      const started = Date.now();
+      socket.end(partial); // a ClientHello cut short (or none), then FIN
+      socket.resume();
+      await once(socket, 'close');
+      expect(Date.now() - started).toBeLessThan(1000); // not the 10 s handshake timeout
+    }
+  });
+
   it('answers 400 to a CONNECT whose target is not host:port', async () => {
     const signer = await startSigner();
     const socket = net.connect(signer.port, signer.host);
