@@ -89,7 +89,10 @@ export class CertificateForger {
     } catch (error) {
       throw new ConfigError(certKey, `not a usable PEM RSA certificate: ${(error as Error).message}`, { file: files.caCertFile });
     }
-    if (!x509.ca) throw new ConfigError(certKey, 'the certificate is not a CA certificate (basicConstraints CA:TRUE is missing)', { file: files.caCertFile });
+    // A v1 certificate has no extensions at all; TLS clients (OpenSSL's, Go's) take a self-signed one
+    // as a root, and `openssl x509 -req -signkey` still makes one, so it is accepted as the Go tool does.
+    const isV1 = caCert.version === 0;
+    if (!x509.ca && !isV1) throw new ConfigError(certKey, 'the certificate is not a CA certificate (basicConstraints CA:TRUE is missing)', { file: files.caCertFile });
     if (!x509.checkPrivateKey(caKey)) {
       throw new ConfigError(keyKey, `the private key does not match the CA certificate ${files.caCertFile}`, { file: files.caKeyFile });
     }

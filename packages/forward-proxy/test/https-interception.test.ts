@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
@@ -251,6 +251,21 @@ describe('CA configuration errors at start', () => {
   it('refuses a certificate that is not a CA', async () => {
     const leaf = await writePemFiles(makeServerCertificate(['localhost']), pki.dir, 'leaf');
     await expect(startSigner({ caKeyFile: leaf.keyFile, caCertFile: leaf.certFile })).rejects.toThrow(/not a CA certificate/);
+  });
+
+  it('accepts a v1 CA certificate (openssl x509 -req -signkey), and curl trusts what it forges', async () => {
+    const dir = pki.dir;
+    await run('openssl', ['genrsa', '-out', path.join(dir, 'v1.key'), '2048']);
+    await run('openssl', ['req', '-new', '-key', path.join(dir, 'v1.key'), '-subj', '/CN=v1 test CA', '-out', path.join(dir, 'v1.csr')]);
+    await run('openssl', ['x509', '-req', '-days', '2', '-in', path.join(dir, 'v1.csr'), '-signkey', path.join(dir, 'v1.key'), '-out', path.join(dir, 'v1.crt')]);
+    expect(new X509Certificate(await readFile(path.join(dir, 'v1.crt'))).ca).toBe(false); // no basicConstraints: a v1 certificate
+    const service = await httpsService();
+    const signer = await startSigner({ caKeyFile: path.join(dir, 'v1.key'), caCertFile: path.join(dir, 'v1.crt') });
+    const { stdout } = await run('curl', ['-sS', '--fail', '--proxy', signer.url, '--cacert', path.join(dir, 'v1.crt'), `https://localhost:${service.port}/v1`], {
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+    });
+    expect(JSON.parse(stdout)).toMatchObject({ url: '/v1' });
+    expect(service.seen[0]!.headers.authorization).toMatch(/^Bearer /);
   });
 
   it('needs both files', async () => {
