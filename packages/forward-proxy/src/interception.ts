@@ -7,6 +7,8 @@ import { parseConnectAuthority } from './targets.js';
 
 /** A client that has not finished its TLS handshake in this time is dropped. */
 const HANDSHAKE_TIMEOUT = 10_000;
+/** What a client may send before its tunnel's certificate is ready: a ClientHello is far smaller. */
+const MAX_EARLY_BYTES = 64 * 1024;
 
 /**
  * Man-in-the-middle for CONNECT: answers 200, forges a certificate for the requested host
@@ -44,12 +46,29 @@ export class TlsInterceptor {
     this.#logger.debug('intercepting CONNECT', { tunnel: authority });
     this.#tunnels.add(socket);
     socket.once('close', () => this.#tunnels.delete(socket));
-    // Answer at once; the certificate is forged while the client prepares its ClientHello
-    // (bytes that arrive meanwhile wait in the socket and are read by the TLS layer).
+    // Answer at once; the certificate is forged while the client sends its ClientHello. Until
+    // TLS starts, the tunnel is read here: early bytes are kept for the TLS layer, and a client
+    // that closes meanwhile is dropped at once (an end read before the TLS layer takes the socket
+    // would never reach it, and the tunnel would wait out the handshake timeout).
     socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
-    if (head.length) socket.unshift(head);
+    const early: Buffer[] = head.length ? [head] : [];
+    let earlyBytes = head.length;
+    const keepEarly = (chunk: Buffer) => {
+      early.push(chunk);
+      earlyBytes += chunk.length;
+      if (earlyBytes > MAX_EARLY_BYTES) socket.destroy();
+    };
+    const dropClosed = () => socket.destroy();
+    socket.on('data', keepEarly);
+    socket.once('end', dropClosed);
     this.#forger.secureContextFor(target.host).then(
-      (secureContext) => this.#startTls(socket, authority, target.host, secureContext),
+      (secureContext) => {
+        socket.off('data', keepEarly);
+        socket.off('end', dropClosed);
+        socket.pause();
+        if (early.length) socket.unshift(Buffer.concat(early));
+        this.#startTls(socket, authority, target.host, secureContext);
+      },
       (error: Error) => {
         this.#logger.error('cannot forge a certificate', { host: target.host, error: error.message });
         socket.destroy();

@@ -135,9 +135,17 @@ describe('HTTPS through CONNECT (interception)', () => {
 
   it('closes a tunnel at once when the client half-closes before finishing its TLS handshake', async () => {
     const { host, port } = await startSigner();
-    for (const partial of [Buffer.alloc(0), Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])]) {
+    const cases = [
+      // a host seen for the first time: the close arrives while its certificate is being forged
+      { target: 'first-a.test:443', partial: Buffer.alloc(0) },
+      { target: 'first-b.test:443', partial: Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00]) },
+      // the same hosts again: the certificate is ready and the TLS layer sees the close
+      { target: 'first-a.test:443', partial: Buffer.alloc(0) },
+      { target: 'first-b.test:443', partial: Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00]) },
+    ];
+    for (const { target, partial } of cases) {
       const socket = net.connect(port, host);
-      socket.write('CONNECT localhost:9 HTTP/1.1\r\nHost: localhost:9\r\n\r\n');
+      socket.write(`CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n\r\n`);
       const [answer] = (await once(socket, 'data')) as [Buffer];
       expect(answer.toString()).toMatch(/^HTTP\/1\.1 200 /);
       const started = Date.now();
