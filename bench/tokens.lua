@@ -1,5 +1,6 @@
--- Sends each pre-minted single-use token once: thread i of n takes tokens i, i+n, i+2n, …
--- Tokens come from the file named by the TOKENS environment variable, one per line.
+-- Sends each pre-minted single-use token once: thread i of n takes tokens OFFSET+i, OFFSET+i+n, …
+-- Tokens come from the file named by the TOKENS environment variable, one per line; OFFSET
+-- (default 0) lets a warm-up run use tokens the measured run never reaches.
 local tokens = {}
 for line in io.lines(os.getenv("TOKENS")) do tokens[#tokens + 1] = line end
 local threads = {}
@@ -13,7 +14,7 @@ end
 
 function init(args)
   step = tonumber(os.getenv("THREADS") or "2")
-  next_token = index
+  next_token = tonumber(os.getenv("OFFSET") or "0") + index
 end
 
 function request()
