@@ -9,8 +9,8 @@ import http from 'node:http';
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { freeLoopbackPort, type OwnRedis, repoRoot, type RunningServer, type SeenRequest, startEchoService, startOwnRedis } from '@jwtproxy/testkit';
-import { claimsOf, e2eConfig, httpRequest, isAlive, jwtproxyConfig, mintToken, startCli, tempDir, type RunningCli } from './helpers.js';
+import { freeLoopbackPort, isProcessAlive, type OwnRedis, repoRoot, type RunningServer, type SeenRequest, startEchoService, startOwnRedis } from '@jwtproxy/testkit';
+import { claimsOf, e2eConfig, httpRequest, jwtproxyConfig, mintToken, startCli, tempDir, type RunningCli } from './helpers.js';
 
 const redisUrl = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const audience = 'http://api.internal';
@@ -126,7 +126,7 @@ describe('a Redis that goes away and comes back', () => {
     const more = await Promise.all(Array.from({ length: 20 }, async () => httpRequest(`${verifier.url}/x`, { headers: bearer(await mintToken(audience)) })));
     expect(more.every((x) => x.status === 503 && x.body === STORE_UNAVAILABLE)).toBe(true);
     expect(service.seen.length).toBe(seenBefore);
-    expect(isAlive(verifier.cli.child.pid)).toBe(true);
+    expect(isProcessAlive(verifier.cli.child.pid)).toBe(true);
     expect(verifier.cli.child.exitCode).toBeNull();
 
     await own.start(); // same port

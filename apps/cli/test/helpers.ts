@@ -367,14 +367,3 @@ export function httpRequest(
     else body.on('error', (error) => request.destroy(error)).pipe(request);
   });
 }
-
-/** Whether a process is still running (signal 0 checks without sending anything). */
-export function isAlive(pid: number | undefined): boolean {
-  if (pid === undefined) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}

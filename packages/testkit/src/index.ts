@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import forge from 'node-forge';
 
 export { startOwnRedis, type OwnRedis, type OwnRedisOptions } from './own-redis.js';
-export { freeLoopbackPort } from './ports.js';
+export { freeLoopbackPort, isProcessAlive } from './ports.js';
 export { QuayLikeRegistry, startQuayLikeRegistry, type StoredKey, type SeenRegistryRequest } from './quay-like-registry.js';
 
 /** Repository root (this file lives in packages/testkit/dist). */

@@ -26,7 +26,9 @@ process.once('exit', () => {
   for (const lock of reservedHere) rmSync(lock, { force: true });
 });
 
-function isAlive(pid: number): boolean {
+/** Whether a process is still running (signal 0 checks without sending anything). */
+export function isProcessAlive(pid: number | undefined): boolean {
+  if (pid === undefined) return false;
   try {
     process.kill(pid, 0);
     return true;
@@ -39,7 +41,7 @@ function isAlive(pid: number): boolean {
 function isStale(lock: string): boolean {
   try {
     const owner = Number(readFileSync(lock, 'utf8'));
-    return !Number.isInteger(owner) || !isAlive(owner) || Date.now() - statSync(lock).mtimeMs > STALE_LOCK_MS;
+    return !Number.isInteger(owner) || !isProcessAlive(owner) || Date.now() - statSync(lock).mtimeMs > STALE_LOCK_MS;
   } catch {
     return false; // just created by someone else and not written yet, or just removed: not ours to take
   }
