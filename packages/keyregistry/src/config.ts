@@ -9,6 +9,14 @@ export const keyRegistryDefaults = {
   timeout: 5_000,
   maxCachedKeys: 10_000,
   notFoundCacheDuration: 2_000,
+  /** 404/409/403 answers remembered at most (apart from keys). */
+  maxCachedNotFound: 10_000,
+  /** Lookups a second of keys the verifier does not know, per issuer. */
+  unknownKidRate: 10,
+  /** Largest burst of those lookups per issuer. */
+  unknownKidBurst: 100,
+  /** Most issuers with a lookup limit of their own. */
+  maxTrackedIssuers: 1_000,
   failureLogInterval: 60_000,
   pollInterval: 1_000,
   tokenLifetime: 5 * 60_000,
@@ -46,6 +54,13 @@ export function countOption(value: unknown, path: string, fallback: number): num
   return value;
 }
 
+/** A rate per second: a positive number, fractions allowed (`0.5`: one lookup every 2 s). */
+export function rateOption(value: unknown, path: string, fallback: number): number {
+  if (value === undefined || value === null) return fallback;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) throw new ConfigError(path, `must be a positive number (per second), got ${JSON.stringify(value)}`);
+  return value;
+}
+
 /** Warns about option names we do not know (Go ignores them silently; a typo should not be silent). */
 export function warnUnknown(options: Record<string, unknown>, known: readonly string[], prefix: string, context: Pick<ComponentContext, 'logger'>): void {
   for (const name of Object.keys(options)) {
@@ -60,6 +75,10 @@ export interface ReaderSettings {
   timeout: number;
   maxCachedKeys: number;
   notFoundCacheDuration: number;
+  maxCachedNotFound: number;
+  unknownKidRate: number;
+  unknownKidBurst: number;
+  maxTrackedIssuers: number;
   cache: KeyCacheComponent;
 }
 
@@ -67,10 +86,16 @@ export interface ReaderSettings {
  * The verifier's options as written in YAML (`key_server: {type: keyregistry, options: …}`):
  * `registry`, `cache: {duration, purge_interval}` (also accepted in the Go code's component form
  * `cache: {type: memory, options: {duration, purge_interval}}`), `timeout`, `max_cached_keys`,
- * `not_found_cache_duration`.
+ * `not_found_cache_duration`, `max_cached_not_found`, `unknown_kid_rate`, `unknown_kid_burst`,
+ * `max_tracked_issuers`.
  */
 export async function readerSettingsFromConfig(options: Record<string, unknown>, context: ComponentContext): Promise<ReaderSettings> {
-  warnUnknown(options, ['registry', 'cache', 'timeout', 'max_cached_keys', 'not_found_cache_duration'], '', context);
+  warnUnknown(
+    options,
+    ['registry', 'cache', 'timeout', 'max_cached_keys', 'not_found_cache_duration', 'max_cached_not_found', 'unknown_kid_rate', 'unknown_kid_burst', 'max_tracked_issuers'],
+    '',
+    context,
+  );
   const registry = registryOption(options);
   const timeout = durationOption(options.timeout, 'timeout', keyRegistryDefaults.timeout, { allowZero: false });
   const maxCachedKeys = countOption(options.max_cached_keys, 'max_cached_keys', keyRegistryDefaults.maxCachedKeys);
@@ -88,12 +113,28 @@ export async function readerSettingsFromConfig(options: Record<string, unknown>,
   const cacheDuration = durationOption(cacheSettings.duration, `${prefix}duration`, keyRegistryDefaults.cacheDuration);
   const purgeInterval = durationOption(cacheSettings.purge_interval, `${prefix}purge_interval`, keyRegistryDefaults.purgeInterval);
   const notFoundCacheDuration = durationOption(options.not_found_cache_duration, 'not_found_cache_duration', keyRegistryDefaults.notFoundCacheDuration);
+  const maxCachedNotFound = countOption(options.max_cached_not_found, 'max_cached_not_found', keyRegistryDefaults.maxCachedNotFound);
+  const unknownKidRate = rateOption(options.unknown_kid_rate, 'unknown_kid_rate', keyRegistryDefaults.unknownKidRate);
+  const unknownKidBurst = countOption(options.unknown_kid_burst, 'unknown_kid_burst', keyRegistryDefaults.unknownKidBurst);
+  const maxTrackedIssuers = countOption(options.max_tracked_issuers, 'max_tracked_issuers', keyRegistryDefaults.maxTrackedIssuers);
 
   const cache =
     cacheType === 'memory'
       ? new MemoryKeyCache({ maxEntries: maxCachedKeys, purgeInterval, clock: context.clock })
       : await keyCaches.create({ type: cacheType, options: cacheSettings }, context);
-  return { registry, cacheDuration, purgeInterval, timeout, maxCachedKeys, notFoundCacheDuration, cache };
+  return {
+    registry,
+    cacheDuration,
+    purgeInterval,
+    timeout,
+    maxCachedKeys,
+    notFoundCacheDuration,
+    maxCachedNotFound,
+    unknownKidRate,
+    unknownKidBurst,
+    maxTrackedIssuers,
+    cache,
+  };
 }
 
 export interface PublisherSettings {

@@ -1,5 +1,6 @@
 import { audienceOf } from '@jwtproxy/core';
 import { Pool, type Dispatcher } from 'undici';
+import { RegistryAnswerTooLargeError } from './errors.js';
 
 type ResponseHeaders = Dispatcher.ResponseData['headers'];
 
@@ -20,6 +21,8 @@ export interface RegistryRequest {
   body?: string;
   /** Read the body of answers with these statuses; others are discarded unread. */
   readBodyOf?: readonly number[];
+  /** Largest body read (default 64 KiB); a larger one rejects with RegistryAnswerTooLargeError. */
+  maxBodyBytes?: number;
   signal?: AbortSignal;
 }
 
@@ -68,7 +71,9 @@ export class RegistryEndpoint {
     this.#basePath = url.pathname;
     this.audience = audienceOf(String(registry));
     this.#timeout = options.timeout;
-    this.#userAgent = options.userAgent ?? 'jwtproxy-keyregistry';
+    // The Go client's product token first, so that a registry or proxy rule written for the Go
+    // tool (Quay logs it, some front proxies match it) sees the same client; then who we are.
+    this.#userAgent = options.userAgent ?? 'KeyRegistryClient/0.1.0 (@jwtproxy/keyregistry)';
     this.#pool = new Pool(url.origin, {
       connections: options.connections ?? 32,
       keepAliveTimeout: 30_000,
@@ -80,7 +85,9 @@ export class RegistryEndpoint {
 
   /**
    * `{base}services/{service}/keys/{kid}?query`, path segments escaped so that an issuer or
-   * key ID with `/`, `?`, `%` or spaces cannot reach another route.
+   * key ID with `/`, `?`, `%` or spaces cannot reach another route. `=` is `%3D`, as the Go
+   * client writes the padded kids it makes. A segment `.` or `..` cannot be escaped (servers
+   * resolve `%2E` as a dot too): the reader refuses such names before asking.
    */
   pathFor(service: string, kid?: string, query?: Record<string, string>): string {
     let path = `${this.#basePath}services/${encodeURIComponent(service)}/keys`;
@@ -107,13 +114,22 @@ export class RegistryEndpoint {
       });
       let body: string | undefined;
       if (request.readBodyOf?.includes(response.statusCode)) {
+        const limit = request.maxBodyBytes ?? MAX_BODY_BYTES;
+        // A declared length over the limit is refused before a byte is read.
+        const declared = Number(response.headers['content-length']);
+        if (declared > limit) {
+          // Closes the connection instead of reading the body; the abort is expected, not an error to report.
+          response.body.on('error', () => {});
+          response.body.destroy();
+          throw new RegistryAnswerTooLargeError(limit);
+        }
         const chunks: Buffer[] = [];
         let size = 0;
         for await (const chunk of response.body as AsyncIterable<Buffer>) {
           size += chunk.length;
-          if (size > MAX_BODY_BYTES) {
+          if (size > limit) {
             response.body.destroy();
-            throw new Error(`answer larger than ${MAX_BODY_BYTES} bytes`);
+            throw new RegistryAnswerTooLargeError(limit);
           }
           chunks.push(chunk);
         }

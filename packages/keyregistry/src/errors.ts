@@ -10,7 +10,9 @@ export type KeyRegistryErrorCode =
   | 'ERR_KEY_REGISTRY_UNAVAILABLE'
   | 'ERR_KEY_REGISTRY_REJECTED'
   | 'ERR_PUBLISHED_KEY_NOT_FOUND'
-  | 'ERR_PUBLISHED_KEY_EXPIRED';
+  | 'ERR_PUBLISHED_KEY_EXPIRED'
+  | 'ERR_KEY_REGISTRY_ANSWER_TOO_LARGE'
+  | 'ERR_UNKNOWN_KEY_LOOKUPS_LIMITED';
 
 /** What the publisher was doing when the registry answered. */
 export type RegistryOperation = 'publish' | 'status' | 'delete';
@@ -67,5 +69,35 @@ export class PublishedKeyExpiredError extends KeyRegistryError {
   constructor(kid: string) {
     super('Public key has expired; delete or renew it', { status: 403 });
     this.kid = kid;
+  }
+}
+
+/** The registry's answer was larger than we read (a JWK is a few hundred bytes): refused unread. */
+export class RegistryAnswerTooLargeError extends KeyRegistryError {
+  static override code: KeyRegistryErrorCode = 'ERR_KEY_REGISTRY_ANSWER_TOO_LARGE';
+  override code: KeyRegistryErrorCode = 'ERR_KEY_REGISTRY_ANSWER_TOO_LARGE';
+  /** The most bytes that were allowed. */
+  readonly limit: number;
+  constructor(limit: number) {
+    super(`answer larger than ${limit} bytes`);
+    this.limit = limit;
+  }
+}
+
+/**
+ * The verifier did not ask the registry for a key it does not know, because lookups of unknown
+ * keys for this issuer (or for issuers without a known key) are over their limit. The cause of
+ * the KeyNotFoundError the verifier answers with.
+ */
+export class UnknownKeyLookupsLimitedError extends KeyRegistryError {
+  static override code: KeyRegistryErrorCode = 'ERR_UNKNOWN_KEY_LOOKUPS_LIMITED';
+  override code: KeyRegistryErrorCode = 'ERR_UNKNOWN_KEY_LOOKUPS_LIMITED';
+  readonly issuer: string;
+  /** Whether the issuer has a limit of its own (a key of it was served) or shares the one of issuers without a known key. */
+  readonly sharedLimit: boolean;
+  constructor(issuer: string, sharedLimit: boolean) {
+    super(sharedLimit ? 'too many lookups of unknown keys for issuers without a known key' : 'too many lookups of unknown keys for this issuer');
+    this.issuer = issuer;
+    this.sharedLimit = sharedLimit;
   }
 }

@@ -15,6 +15,7 @@ export {
   type WaitOptions,
 } from './publisher.js';
 export { MemoryKeyCache, type MemoryKeyCacheOptions } from './cache.js';
+export { LookupLimiter, type LookupLimiterOptions, type LookupCharge } from './lookup-limiter.js';
 export { RegistryEndpoint, type RegistryEndpointOptions } from './endpoint.js';
 export {
   KeyRegistryError,
@@ -22,6 +23,8 @@ export {
   KeyPublishRejectedError,
   PublishedKeyNotFoundError,
   PublishedKeyExpiredError,
+  RegistryAnswerTooLargeError,
+  UnknownKeyLookupsLimitedError,
   type KeyRegistryErrorCode,
   type RegistryOperation,
 } from './errors.js';
@@ -29,7 +32,8 @@ export { keyRegistryDefaults };
 
 /**
  * Builds the verifier's key server from its YAML options
- * (`registry`, `cache: {duration, purge_interval}`, `timeout`, `max_cached_keys`, `not_found_cache_duration`).
+ * (`registry`, `cache: {duration, purge_interval}`, `timeout`, `max_cached_keys`, `not_found_cache_duration`,
+ * `max_cached_not_found`, `unknown_kid_rate`, `unknown_kid_burst`, `max_tracked_issuers`).
  */
 export async function keyRegistryClientFromConfig(options: Record<string, unknown>, context: ComponentContext): Promise<KeyRegistryClient> {
   const settings = await readerSettingsFromConfig(options, context);

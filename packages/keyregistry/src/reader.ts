@@ -16,6 +16,8 @@ import { LRUCache } from 'lru-cache';
 import { MemoryKeyCache } from './cache.js';
 import { keyRegistryDefaults } from './config.js';
 import { RegistryEndpoint } from './endpoint.js';
+import { UnknownKeyLookupsLimitedError } from './errors.js';
+import { LookupLimiter, type LookupCharge } from './lookup-limiter.js';
 
 export interface KeyRegistryClientOptions {
   /** Base URL of the registry; its path is kept (`https://quay.example/keys/`). */
@@ -28,8 +30,16 @@ export interface KeyRegistryClientOptions {
   timeout?: number;
   /** Most keys kept in memory (default 10,000). */
   maxCachedKeys?: number;
-  /** How long a 404 or 403 answer is remembered, in ms (default 2s; capped by cacheDuration). */
+  /** How long a 404, 409 or 403 answer is remembered, in ms (default 2s; capped by cacheDuration; 0: not at all). */
   notFoundCacheDuration?: number;
+  /** Most 404/409/403 answers remembered (default 10,000), apart from keys: they never push a key out. */
+  maxCachedNotFound?: number;
+  /** Lookups a second of keys not in the cache, per issuer (default 10); beyond it KeyNotFoundError without asking. */
+  unknownKidRate?: number;
+  /** Largest burst of such lookups per issuer (default 100). */
+  unknownKidBurst?: number;
+  /** Most issuers with a lookup limit of their own (default 1,000); see LookupLimiter. */
+  maxTrackedIssuers?: number;
   /** A failing (issuer, kid) is logged at most once per this many ms (default 1m). */
   failureLogInterval?: number;
   /** A cache built elsewhere (a `cache.type` plugin); by default a MemoryKeyCache. */
@@ -40,11 +50,20 @@ export interface KeyRegistryClientOptions {
   clock?: Clock;
 }
 
-/** What the cache remembers for an (issuer, kid). */
-type CachedAnswer = { kind: 'key'; key: VerificationKey } | { kind: 'not-found' } | { kind: 'expired' };
+/** What the key cache holds for an (issuer, kid): only keys the registry served. */
+type CachedKey = { kind: 'key'; key: VerificationKey };
+
+/** What the registry answered for an (issuer, kid) that has no usable key; kept apart from keys. */
+type NegativeAnswer = 'not-found' | 'pending' | 'expired';
 
 /** Issuers and key IDs longer than this are refused without asking the registry. */
 const MAX_NAME_LENGTH = 1024;
+
+/** Largest JWK answer read, in bytes (an RSA 16384-bit JWK with padding is about 2.9 KB). */
+export const MAX_JWK_BYTES = 16 * 1024;
+
+/** Largest RSA modulus accepted, in bits (the key registry's own limit); a bigger key makes every verification slow. */
+const MAX_RSA_BITS = 16_384;
 
 /** JWK members that belong to a private or secret key: never imported into a verification key. */
 const PRIVATE_MEMBERS = new Set(['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k']);
@@ -61,6 +80,8 @@ export function verificationKeyFromJwk(value: unknown): VerificationKey {
   if (jwk.use !== undefined && jwk.use !== 'sig') throw new TypeError(`the JWK is for "use": ${JSON.stringify(jwk.use)}, not "sig"`);
   const publicMembers = Object.fromEntries(Object.entries(jwk).filter(([name]) => !PRIVATE_MEMBERS.has(name)));
   const key = createPublicKey({ key: publicMembers as JsonWebKey, format: 'jwk' });
+  const modulusLength = key.asymmetricKeyDetails?.modulusLength;
+  if (modulusLength !== undefined && modulusLength > MAX_RSA_BITS) throw new TypeError(`the key has ${modulusLength} bits, more than ${MAX_RSA_BITS}`);
   const verification = verificationKeyFrom(key);
   let algorithms = verification.algorithms;
   if (typeof jwk.alg === 'string') algorithms = algorithms.filter((alg) => alg === jwk.alg);
@@ -94,15 +115,29 @@ export function cacheLifetime(cacheControl: string | string[] | undefined, cap: 
 /**
  * The verifier's key server `keyregistry`: fetches `GET {registry}/services/{iss}/keys/{kid}`,
  * imports the JWK once, and keeps it as long as the registry's max-age allows (capped by
- * `cache.duration`). Concurrent lookups of one key share one request. A key in the cache keeps
- * verifying while the registry is down, until its cache time ends; after that, and for any
- * answer it cannot use, it fails closed with KeyServerUnavailableError.
+ * `cache.duration`). A key in the cache keeps verifying while the registry is down, until its
+ * cache time ends; after that, and for any answer it cannot use, it fails closed with
+ * KeyServerUnavailableError.
+ *
+ * Tokens name any (issuer, kid) they like, so what they can cost is bounded:
+ * - keys and "no key" answers (404, 409, 403) live in separate bounded caches: made-up kids
+ *   never push a real key out, and a 404 is remembered for a short time only;
+ * - a lookup of a key that is not cached and was never served is charged to the issuer's
+ *   token bucket (LookupLimiter); beyond it the token is refused as an unknown key without
+ *   asking the registry. A key the registry served before is refreshed without limit;
+ * - concurrent lookups of one key share one request; every request has a timeout and a
+ *   bounded answer size.
  */
 export class KeyRegistryClient implements PublicKeyResolver {
   readonly endpoint: RegistryEndpoint;
   readonly #cache: KeyCacheComponent;
   readonly #cacheDuration: number;
   readonly #notFoundCacheDuration: number;
+  /** 404/409/403 answers, for notFoundCacheDuration. */
+  readonly #negative: LRUCache<string, { answer: NegativeAnswer }> | undefined;
+  /** (issuer, kid)s the registry served a key for: their refreshes are not limited. Only 200 answers add. */
+  readonly #servedBefore: LRUCache<string, true>;
+  readonly #limiter: LookupLimiter;
   readonly #inFlight = new Map<string, Promise<VerificationKey>>();
   readonly #recentlyLogged: LRUCache<string, true>;
   readonly #logger: Logger;
@@ -116,13 +151,29 @@ export class KeyRegistryClient implements PublicKeyResolver {
     });
     this.#cacheDuration = options.cacheDuration ?? keyRegistryDefaults.cacheDuration;
     this.#notFoundCacheDuration = Math.min(options.notFoundCacheDuration ?? keyRegistryDefaults.notFoundCacheDuration, this.#cacheDuration);
+    const maxCachedKeys = options.maxCachedKeys ?? keyRegistryDefaults.maxCachedKeys;
     this.#cache =
       options.cache ??
       new MemoryKeyCache({
-        maxEntries: options.maxCachedKeys ?? keyRegistryDefaults.maxCachedKeys,
+        maxEntries: maxCachedKeys,
         purgeInterval: options.purgeInterval ?? keyRegistryDefaults.purgeInterval,
         clock,
       });
+    if (this.#notFoundCacheDuration > 0) {
+      this.#negative = new LRUCache<string, { answer: NegativeAnswer }>({
+        max: Math.max(1, options.maxCachedNotFound ?? keyRegistryDefaults.maxCachedNotFound),
+        ttl: this.#notFoundCacheDuration,
+        perf: { now: clock },
+        ttlResolution: 0,
+      });
+    }
+    this.#servedBefore = new LRUCache<string, true>({ max: Math.max(1, maxCachedKeys) });
+    this.#limiter = new LookupLimiter({
+      rate: options.unknownKidRate ?? keyRegistryDefaults.unknownKidRate,
+      burst: options.unknownKidBurst ?? keyRegistryDefaults.unknownKidBurst,
+      maxIssuers: options.maxTrackedIssuers ?? keyRegistryDefaults.maxTrackedIssuers,
+      clock,
+    });
     this.#recentlyLogged = new LRUCache<string, true>({
       max: 1_000,
       ttl: options.failureLogInterval ?? keyRegistryDefaults.failureLogInterval,
@@ -133,29 +184,31 @@ export class KeyRegistryClient implements PublicKeyResolver {
   }
 
   resolve(issuer: string, kid: string): Promise<VerificationKey> {
-    if (!issuer || !kid || issuer.length > MAX_NAME_LENGTH || kid.length > MAX_NAME_LENGTH) {
-      return Promise.reject(new KeyNotFoundError());
-    }
+    if (!usableName(issuer) || !usableName(kid)) return Promise.reject(new KeyNotFoundError());
     // Length-prefixed, so that no two (issuer, kid) pairs share a cache key.
     const cacheKey = `${issuer.length}:${issuer}${kid}`;
-    const cached = this.#cache.get(cacheKey) as CachedAnswer | undefined;
-    if (cached) {
-      if (cached.kind === 'key') return Promise.resolve(cached.key);
-      return Promise.reject(cached.kind === 'not-found' ? new KeyNotFoundError() : new KeyExpiredError());
+    const cached = this.#cache.get(cacheKey) as CachedKey | undefined;
+    if (cached?.kind === 'key') return Promise.resolve(cached.key);
+    const negative = this.#negative?.get(cacheKey);
+    if (negative) return Promise.reject(errorFor(negative.answer));
+    const pending = this.#inFlight.get(cacheKey);
+    if (pending) return pending;
+
+    let charge: LookupCharge | undefined;
+    if (!this.#servedBefore.has(cacheKey)) {
+      charge = this.#limiter.take(issuer);
+      if (!charge) return Promise.reject(this.#limited(issuer));
     }
-    let pending = this.#inFlight.get(cacheKey);
-    if (!pending) {
-      pending = this.#fetch(issuer, kid, cacheKey).finally(() => this.#inFlight.delete(cacheKey));
-      this.#inFlight.set(cacheKey, pending);
-    }
-    return pending;
+    const fetching = this.#fetch(issuer, kid, cacheKey, charge).finally(() => this.#inFlight.delete(cacheKey));
+    this.#inFlight.set(cacheKey, fetching);
+    return fetching;
   }
 
-  async #fetch(issuer: string, kid: string, cacheKey: string): Promise<VerificationKey> {
+  async #fetch(issuer: string, kid: string, cacheKey: string, charge: LookupCharge | undefined): Promise<VerificationKey> {
     const path = this.endpoint.pathFor(issuer, kid);
     let response;
     try {
-      response = await this.endpoint.send({ method: 'GET', path, readBodyOf: [200] });
+      response = await this.endpoint.send({ method: 'GET', path, readBodyOf: [200], maxBodyBytes: MAX_JWK_BYTES });
     } catch (error) {
       this.#logFailure(cacheKey, issuer, kid, { error });
       throw new KeyServerUnavailableError({ cause: error });
@@ -169,22 +222,54 @@ export class KeyRegistryClient implements PublicKeyResolver {
           this.#logFailure(cacheKey, issuer, kid, { error: `unusable key: ${(error as Error).message}` });
           throw new KeyServerUnavailableError({ cause: error });
         }
+        // A real key: its lookup does not count against the issuer, its refreshes are not
+        // limited, and its issuer gets a limit of its own.
+        if (charge) this.#limiter.giveBack(charge);
+        this.#servedBefore.set(cacheKey, true);
+        this.#limiter.markKnownIssuer(issuer);
+        this.#negative?.delete(cacheKey);
         const lifetime = cacheLifetime(response.headers['cache-control'], this.#cacheDuration);
-        if (lifetime > 0) this.#cache.set(cacheKey, { kind: 'key', key } satisfies CachedAnswer, lifetime);
+        if (lifetime > 0) this.#cache.set(cacheKey, { kind: 'key', key } satisfies CachedKey, lifetime);
         return key;
       }
       case 404:
-        if (this.#notFoundCacheDuration > 0) this.#cache.set(cacheKey, { kind: 'not-found' } satisfies CachedAnswer, this.#notFoundCacheDuration);
-        throw new KeyNotFoundError();
+        throw this.#remember(cacheKey, 'not-found');
       case 403:
-        if (this.#notFoundCacheDuration > 0) this.#cache.set(cacheKey, { kind: 'expired' } satisfies CachedAnswer, this.#notFoundCacheDuration);
-        throw new KeyExpiredError();
+        throw this.#remember(cacheKey, 'expired');
+      case 409:
+        // Awaiting approval: we cannot verify with it (fail closed), and ask again shortly.
+        this.#logFailure(cacheKey, issuer, kid, { status: 409 });
+        throw this.#remember(cacheKey, 'pending');
       default: {
-        // 409 (awaiting approval), 5xx, anything else: we cannot verify with it.
+        // 5xx, anything else: not remembered, so that a recovered registry is asked at once.
         this.#logFailure(cacheKey, issuer, kid, { status: response.status });
         throw new KeyServerUnavailableError({ cause: new Error(`key registry answered HTTP ${response.status}`) });
       }
     }
+  }
+
+  /** Keeps a "no usable key" answer apart from the keys, and forgets that a key was served. */
+  #remember(cacheKey: string, answer: NegativeAnswer): Error {
+    this.#servedBefore.delete(cacheKey);
+    this.#negative?.set(cacheKey, { answer });
+    return errorFor(answer);
+  }
+
+  /** The answer to a lookup over the limit: an unknown key, logged once per interval per limit. */
+  #limited(issuer: string): KeyNotFoundError {
+    const sharedLimit = !this.#limiter.isKnownIssuer(issuer);
+    const cause = new UnknownKeyLookupsLimitedError(issuer, sharedLimit);
+    // Issuers without a known key share one limit, so they share one log line too.
+    const logKey = sharedLimit ? 'limited' : `limited:${issuer}`;
+    if (!this.#recentlyLogged.has(logKey)) {
+      this.#recentlyLogged.set(logKey, true);
+      this.#logger.warn('too many lookups of unknown keys; refusing their tokens without asking the key registry', {
+        registry: this.endpoint.base.href,
+        issuer: sharedLimit ? undefined : issuer,
+        limit: sharedLimit ? 'issuers without a known key' : 'issuer',
+      });
+    }
+    return new KeyNotFoundError({ cause });
   }
 
   /** One warning per failing key per interval: a registry outage must not flood the log. */
@@ -202,12 +287,35 @@ export class KeyRegistryClient implements PublicKeyResolver {
 
   /** Forgets every cached answer for (issuer, kid). */
   forget(issuer: string, kid: string): void {
-    this.#cache.delete(`${issuer.length}:${issuer}${kid}`);
+    const cacheKey = `${issuer.length}:${issuer}${kid}`;
+    this.#cache.delete(cacheKey);
+    this.#negative?.delete(cacheKey);
   }
 
   async stop(deadline?: number): Promise<void> {
     const cache = this.#cache as KeyCacheComponent & { stop?: () => Promise<void> | void };
     if (typeof cache.stop === 'function') await cache.stop();
+    this.#negative?.clear();
     await this.endpoint.close(deadline);
+  }
+}
+
+/**
+ * Can this issuer or kid be a path segment of the registry? Not empty, not oversized, and not
+ * `.` or `..`, which servers resolve as dot segments even when escaped (`%2E`): such a token
+ * would make us ask for another route.
+ */
+function usableName(name: string): boolean {
+  return name.length > 0 && name.length <= MAX_NAME_LENGTH && name !== '.' && name !== '..';
+}
+
+function errorFor(answer: NegativeAnswer): Error {
+  switch (answer) {
+    case 'not-found':
+      return new KeyNotFoundError();
+    case 'expired':
+      return new KeyExpiredError();
+    case 'pending':
+      return new KeyServerUnavailableError({ cause: new Error('key registry answered HTTP 409: the key awaits approval') });
   }
 }
