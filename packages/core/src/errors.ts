@@ -21,6 +21,8 @@ export type ErrorCode =
   | 'ERR_NO_ACTIVE_KEY'
   | 'ERR_UPSTREAM'
   | 'ERR_CONFIG'
+  | 'ERR_BAD_REQUEST'
+  | 'ERR_MULTIPLE_CREDENTIALS'
   | 'ERR_UNKNOWN_COMPONENT';
 
 export class JwtProxyError extends Error {
@@ -119,6 +121,19 @@ export class ClaimsVerificationError extends VerificationError {
   override code: ErrorCode = 'ERR_CLAIMS_VERIFICATION';
 }
 
+/**
+ * More than one Authorization header (or Bearer credential): the service behind the verifier might
+ * read another one than the one verified, so none is trusted (400, RFC 9110 §11.6.2 allows one).
+ */
+export class MultipleCredentialsError extends VerificationError {
+  static override code: ErrorCode = 'ERR_MULTIPLE_CREDENTIALS';
+  override code: ErrorCode = 'ERR_MULTIPLE_CREDENTIALS';
+  override readonly status = 400;
+  constructor() {
+    super('more than one Authorization header');
+  }
+}
+
 /** The nonce store could not be asked (Redis down, timeout): fail closed with 503. */
 export class NonceStoreUnavailableError extends VerificationError {
   static override code: ErrorCode = 'ERR_NONCE_STORE_UNAVAILABLE';
@@ -157,6 +172,18 @@ export class NoActiveKeyError extends SigningError {
 export class UpstreamError extends JwtProxyError {
   static override code: ErrorCode = 'ERR_UPSTREAM';
   override code: ErrorCode = 'ERR_UPSTREAM';
+}
+
+/** A request refused for its form before anything else is read: a malformed head or one over a limit. */
+export class BadRequestError extends JwtProxyError {
+  static override code: ErrorCode = 'ERR_BAD_REQUEST';
+  override code: ErrorCode = 'ERR_BAD_REQUEST';
+  /** 400, or 431 for a head over the header limit. */
+  readonly status: 400 | 431;
+  constructor(problem: string, status: 400 | 431 = 400) {
+    super(problem);
+    this.status = status;
+  }
 }
 
 /** A configuration mistake: names the key path and, when known, the file and line. */
@@ -205,6 +232,9 @@ export function httpAnswerFor(error: unknown): HttpAnswer {
   }
   if (error instanceof SigningError) {
     return { status: 502, body: `jwtproxy: unable to sign request: ${error.message}` };
+  }
+  if (error instanceof BadRequestError) {
+    return { status: error.status, body: `jwtproxy: bad request: ${error.message}` };
   }
   if (error instanceof UpstreamError) {
     return { status: 502, body: `jwtproxy: upstream error: ${error.message}` };

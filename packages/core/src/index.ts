@@ -23,3 +23,14 @@ export {
   type ListenAddress,
   type ListenOptions,
 } from './listen.js';
+export {
+  DEFAULT_SERVER_LIMITS,
+  RequestTracker,
+  applyServerLimits,
+  checkRequestHead,
+  defaultMaxConnections,
+  httpServerOptions,
+  requestHeadAnswer,
+  watchRequestBody,
+  type ServerLimits,
+} from './server.js';

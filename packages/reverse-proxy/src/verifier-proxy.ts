@@ -1,7 +1,11 @@
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import {
+  DEFAULT_SERVER_LIMITS,
+  MultipleCredentialsError,
+  RequestTracker,
   VerificationError,
+  checkRequestHead,
   httpAnswerFor,
   listenOn,
   parseListenAddress,
@@ -13,6 +17,8 @@ import {
   type Logger,
   type RequestVerifier,
   type RunningProxy,
+  type ServerLimits,
+  watchRequestBody,
 } from '@jwtproxy/core';
 import { PROXY_REQUEST_ANSWER, writeAnswer } from './answers.js';
 import { forward } from './forward.js';
@@ -38,6 +44,8 @@ export interface VerifierProxyOptions {
   logger: Logger;
   /** Least time between two log lines about the same recurring failure, ms (default 10 s). */
   repeatedLogIntervalMs?: number;
+  /** Timeouts and caps of the listener; core's defaults for what is not given. */
+  limits?: Partial<ServerLimits>;
 }
 
 /** `*` (OPTIONS *) and origin-form targets are served; anything else is a forward-proxy request. */
@@ -58,11 +66,13 @@ export async function startVerifierProxy(options: VerifierProxyOptions): Promise
   const { verifier, logger } = options;
   const listenAddress = parseListenAddress(options.listenAddr);
   parseUpstream(options.upstream);
-  const server = await createServer({ listenAddr: options.listenAddr, tls: options.tls }, listenAddress);
+  const limits: ServerLimits = { ...DEFAULT_SERVER_LIMITS, ...options.limits };
+  const server = await createServer({ listenAddr: options.listenAddr, tls: options.tls, limits }, listenAddress);
   const upstream = await openUpstream(options.upstream, options.upstreamCaFile);
   /** Client connections switched to another protocol: Node no longer tracks them as HTTP. */
   const tunnels = new Set<Duplex>();
-  let stopping = false;
+  /** Requests in flight, in order per connection; knows when the proxy is stopping. */
+  const requests = new RequestTracker();
   // While a dependency is down every request fails the same way: one line per kind and interval.
   const repeats = new RepeatedLogLimiter(logger, { intervalMs: options.repeatedLogIntervalMs });
 
@@ -81,21 +91,38 @@ export async function startVerifierProxy(options: VerifierProxyOptions): Promise
     connection.destroy();
   };
 
+  /**
+   * A refusal. One that closes the connection (a body too large to drain, a client waiting for
+   * `100 Continue`, or the proxy stopping) is the last thing that connection carries: a request
+   * pipelined behind it is never run (RFC 9112 §9.6).
+   */
+  const refuse = (res: ServerResponse, answer: HttpAnswer, keepConnection: boolean): void => {
+    const keep = keepConnection && !requests.stopping;
+    if (!keep) requests.closeAfter(res);
+    writeAnswer(res, answer, keep);
+  };
+
+  /** The one token a request carries: with more than one Authorization, the service might read another one. */
+  const verify = (authorization: string | string[] | undefined): Promise<unknown> =>
+    Array.isArray(authorization) ? Promise.reject(new MultipleCredentialsError()) : verifier.verifyRequest(authorization);
+
   async function handleRequest(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): Promise<void> {
     try {
+      const malformed = checkRequestHead(req, limits);
+      if (malformed) return refuse(res, httpAnswerFor(malformed), false);
       const head = readRequestHead(req.rawHeaders);
       // With `Expect: 100-continue` the body has not been sent: a refusal closes instead of waiting for it.
       const keepConnection = !expectsContinue && (req.complete || head.drainable);
-      if (isProxyRequest(req.url!)) return writeAnswer(res, PROXY_REQUEST_ANSWER, keepConnection);
+      if (isProxyRequest(req.url!)) return refuse(res, PROXY_REQUEST_ANSWER, keepConnection);
       try {
-        await verifier.verifyRequest(head.authorization);
+        await verify(head.authorization);
       } catch (error) {
-        return writeAnswer(res, refusalFor(error), keepConnection);
+        return refuse(res, refusalFor(error), keepConnection);
       }
       if (res.destroyed) return;
-      if (stopping) res.setHeader('connection', 'close');
-      // Only a verified request is invited to send its body.
+      // Only a verified request is invited to send its body, and must then keep sending it.
       if (expectsContinue) res.writeContinue();
+      if (head.hasBody) watchRequestBody(req, limits.bodyIdleTimeoutMs);
       forward(upstream, repeats, req, res, head);
     } catch (error) {
       failed(error, res);
@@ -107,10 +134,12 @@ export async function startVerifierProxy(options: VerifierProxyOptions): Promise
       client.on('error', ignoreSocketError);
       tunnels.add(client);
       client.once('close', () => tunnels.delete(client));
+      const malformed = checkRequestHead(req, limits);
+      if (malformed) return writeRawAnswer(client, httpAnswerFor(malformed));
       if (isProxyRequest(req.url!)) return writeRawAnswer(client, PROXY_REQUEST_ANSWER);
       const head = readRequestHead(req.rawHeaders);
       try {
-        await verifier.verifyRequest(head.authorization);
+        await verify(head.authorization);
       } catch (error) {
         return writeRawAnswer(client, refusalFor(error));
       }
@@ -121,8 +150,8 @@ export async function startVerifierProxy(options: VerifierProxyOptions): Promise
     }
   }
 
-  server.on('request', (req: IncomingMessage, res: ServerResponse) => void handleRequest(req, res, false));
-  server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => void handleRequest(req, res, true));
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => requests.admit(req, res, () => void handleRequest(req, res, false)));
+  server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => requests.admit(req, res, () => void handleRequest(req, res, true)));
   server.on('upgrade', (req: IncomingMessage, client: Duplex, bodyHead: Buffer) => void handleUpgrade(req, client, bodyHead));
   server.on('connect', (_req: IncomingMessage, client: Duplex) => {
     client.on('error', ignoreSocketError);
@@ -144,7 +173,9 @@ export async function startVerifierProxy(options: VerifierProxyOptions): Promise
     address,
     stop(deadline = Date.now() + options.shutdownTimeout) {
       stopped ??= shutdown(server, upstream, listenAddress, tunnels, logger, deadline, () => {
-        stopping = true;
+        // Every request in flight and every one still to come on an open connection is
+        // answered with `Connection: close`: clients learn not to reuse the connection.
+        void requests.drain(deadline);
       });
       return stopped;
     },
@@ -152,9 +183,9 @@ export async function startVerifierProxy(options: VerifierProxyOptions): Promise
 }
 
 /**
- * Stops accepting at once, closes idle keep-alive connections (and each connection as its last
- * request finishes), waits for requests in flight until `deadline`, then cuts what is left and
- * closes the upstream pool.
+ * Stops accepting at once, closes idle keep-alive connections (each connection with a request in
+ * flight closes after its answer, which says `Connection: close`), waits for requests in flight
+ * until `deadline`, then cuts what is left and closes the upstream pool.
  */
 async function shutdown(
   server: Server,

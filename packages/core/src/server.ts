@@ -1,0 +1,221 @@
+import { readFileSync } from 'node:fs';
+import type { IncomingMessage, Server, ServerOptions, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import { BadRequestError, httpAnswerFor, type HttpAnswer } from './errors.js';
+
+/**
+ * What every jwtproxy listener bounds, so that no client can hold the process: slow or silent
+ * clients are timed out at each stage, the number of connections is capped, and a request head
+ * the next hop would read differently from us is refused.
+ */
+export interface ServerLimits {
+  /** The whole request head must arrive within this, ms (Go's ReadHeaderTimeout). */
+  readHeaderTimeoutMs: number;
+  /** A kept-alive connection with no request is closed after this, ms (Go's IdleTimeout). */
+  idleTimeoutMs: number;
+  /** A request body that sends nothing for this long is cut, ms. 0 turns it off. */
+  bodyIdleTimeoutMs: number;
+  /** Connections open at once; more are closed as they arrive. */
+  maxConnections: number;
+  /** Header lines in one request; more is answered 431. */
+  maxHeaderLines: number;
+}
+
+/** Soft limit on open files of this process (Linux), or undefined where it cannot be read. */
+function openFileLimit(): number | undefined {
+  try {
+    const limits = readFileSync('/proc/self/limits', 'utf8');
+    const soft = /^Max open files\s+(\d+)/m.exec(limits)?.[1];
+    return soft === undefined ? undefined : Number(soft);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Default connection cap: each proxied connection may hold two descriptors (the client's and
+ * one to the upstream), and the process needs some for itself (listeners, files, Redis), so
+ * half of what is left under the open-file limit, between 64 and 16,384.
+ */
+export function defaultMaxConnections(fileLimit = openFileLimit()): number {
+  if (fileLimit === undefined) return 4_096;
+  return Math.max(64, Math.min(16_384, Math.floor((fileLimit - 64) / 2)));
+}
+
+export const DEFAULT_SERVER_LIMITS: Readonly<ServerLimits> = Object.freeze({
+  readHeaderTimeoutMs: 30_000,
+  idleTimeoutMs: 30_000,
+  bodyIdleTimeoutMs: 60_000,
+  maxConnections: defaultMaxConnections(),
+  maxHeaderLines: 500,
+});
+
+/**
+ * Options for `http.createServer` from the limits. No whole-request deadline (`requestTimeout: 0`):
+ * long uploads, long polls and streams pass, as through the Go proxy; each stage has its own
+ * bound instead. Node checks these timers every `connectionsCheckingInterval`, so that interval
+ * is a fraction of the shortest of them.
+ */
+export function httpServerOptions(limits: ServerLimits): ServerOptions {
+  return {
+    requestTimeout: 0,
+    headersTimeout: limits.readHeaderTimeoutMs,
+    // `requestHeadAnswer` checks Host itself, after the header count: Node's own check would
+    // answer 400 "no Host" for a head whose Host was among the lines it dropped.
+    requireHostHeader: false,
+    keepAliveTimeout: limits.idleTimeoutMs,
+    connectionsCheckingInterval: Math.max(250, Math.min(30_000, Math.floor(limits.readHeaderTimeoutMs / 4))),
+  };
+}
+
+/** Applies what `http.createServer` options cannot carry: the connection cap and header count. */
+export function applyServerLimits(server: Server, limits: ServerLimits): void {
+  server.maxConnections = limits.maxConnections;
+  // Node keeps at most this many header lines and drops the rest; one more than allowed lets
+  // `requestHeadAnswer` see the excess and refuse it.
+  server.maxHeadersCount = limits.maxHeaderLines + 1;
+}
+
+/** RFC 9110 §7.2 / RFC 3986 authority: host (reg-name, IPv4, [IPv6]) and an optional port. */
+const HOST_VALUE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::\d{0,5})?$/;
+
+/**
+ * Refuses a request head that the next hop might read differently from us (RFC 9112 §3.2): an
+ * HTTP/1.1 request needs exactly one Host, a valid authority; and more header lines than allowed
+ * are refused (431) rather than silently cut (Node drops lines past its limit, which can drop the
+ * very header a proxy added). Returns the error, or undefined when the head is acceptable.
+ */
+export function checkRequestHead(req: IncomingMessage, limits: ServerLimits): BadRequestError | undefined {
+  const raw = req.rawHeaders;
+  if (raw.length > limits.maxHeaderLines * 2) return new BadRequestError('too many header lines', 431);
+  let hosts = 0;
+  let host = '';
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    if (name.length === 4 && name.toLowerCase() === 'host') {
+      hosts++;
+      host = raw[i + 1]!;
+    }
+  }
+  if (hosts > 1) return new BadRequestError('more than one Host header');
+  if (hosts === 0) return req.httpVersionMajor === 1 && req.httpVersionMinor >= 1 ? new BadRequestError('no Host header') : undefined;
+  if (!HOST_VALUE.test(host)) return new BadRequestError('invalid Host header');
+  return undefined;
+}
+
+/** `checkRequestHead` as the answer to write, or undefined when the head is acceptable. */
+export function requestHeadAnswer(req: IncomingMessage, limits: ServerLimits): HttpAnswer | undefined {
+  const error = checkRequestHead(req, limits);
+  return error && httpAnswerFor(error);
+}
+
+/**
+ * Cuts a request body that stops sending: the socket's idle timer runs while the body is read and
+ * is cleared once it has all arrived (after that the upstream may take as long as it likes).
+ */
+export function watchRequestBody(req: IncomingMessage, idleTimeoutMs: number): void {
+  if (idleTimeoutMs <= 0 || req.complete) return;
+  const socket = req.socket;
+  socket.setTimeout(idleTimeoutMs, () => socket.destroy());
+  req.once('end', () => socket.setTimeout(0));
+}
+
+/** An answer written with its own `Connection: close` header (Node then closes without clearing shouldKeepAlive). */
+function saysClose(res: ServerResponse): boolean {
+  const connection = res.getHeader('connection');
+  return typeof connection === 'string' && connection.toLowerCase().includes('close');
+}
+
+const kConnectionState = Symbol('jwtproxy.connectionState');
+
+interface ConnectionState {
+  /** Response to the request before this one, until it has been written out. */
+  pending: ServerResponse | undefined;
+  /** An answer on this connection said `Connection: close`: nothing after it is run. */
+  closing: boolean;
+}
+
+type TrackedSocket = Socket & { [kConnectionState]?: ConnectionState };
+
+/**
+ * Requests of every connection of one server, for the rules that hold across requests:
+ *  - in order: a request pipelined behind another one is not started before that one's answer is
+ *    written, so that a refusal which closes the connection is never followed by a request that
+ *    ran anyway (RFC 9112 §9.6: nothing after a `close` is processed);
+ *  - in flight: counted, so that a graceful stop can tell every one of them `Connection: close`
+ *    and wait until they are done.
+ */
+export class RequestTracker {
+  readonly #inFlight = new Set<ServerResponse>();
+  #stopping = false;
+  #drained: (() => void) | undefined;
+
+  get inFlight(): number {
+    return this.#inFlight.size;
+  }
+
+  get stopping(): boolean {
+    return this.#stopping;
+  }
+
+  /**
+   * Runs `handle` for this request once the requests before it on its connection are answered;
+   * drops it (and the connection) when one of them closed the connection.
+   */
+  admit(req: IncomingMessage, res: ServerResponse, handle: () => void): void {
+    const socket = req.socket as TrackedSocket;
+    const state = (socket[kConnectionState] ??= { pending: undefined, closing: false });
+    if (state.closing) {
+      socket.destroy();
+      return;
+    }
+    this.#inFlight.add(res);
+    res.once('close', () => this.#done(res, state));
+    if (this.#stopping) res.shouldKeepAlive = false;
+    const previous = state.pending;
+    state.pending = res;
+    if (previous === undefined || previous.writableFinished || previous.destroyed) {
+      handle();
+      return;
+    }
+    previous.once('close', () => {
+      if (state.closing || res.destroyed) {
+        socket.destroy();
+        return;
+      }
+      handle();
+    });
+  }
+
+  /** This answer closes the connection: requests pipelined behind it are never run. */
+  closeAfter(res: ServerResponse): void {
+    res.shouldKeepAlive = false;
+    const state = (res.socket as TrackedSocket | null)?.[kConnectionState];
+    if (state) state.closing = true;
+  }
+
+  #done(res: ServerResponse, state: ConnectionState): void {
+    this.#inFlight.delete(res);
+    if (state.pending === res) state.pending = undefined;
+    if (!res.shouldKeepAlive || !res.writableFinished || saysClose(res)) state.closing = true;
+    if (this.#inFlight.size === 0) this.#drained?.();
+  }
+
+  /**
+   * Starts a graceful stop: every request in flight whose answer has not started is answered with
+   * `Connection: close`, and so is every request still to come on an open connection. Resolves
+   * when none is in flight or at `deadline`; true when all finished.
+   */
+  async drain(deadline: number): Promise<boolean> {
+    this.#stopping = true;
+    for (const res of this.#inFlight) if (!res.headersSent) res.shouldKeepAlive = false;
+    if (this.#inFlight.size === 0) return true;
+    return new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(false), Math.max(0, deadline - Date.now()));
+      this.#drained = () => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+    });
+  }
+}
