@@ -3,9 +3,12 @@ import { HOP_BY_HOP_HEADERS } from '@jwtproxy/core';
 
 /**
  * Not forwarded with a request besides the hop-by-hop headers: `expect` (Node already answered
- * `100 Continue` to the client) and `host` (set first from the target).
+ * `100 Continue` to the client), `host` (set first from the target) and `authorization`: the
+ * signer owns that header. A client's own credentials would reach the upstream beside the
+ * signer's token, and a service that reads the first Authorization header (Node's
+ * `req.headers.authorization`, Go's `Header.Get`) would trust them instead of the verified token.
  */
-const REQUEST_ONLY_DROPPED: ReadonlySet<string> = new Set(['expect', 'host']);
+const REQUEST_ONLY_DROPPED: ReadonlySet<string> = new Set(['expect', 'host', 'authorization']);
 
 /** The header names a `Connection` header lists as hop-by-hop for this message. */
 function namedByConnection(values: Iterable<string>): Set<string> | undefined {
@@ -21,8 +24,9 @@ function namedByConnection(values: Iterable<string>): Set<string> | undefined {
 
 /**
  * The request headers for the next hop, as a flat [name, value, …] list that keeps the client's
- * order, spelling and repeated headers: `host` first, hop-by-hop headers gone, and the signer's
- * `Authorization` appended last, so a client's own Authorization header stays first (as Go).
+ * order, spelling and repeated headers: `host` first, hop-by-hop headers gone, every
+ * Authorization header of the client removed and the signer's own appended: the upstream sees
+ * exactly one, the signed token. (The Go signer appends its token after the client's header.)
  */
 export function forwardedRequestHeaders(rawHeaders: readonly string[], host: string, authorization: string): string[] {
   const connectionValues: string[] = [];
