@@ -5,12 +5,17 @@ import { forwardedRequestHeaders, forwardedResponseHeaders } from './headers.js'
 import type { RequestTarget } from './targets.js';
 import type { UpstreamPools } from './upstreams.js';
 
-/** Writes one of the proxy's own answers (text/plain, no trailing newline, as the Go tool). */
+/**
+ * Writes one of the proxy's own answers (text/plain, no trailing newline, as the Go tool). Each
+ * is a refusal or a failure, and closes the connection (`Connection: close`): a request pipelined
+ * behind it is never run (RFC 9112 §9.6).
+ */
 export function answer(res: ServerResponse, { status, body }: HttpAnswer): void {
   if (res.headersSent) {
     res.destroy();
     return;
   }
+  res.shouldKeepAlive = false;
   res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body) });
   res.end(body);
 }
@@ -27,7 +32,8 @@ export function upstreamFailure(origin: string, error: unknown): UpstreamError {
   return new UpstreamError(`${origin}: ${reason}`, { cause: error });
 }
 
-function hasBody(req: IncomingMessage): boolean {
+/** Whether the request has a body to stream (Content-Length other than 0, or Transfer-Encoding). */
+export function hasBody(req: IncomingMessage): boolean {
   const length = req.headers['content-length'];
   return (length !== undefined && length !== '0') || req.headers['transfer-encoding'] !== undefined;
 }
@@ -115,7 +121,8 @@ export function createForwarder(signer: RequestSigner, pools: UpstreamPools, log
       try {
         authorization = await signer.authorizationFor(target.audience);
       } catch (error) {
-        log.write('error', error instanceof Error ? error.message : String(error), 'unable to sign request', { audience: target.audience, error });
+        // The key source is a dependency (a plugin, a key registry): its failure is a warning.
+        log.write('warn', error instanceof Error ? error.message : String(error), 'unable to sign request', { audience: target.audience, error });
         answer(res, httpAnswerFor(error));
         req.resume();
         return;

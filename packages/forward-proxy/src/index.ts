@@ -1,1 +1,1 @@
-export { startSignerProxy, NOT_A_PROXY_REQUEST, CONNECT_NEEDS_CA, type SignerProxyOptions } from './signer-proxy.js';
+export { startSignerProxy, NOT_A_PROXY_REQUEST, type SignerProxyOptions } from './signer-proxy.js';

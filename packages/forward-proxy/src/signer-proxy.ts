@@ -2,22 +2,31 @@ import { readFile } from 'node:fs/promises';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import {
+  applyServerLimits,
+  checkRequestHead,
   ConfigError,
+  DEFAULT_SERVER_LIMITS,
   httpAnswerFor,
+  httpServerOptions,
   listenOn,
   parseListenAddress,
   removeSocketFile,
   RepeatedLogLimiter,
+  RequestTracker,
+  requestHeadAnswer,
+  watchRequestBody,
   writeRawAnswer,
   type HttpAnswer,
   type Logger,
   type RequestSigner,
   type RunningProxy,
+  type ServerLimits,
 } from '@jwtproxy/core';
 import { CertificateForger } from './certificates.js';
-import { answer, createForwarder } from './forwarding.js';
+import { answer, createForwarder, hasBody } from './forwarding.js';
 import { TlsInterceptor } from './interception.js';
-import { BadTargetError, absoluteTarget, isAbsoluteForm, tunnelTarget, type RequestTarget } from './targets.js';
+import { BadTargetError, absoluteTarget, isAbsoluteForm, tunnelTarget, type RequestTarget, type Tunnel } from './targets.js';
+import { ConnectTunnels } from './tunnels.js';
 import { forwardUpgrade } from './upgrade.js';
 import { UpstreamPools } from './upstreams.js';
 
@@ -29,7 +38,7 @@ export interface SignerProxyOptions {
   /** How long stop() lets requests in flight finish by default, in ms. */
   shutdownTimeout: number;
   signer: RequestSigner;
-  /** The MITM CA (PEM files). Without both, CONNECT is refused. */
+  /** The MITM CA (PEM files). Without both, a CONNECT tunnel that carries TLS is closed (plain HTTP in a tunnel is still signed). */
   caKeyFile?: string;
   caCertFile?: string;
   /** PEM files whose certificates replace the system roots for upstream TLS (as Go). */
@@ -39,13 +48,17 @@ export interface SignerProxyOptions {
   logger: Logger;
   /** Least time between two log lines about the same recurring failure, ms (default 10 s). */
   repeatedLogIntervalMs?: number;
+  /**
+   * Timeouts, connection cap and header-line limit; each field left out is DEFAULT_SERVER_LIMITS'.
+   * They hold for the listener and, the same, for the requests read from inside CONNECT tunnels.
+   */
+  limits?: Partial<ServerLimits>;
 }
 
 const LISTEN_ADDR_KEY = 'signer_proxy.listen_addr';
 
 export const NOT_A_PROXY_REQUEST = 'This is a forward proxy server. Does not respond to non-proxy requests.';
-export const CONNECT_NEEDS_CA =
-  'jwtproxy: HTTPS interception is not configured: set ca_key_file and ca_crt_file in signer_proxy to sign requests sent through CONNECT';
+export const SHUTTING_DOWN: HttpAnswer = { status: 503, body: 'jwtproxy: shutting down' };
 
 async function readTrustedCertificates(files: string[]): Promise<string[]> {
   return Promise.all(
@@ -62,10 +75,19 @@ async function readTrustedCertificates(files: string[]): Promise<string[]> {
   );
 }
 
+/** DEFAULT_SERVER_LIMITS with the fields `limits` gives (an undefined field keeps the default). */
+function serverLimits(limits: Partial<ServerLimits> | undefined): ServerLimits {
+  const merged: ServerLimits = { ...DEFAULT_SERVER_LIMITS };
+  if (limits) for (const key of Object.keys(merged) as Array<keyof ServerLimits>) if (limits[key] !== undefined) merged[key] = limits[key];
+  return merged;
+}
+
+
 /**
- * Starts the signer: a forward proxy that adds `Authorization: Bearer <jwt>` to every request,
- * for plain HTTP (absolute-form requests) and, with a CA, for HTTPS through CONNECT.
- * Rejects with ConfigError (naming the key and file) when it cannot start.
+ * Starts the signer: a forward proxy that adds `Authorization: Bearer <jwt>` to every request:
+ * absolute-form requests, requests inside CONNECT tunnels that carry plain HTTP and, with a CA,
+ * inside tunnels that carry TLS. Rejects with ConfigError (naming the key and file) when it
+ * cannot start.
  */
 export async function startSignerProxy(options: SignerProxyOptions): Promise<RunningProxy> {
   const { signer, logger } = options;
@@ -79,24 +101,39 @@ export async function startSignerProxy(options: SignerProxyOptions): Promise<Run
   const tlsPolicy = { trustedCertificates, insecureSkipVerify: options.insecureSkipVerify ?? false };
   const pools = new UpstreamPools(tlsPolicy);
   const forwarder = createForwarder(signer, pools, logger, options.repeatedLogIntervalMs);
+  const limits = serverLimits(options.limits);
+  // While a dependency (key source, upstream) is down every request fails alike: one line per kind and interval.
+  const repeats = new RepeatedLogLimiter(logger, { intervalMs: options.repeatedLogIntervalMs });
 
   let stopping = false;
-  let inFlight = 0;
-  let drained: (() => void) | undefined;
+  /** Requests of both servers: in order per connection, and drained at a stop. */
+  const requests = new RequestTracker();
+  /** Upgraded connections (WebSocket): they run until the shutdown deadline. */
   const upgrades = new Set<Duplex>();
+  let upgradesDone: (() => void) | undefined;
 
-  const serverOptions: http.ServerOptions = {
-    // Long uploads and downloads stream through: no whole-request deadline, but slow headers are cut.
-    requestTimeout: 0,
-    headersTimeout: 60_000,
-    keepAliveTimeout: 30_000,
-  };
-  const outerServer = http.createServer(serverOptions);
-  const innerServer = http.createServer(serverOptions);
-  const interceptor = forger ? new TlsInterceptor(forger, innerServer, logger) : undefined;
+  const outerServer = http.createServer(httpServerOptions(limits));
+  const innerServer = http.createServer(httpServerOptions(limits));
+  applyServerLimits(outerServer, limits);
+  applyServerLimits(innerServer, limits);
+  // The inner server reads the requests inside CONNECT tunnels and is never bound to a port. Node
+  // starts tracking a server's connections, which its headersTimeout and closeIdleConnections
+  // need, when the server starts listening: without this a tunnel could hold a half-sent request
+  // head for ever.
+  innerServer.emit('listening');
+
+  const interceptor = forger
+    ? new TlsInterceptor(forger, {
+        logger,
+        handshakeTimeoutMs: Math.min(10_000, limits.readHeaderTimeoutMs),
+        // Called after a handshake, long after `tunnels` below exists.
+        handOver: (tlsSocket, authority) => tunnels.handOverTls(tlsSocket, authority),
+      })
+    : undefined;
+  const tunnels = new ConnectTunnels({ innerServer, interceptor, firstBytesTimeoutMs: limits.readHeaderTimeoutMs, logger, log: repeats });
 
   /** Where a request goes, or the answer when it cannot be forwarded. */
-  const targetOf = (req: IncomingMessage, tunnel: string | undefined): RequestTarget | HttpAnswer => {
+  const targetOf = (req: IncomingMessage, tunnel: Tunnel | undefined): RequestTarget | HttpAnswer => {
     const url = req.url ?? '';
     try {
       if (tunnel !== undefined) return tunnelTarget(tunnel, url, req.headers.host);
@@ -108,87 +145,96 @@ export async function startSignerProxy(options: SignerProxyOptions): Promise<Run
     }
   };
 
-  const track = (connection: { once(event: 'close', listener: () => void): unknown }): void => {
-    inFlight++;
-    connection.once('close', () => {
-      if (--inFlight === 0) drained?.();
-    });
+  /** One of the signer's own refusals: it closes the connection, so nothing pipelined behind it runs. */
+  const refuse = (req: IncomingMessage, res: ServerResponse, refusal: HttpAnswer): void => {
+    requests.closeAfter(res);
+    answer(res, refusal);
+    req.resume();
   };
 
-  const handle = (req: IncomingMessage, res: ServerResponse, tunnel: string | undefined): void => {
-    track(res);
-    // While stopping, let the client know this connection will not carry another request.
-    if (stopping) res.shouldKeepAlive = false;
-    const target = targetOf(req, tunnel);
-    if ('status' in target) {
-      answer(res, target);
-      req.resume();
-      return;
-    }
+  const serve = (req: IncomingMessage, res: ServerResponse, tunnel: Tunnel | undefined): void => {
+    const target = requestHeadAnswer(req, limits) ?? targetOf(req, tunnel);
+    if ('status' in target) return refuse(req, res, target);
+    // Only a body can stall; watching a request without one would clear the keep-alive timer
+    // Node sets after the answer (the watch ends its timer when the request ends).
+    if (hasBody(req)) watchRequestBody(req, limits.bodyIdleTimeoutMs);
     forwarder.forward(req, res, target).catch((error: unknown) => {
       // A bug, not a request problem: answer and keep serving rather than crash on an unhandled rejection.
       logger.error('request failed unexpectedly', { error });
+      if (!res.headersSent) requests.closeAfter(res);
       answer(res, httpAnswerFor(error));
     });
   };
 
-  // WebSocket and other upgrades: signed, then the connections are joined. An open tunnel counts
-  // as a request in flight, so a graceful stop gives it until the deadline before cutting it.
-  const upgradeLog = new RepeatedLogLimiter(logger, { intervalMs: options.repeatedLogIntervalMs });
-  const handleUpgrade = (req: IncomingMessage, client: Duplex, bodyHead: Buffer, tunnel: string | undefined): void => {
+  // WebSocket and other upgrades: signed, then the connections are joined. An open tunnel is kept
+  // until the deadline at a stop, as a request in flight is.
+  const handleUpgrade = (req: IncomingMessage, client: Duplex, bodyHead: Buffer, tunnel: Tunnel | undefined): void => {
     client.on('error', () => undefined);
-    if (stopping) return writeRawAnswer(client, { status: 503, body: 'jwtproxy: shutting down' });
-    track(client);
+    if (stopping) return writeRawAnswer(client, SHUTTING_DOWN);
     upgrades.add(client);
-    client.once('close', () => upgrades.delete(client));
-    const target = targetOf(req, tunnel);
+    client.once('close', () => {
+      upgrades.delete(client);
+      if (upgrades.size === 0) upgradesDone?.();
+    });
+    const target = requestHeadAnswer(req, limits) ?? targetOf(req, tunnel);
     if ('status' in target) return writeRawAnswer(client, target);
-    void forwardUpgrade(signer, tlsPolicy, upgradeLog, req, client, bodyHead, target);
+    void forwardUpgrade(signer, tlsPolicy, repeats, req, client, bodyHead, target);
   };
 
-  outerServer.on('request', (req: IncomingMessage, res: ServerResponse) => handle(req, res, undefined));
-  innerServer.on('request', (req: IncomingMessage, res: ServerResponse) => handle(req, res, interceptor?.tunnelOf(req) ?? ''));
-  outerServer.on('connect', (req: IncomingMessage, socket, head: Buffer) => {
-    if (interceptor && !stopping) interceptor.handleConnect(req, socket, head);
-    else {
-      socket.on('error', () => undefined);
-      writeRawAnswer(socket, { status: 501, body: stopping ? 'jwtproxy: shutting down' : CONNECT_NEEDS_CA });
-    }
+  outerServer.on('request', (req: IncomingMessage, res: ServerResponse) => requests.admit(req, res, () => serve(req, res, undefined)));
+  innerServer.on('request', (req: IncomingMessage, res: ServerResponse) => requests.admit(req, res, () => serve(req, res, tunnels.tunnelOf(req))));
+  outerServer.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    socket.on('error', () => undefined);
+    if (stopping) return writeRawAnswer(socket, SHUTTING_DOWN);
+    // A CONNECT needs no Host header (RFC 9112 §3.2.3), but one that is there must be valid.
+    const problem = checkRequestHead(req, limits);
+    if (problem && (problem.status === 431 || req.headers.host !== undefined)) return writeRawAnswer(socket, httpAnswerFor(problem));
+    tunnels.handleConnect(req, socket, head);
   });
   outerServer.on('upgrade', (req: IncomingMessage, client: Duplex, bodyHead: Buffer) => handleUpgrade(req, client, bodyHead, undefined));
-  innerServer.on('upgrade', (req: IncomingMessage, client: Duplex, bodyHead: Buffer) =>
-    handleUpgrade(req, client, bodyHead, interceptor?.tunnelOf(req) ?? ''),
-  );
+  innerServer.on('upgrade', (req: IncomingMessage, client: Duplex, bodyHead: Buffer) => handleUpgrade(req, client, bodyHead, tunnels.tunnelOf(req)));
 
   let address: string;
   try {
     address = await listenOn(outerServer, listenAddress, { socketPermission: options.socketPermission ?? 0o755 });
   } catch (error) {
+    innerServer.close();
     throw new ConfigError(LISTEN_ADDR_KEY, (error as Error).message);
   }
   if (!forger) {
-    logger.warn('no CA configured (ca_key_file, ca_crt_file): HTTPS requests through CONNECT will be refused, not signed', { listen: address });
+    logger.warn('no CA configured (ca_key_file, ca_crt_file): CONNECT tunnels that carry TLS will be closed, not signed', { listen: address });
   }
   logger.info('signer proxy listening', { address, https_interception: forger ? 'on' : 'off' });
+
+  /** Resolves when every upgraded connection has closed, or at `deadline`. */
+  const upgradesClosed = (deadline: number): Promise<void> =>
+    upgrades.size === 0
+      ? Promise.resolve()
+      : new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, Math.max(0, deadline - Date.now()));
+          upgradesDone = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
 
   let stopped: Promise<void> | undefined;
   const stop = async (deadline: number): Promise<void> => {
     stopping = true;
+    // One turn of the event loop first: a request a client has already sent on a kept-alive
+    // connection is read in it and answered (with `Connection: close`), instead of being cut
+    // with its connection as idle just below.
+    await new Promise((resolve) => setImmediate(resolve));
+    // No new connections; idle kept-alive ones and tunnels that sent nothing are closed now; a
+    // request in flight is answered with `Connection: close` and may finish until the deadline.
     const closed = new Promise<void>((resolve) => outerServer.close(() => resolve()));
-    outerServer.closeIdleConnections();
     innerServer.closeIdleConnections();
-    if (inFlight > 0) {
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, Math.max(0, deadline - Date.now()));
-        drained = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
-    }
+    tunnels.closeSilent();
+    await Promise.all([requests.drain(deadline), upgradesClosed(deadline)]);
     outerServer.closeAllConnections();
     innerServer.closeAllConnections();
-    interceptor?.destroyAll();
+    innerServer.close();
+    tunnels.destroyAll();
     for (const client of upgrades) client.destroy();
     await pools.close(deadline);
     await closed;

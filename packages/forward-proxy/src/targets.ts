@@ -34,15 +34,28 @@ export function absoluteTarget(url: string): RequestTarget {
   return { origin: `${scheme}://${authority}`, audience: audienceOf(url), host: authority, path: originForm(match[3]!) };
 }
 
+/** A CONNECT tunnel the signer serves requests from. */
+export interface Tunnel {
+  /** The CONNECT `host:port` as the client wrote it. */
+  readonly authority: string;
+  /** TLS inside (intercepted): its requests go to `https://`; plain HTTP inside: `http://`. */
+  readonly secure: boolean;
+}
+
 /**
- * The target of a request inside an intercepted CONNECT tunnel: the tunnel's `host:port`
- * as written in the CONNECT line (as the Go signer, which builds `https://` + CONNECT host),
- * the Host header the client sent inside the tunnel.
+ * The target of a request inside a CONNECT tunnel: the tunnel's `host:port` as written in the
+ * CONNECT line, with the Host header the client sent inside the tunnel. An intercepted TLS tunnel
+ * is `https://` + CONNECT authority, as the Go signer builds it (an explicit `:443` stays in the
+ * audience). A plain HTTP tunnel is `http://` + authority with `:80` left out of the audience:
+ * a client that opens a tunnel for `http://service/` (undici's ProxyAgent, Node's fetch) writes
+ * `CONNECT service:80`, and that service's verifier has the audience `http://service`.
  */
-export function tunnelTarget(connectAuthority: string, url: string, hostHeader: string | undefined): RequestTarget {
+export function tunnelTarget(tunnel: Tunnel, url: string, hostHeader: string | undefined): RequestTarget {
   if (isAbsoluteForm(url)) return absoluteTarget(url);
-  const origin = `https://${connectAuthority}`;
-  return { origin, audience: audienceOf(origin), host: hostHeader ?? connectAuthority, path: originForm(url) };
+  const { authority, secure } = tunnel;
+  const origin = `${secure ? 'https' : 'http'}://${authority}`;
+  const audience = !secure && authority.endsWith(':80') ? audienceOf(origin.slice(0, -3)) : audienceOf(origin);
+  return { origin, audience, host: hostHeader ?? authority, path: originForm(url) };
 }
 
 function originForm(pathAndQuery: string): string {

@@ -50,7 +50,7 @@ export async function forwardUpgrade(
   try {
     authorization = await signer.authorizationFor(target.audience);
   } catch (error) {
-    log.write('error', error instanceof Error ? error.message : String(error), 'unable to sign request', { audience: target.audience, error });
+    log.write('warn', error instanceof Error ? error.message : String(error), 'unable to sign request', { audience: target.audience, error });
     return writeRawAnswer(client, httpAnswerFor(error));
   }
   if (client.destroyed) return;

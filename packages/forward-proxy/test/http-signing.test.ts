@@ -7,10 +7,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import tls from 'node:tls';
 import type { RunningProxy } from '@jwtproxy/core';
 import { freeLoopbackPort, listenOnLoopback, startEchoService, type RunningServer, type SeenRequest } from '@jwtproxy/testkit';
 import { afterEach, describe, expect, it } from 'vitest';
-import { CONNECT_NEEDS_CA, NOT_A_PROXY_REQUEST, startSignerProxy, type SignerProxyOptions } from '../src/index.js';
+import { NOT_A_PROXY_REQUEST, startSignerProxy, type SignerProxyOptions } from '../src/index.js';
 import { hostAndPort, interopKeySource, makeSigner, recordingLogger, requestThroughProxy, verifyAsVerifier } from './helpers.js';
 
 const cleanups: Array<() => Promise<unknown>> = [];
@@ -150,8 +151,8 @@ describe('signing plain HTTP requests', () => {
       expect(response.body).toBe('jwtproxy: unable to sign request: No key is yet active');
     }
     expect(service.seen).toHaveLength(0);
-    // Logged once while it lasts (then once per interval), not once per request.
-    expect(signer.logger.lines.filter((line) => line.level === 'error' && line.message === 'unable to sign request')).toHaveLength(1);
+    // A dependency's failure: logged once at warn while it lasts (then once per interval), not once per request.
+    expect(signer.logger.lines.filter((line) => line.message === 'unable to sign request').map((line) => line.level)).toEqual(['warn']);
   });
 
   it('answers 502 with the reason and logs it when the upstream is unreachable', async () => {
@@ -276,22 +277,33 @@ describe('signing plain HTTP requests', () => {
     expect((await requestThroughProxy(signer, `${service.url}/after-garbage`)).status).toBe(200);
   });
 
-  it('refuses CONNECT with 501 naming ca_key_file and ca_crt_file when no CA is configured, and warns at start', async () => {
-    const signer = await startSigner();
+  it('without a CA, a CONNECT tunnel that starts TLS gets a handshake_failure alert and is closed, with a warning', async () => {
+    const signer = await startSigner({ repeatedLogIntervalMs: 60_000 });
     expect(signer.logger.lines.some((line) => line.level === 'warn' && /ca_key_file, ca_crt_file/.test(line.message))).toBe(true);
-    const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
-      http
-        .request({ host: signer.host, port: signer.port, method: 'CONNECT', path: '127.0.0.1:443', agent: false })
-        .on('connect', (res: http.IncomingMessage, socket: net.Socket, head: Buffer) => {
-          let body = head.toString('utf8');
-          socket.setEncoding('utf8').on('data', (d: string) => (body += d)).on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-        })
-        .on('error', reject)
-        .end();
-    });
-    expect(answer.status).toBe(501);
-    expect(answer.body).toBe(CONNECT_NEEDS_CA);
-    expect(answer.body).toContain('ca_key_file and ca_crt_file');
+    for (let i = 0; i < 3; i++) {
+      const socket = net.connect(signer.port, signer.host);
+      socket.write('CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: 127.0.0.1:443\r\n\r\n');
+      const [answer] = (await once(socket, 'data')) as [Buffer];
+      expect(answer.toString()).toBe('HTTP/1.1 200 Connection Established\r\n\r\n');
+      socket.write(Buffer.from([0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0x00])); // a (tiny) ClientHello
+      const chunks: Buffer[] = [];
+      socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+      await once(socket, 'close');
+      expect(Buffer.concat(chunks)).toEqual(Buffer.from([0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x28]));
+    }
+    // Why, in the log: once for the three tunnels.
+    const why = signer.logger.lines.filter((line) => /CONNECT tunnel carries TLS but HTTPS interception is not configured/.test(line.message));
+    expect(why.map((line) => [line.level, line.fields?.tunnel])).toEqual([['warn', '127.0.0.1:443']]);
+  });
+
+  it('without a CA, a TLS client through the tunnel fails at once with a TLS alert', async () => {
+    const signer = await startSigner();
+    const socket = net.connect(signer.port, signer.host);
+    socket.write('CONNECT localhost:443 HTTP/1.1\r\nHost: localhost:443\r\n\r\n');
+    await once(socket, 'data');
+    const tlsSocket = tls.connect({ socket, servername: 'localhost' });
+    const [error] = (await once(tlsSocket, 'error')) as [Error];
+    expect(error.message).toMatch(/alert handshake failure/);
   });
 });
 
@@ -299,7 +311,11 @@ describe('listening and stopping', () => {
   it('closes refused CONNECT and upgrade connections when the client sends more and closes: a stop does not wait for them', async () => {
     const signer = await startSigner({ shutdownTimeout: 10_000 });
     for (let i = 0; i < 5; i++) {
-      expect(await rawExchange(signer.port, 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n', 'bytes sent after the answer')).toMatch(/^HTTP\/1\.1 501 /);
+      expect(await rawExchange(signer.port, 'CONNECT nonsense HTTP/1.1\r\nHost: nonsense\r\n\r\n', 'bytes sent after the answer')).toMatch(/^HTTP\/1\.1 400 /);
+      // Accepted, then the tunnel carries something that is not HTTP: 400 from inside the tunnel, closed.
+      expect(await rawExchange(signer.port, 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n', 'bytes sent after the answer\r\n\r\n')).toMatch(
+        /^HTTP\/1\.1 200 Connection Established\r\n\r\nHTTP\/1\.1 400 /,
+      );
       expect(await rawExchange(signer.port, 'GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n', 'bytes sent after the answer')).toMatch(/^HTTP\/1\.1 500 /);
     }
     const started = Date.now();

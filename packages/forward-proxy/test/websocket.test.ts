@@ -57,9 +57,12 @@ const startSigner = (overrides: Partial<SignerProxyOptions> = {}) => startInterc
 
 type Outcome = { socket: WebSocket } | { status: number; body: string };
 
-/** Opens a WebSocket through the signer: absolute-form for ws://, CONNECT for wss:// (trusting the signer's CA). */
-function openThrough(proxyUrl: string, url: string, options: { headers?: Record<string, string>; protocols?: string[] } = {}): Promise<Outcome> {
-  const agent = url.startsWith('wss:') ? new HttpsProxyAgent(proxyUrl) : new HttpProxyAgent(proxyUrl);
+/**
+ * Opens a WebSocket through the signer: absolute-form for ws://, CONNECT for wss:// (trusting the
+ * signer's CA); with `tunnel`, CONNECT for ws:// too (plain HTTP inside the tunnel).
+ */
+function openThrough(proxyUrl: string, url: string, options: { headers?: Record<string, string>; protocols?: string[]; tunnel?: boolean } = {}): Promise<Outcome> {
+  const agent = url.startsWith('wss:') || options.tunnel ? new HttpsProxyAgent(proxyUrl) : new HttpProxyAgent(proxyUrl);
   const socket = new WebSocket(url, options.protocols ?? [], { agent, headers: options.headers, ca: pki.mitmCa.cert });
   cleanups.push(async () => socket.terminate());
   return new Promise((resolve, reject) => {
@@ -114,6 +117,16 @@ describe('WebSocket through the signer', () => {
     const socket = opened(await openThrough(signer.url, `${url}/secure`));
     expect(String((await echoOf(socket, 'over tls')).data)).toBe('over tls');
     const audience = url.replace(/^wss:/, 'https:');
+    const verified = await verifyAsVerifier(service.upgrades[0]!.authorization, audience);
+    expect(verified.claims.aud).toBe(audience);
+  });
+
+  it('signs a ws:// upgrade inside a CONNECT tunnel that carries plain HTTP (aud http://host:port)', async () => {
+    const service = await wsEchoService();
+    const signer = await startSigner();
+    const socket = opened(await openThrough(signer.url, `${service.url}/plain-tunnel`, { tunnel: true }));
+    expect(String((await echoOf(socket, 'in a tunnel')).data)).toBe('in a tunnel');
+    const audience = service.url.replace(/^ws:/, 'http:');
     const verified = await verifyAsVerifier(service.upgrades[0]!.authorization, audience);
     expect(verified.claims.aud).toBe(audience);
   });
