@@ -171,6 +171,7 @@ export async function startJwtProxy(config: LoadedConfig, logger: Logger, option
           ...(signerProxy.caCrtFile ? { caCertFile: signerProxy.caCrtFile } : {}),
           trustedCertificates: signerProxy.trustedCertificates,
           insecureSkipVerify: signerProxy.insecureSkipVerify,
+          limits: signerProxy.limits,
           logger,
         });
         listening.push({ name: signerProxy.path, server, shutdownTimeout: signerProxy.shutdownTimeout });
@@ -188,6 +189,7 @@ export async function startJwtProxy(config: LoadedConfig, logger: Logger, option
           ...(proxy.verifier.upstreamCaFile ? { upstreamCaFile: proxy.verifier.upstreamCaFile } : {}),
           verifier: verifiers[i]!,
           shutdownTimeout: proxy.shutdownTimeout,
+          limits: proxy.limits,
           logger,
         });
         listening.push({ name: proxy.path, server, shutdownTimeout: proxy.shutdownTimeout });

@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { ConfigError, parseListenAddress, silentLogger, type ComponentConfig, type Logger } from '@jwtproxy/core';
+import { ConfigError, DEFAULT_SERVER_LIMITS, parseListenAddress, silentLogger, type ComponentConfig, type Logger, type ServerLimits } from '@jwtproxy/core';
 import { isMap, LineCounter, parseDocument } from 'yaml';
 import { expandEnv } from './expand-env.js';
 import { describe, MapReader, readComponent, YamlSource } from './reader.js';
@@ -121,7 +121,11 @@ export function parseConfig(text: string, fileName: string, options: Pick<LoadCo
   };
 }
 
+/** Listener limits, our addition to both proxy blocks. */
+const limitKeys = ['read_header_timeout', 'idle_timeout', 'body_idle_timeout', 'max_connections', 'max_header_lines'];
+
 const signerProxyKeys = [
+  ...limitKeys,
   'enabled',
   'listen_addr',
   'shutdown_timeout',
@@ -133,7 +137,7 @@ const signerProxyKeys = [
   'signer',
 ];
 const signerKeys = ['issuer', 'expiration_time', 'max_skew', 'nonce_length', 'private_key'];
-const verifierProxyKeys = ['enabled', 'listen_addr', 'shutdown_timeout', 'socket_permission', 'key_file', 'crt_file', 'verifier'];
+const verifierProxyKeys = [...limitKeys, 'enabled', 'listen_addr', 'shutdown_timeout', 'socket_permission', 'key_file', 'crt_file', 'verifier'];
 const verifierKeys = [
   'upstream',
   'audience',
@@ -165,6 +169,7 @@ function readSignerProxy(block: MapReader, filePath: FilePath): SignerProxyConfi
     ...(caCrtFile !== undefined ? { caCrtFile: filePath(caCrtFile)! } : {}),
     trustedCertificates: block.stringList('trusted_certificates').map((f) => filePath(f)!),
     insecureSkipVerify: block.bool('insecure_skip_verify', false),
+    limits: readLimits(block),
     signer: readSigner(block, signerBlock, enabled),
   };
 }
@@ -205,6 +210,7 @@ function readVerifierProxy(block: MapReader, filePath: FilePath): VerifierProxyC
     socketPermission: block.fileMode('socket_permission', defaults.socketPermission),
     ...(keyFile !== undefined ? { keyFile: filePath(keyFile)! } : {}),
     ...(crtFile !== undefined ? { crtFile: filePath(crtFile)! } : {}),
+    limits: readLimits(block),
     verifier: verifierBlock ? readVerifier(verifierBlock, enabled, filePath) : emptyVerifier(),
   };
 }
@@ -252,6 +258,22 @@ function readVerifier(block: MapReader, enabled: boolean, filePath: FilePath): V
     nonceStorage,
     claimsVerifiers,
     ...(upstreamCaFile !== undefined ? { upstreamCaFile: filePath(upstreamCaFile)! } : {}),
+  };
+}
+
+/** The listener's timeouts and caps; what is absent keeps core's default. */
+function readLimits(block: MapReader): ServerLimits {
+  const positiveInt = (key: string, fallback: number): number => {
+    const value = block.int(key, fallback);
+    if (value <= 0) block.fail(key, `must be greater than 0, got ${value}`);
+    return value;
+  };
+  return {
+    readHeaderTimeoutMs: block.duration('read_header_timeout', DEFAULT_SERVER_LIMITS.readHeaderTimeoutMs, 'positive'),
+    idleTimeoutMs: block.duration('idle_timeout', DEFAULT_SERVER_LIMITS.idleTimeoutMs, 'positive'),
+    bodyIdleTimeoutMs: block.duration('body_idle_timeout', DEFAULT_SERVER_LIMITS.bodyIdleTimeoutMs),
+    maxConnections: positiveInt('max_connections', DEFAULT_SERVER_LIMITS.maxConnections),
+    maxHeaderLines: positiveInt('max_header_lines', DEFAULT_SERVER_LIMITS.maxHeaderLines),
   };
 }
 

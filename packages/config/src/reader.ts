@@ -98,7 +98,21 @@ interface Entry {
   line: number | undefined;
 }
 
-/** A YAML mapping at a key path, read key by key; keys it does not know are warned about. */
+/**
+ * Blocks whose absence falls back to a default that weakens a proxy: found at any other level of a
+ * known mapping, they are an error with where they belong, never an "unknown key" warning.
+ */
+const SECURITY_BLOCK_HOMES: ReadonlyMap<string, string> = new Map([
+  ['nonce_storage', 'verifier_proxies[N].verifier'],
+  ['key_server', 'verifier_proxies[N].verifier'],
+  ['claims_verifiers', 'verifier_proxies[N].verifier'],
+  ['private_key', 'signer_proxy.signer'],
+]);
+
+/**
+ * A YAML mapping at a key path, read key by key; keys it does not know are warned about, except
+ * a misplaced security block, which is an error.
+ */
 export class MapReader {
   readonly src: YamlSource;
   readonly path: string;
@@ -137,6 +151,11 @@ export class MapReader {
   #warnUnknown(known: readonly string[]): void {
     for (const [key, entry] of this.#entries) {
       if (known.includes(key)) continue;
+      const home = SECURITY_BLOCK_HOMES.get(key);
+      if (home !== undefined) {
+        // Ignoring it would silently fall back to a default (a per-process nonce store, say).
+        throw this.src.error(this.pathOf(key), entry.line, `is not read here: it belongs under ${home} (is it indented at the wrong level?)`);
+      }
       const suggestion = known.find((k) => editDistance(k, key) <= Math.max(2, Math.floor(k.length / 5)));
       this.src.logger.warn('unknown configuration key, ignored', {
         key: this.pathOf(key),

@@ -1,4 +1,4 @@
-import type { ComponentConfig, ConfigError } from '@jwtproxy/core';
+import type { ComponentConfig, ConfigError, ServerLimits } from '@jwtproxy/core';
 
 /**
  * The `jwtproxy:` block of the Go YAML configuration, typed, with every Go default filled in.
@@ -34,6 +34,8 @@ export interface SignerProxyConfig {
   /** Replaces the system roots for upstream TLS when not empty. */
   trustedCertificates: string[];
   insecureSkipVerify: boolean;
+  /** Listener timeouts and caps (our addition): `read_header_timeout`, `idle_timeout`, `body_idle_timeout`, `max_connections`, `max_header_lines`. */
+  limits: ServerLimits;
   signer: SignerConfig;
 }
 
@@ -65,6 +67,8 @@ export interface VerifierProxyConfig {
   socketPermission: number;
   keyFile?: string;
   crtFile?: string;
+  /** Listener timeouts and caps (our addition), as for the signer. */
+  limits: ServerLimits;
   verifier: VerifierConfig;
 }
 

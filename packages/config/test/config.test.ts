@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ConfigError, type Logger } from '@jwtproxy/core';
+import { ConfigError, DEFAULT_SERVER_LIMITS, type Logger } from '@jwtproxy/core';
 import { loadConfig, parseConfig } from '../src/index.js';
 
 const fixtures = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures');
@@ -98,6 +98,7 @@ describe('the README example', () => {
       listenAddr: 'unix:/run/jwtproxy/verifier.sock',
       shutdownTimeout: 5_000,
       socketPermission: 0o770,
+      limits: DEFAULT_SERVER_LIMITS,
       verifier: {
         upstream: 'unix:/run/app.sock',
         audience: 'http://localhost',
@@ -122,6 +123,7 @@ describe('the README example', () => {
       socketPermission: 0o755,
       trustedCertificates: [],
       insecureSkipVerify: false,
+      limits: DEFAULT_SERVER_LIMITS,
       signer: { issuer: 'jwtproxy', expirationTime: 300_000, maxSkew: 60_000, nonceLength: 32, privateKey: { type: 'preshared', options: {} } },
     });
     expect(config.verifierProxies).toEqual([]);
@@ -232,6 +234,13 @@ describe('mistakes name their key path and file:line', () => {
     expect(errorOf(text)).toBe(message);
   });
 
+  it('reads the listener limits of both proxies, with core defaults for what is absent', () => {
+    const config = parseConfig(verifierYaml({ proxy: 'read_header_timeout: 2s\nidle_timeout: 1m\nbody_idle_timeout: 0\nmax_connections: 100\nmax_header_lines: 50' }), 'c.yaml');
+    expect(config.verifierProxies[0]!.limits).toEqual({ readHeaderTimeoutMs: 2_000, idleTimeoutMs: 60_000, bodyIdleTimeoutMs: 0, maxConnections: 100, maxHeaderLines: 50 });
+    expect(errorOf(verifierYaml({ proxy: 'max_connections: 0' }))).toContain('verifier_proxies[0].max_connections: must be greater than 0');
+    expect(errorOf(verifierYaml({ proxy: 'read_header_timeout: 0' }))).toContain('verifier_proxies[0].read_header_timeout: must be greater than 0');
+  });
+
   it('does not check a disabled verifier for required keys', () => {
     const config = parseConfig('jwtproxy:\n  verifier_proxies:\n  - enabled: false\n    verifier:\n      audience: http://x\n', 'c.yaml');
     expect(config.verifierProxies[0]).toMatchObject({ enabled: false, verifier: { upstream: '', audience: 'http://x' } });
@@ -253,6 +262,17 @@ describe('unknown keys', () => {
     const logger = recordingLogger();
     parseConfig(`other:\n  anything: 1\n${verifierYaml({ verifier: 'nonce_storage:\n  type: local\n  options: {whatever: 1}' })}`, 'config.yaml', { logger });
     expect(logger.lines).toEqual([]);
+  });
+
+  it.each([
+    ['nonce_storage one level too shallow', verifierYaml({ proxy: 'nonce_storage:\n  type: redis' }), 'verifier_proxies[0].nonce_storage', 4],
+    ['claims_verifiers one level too shallow', verifierYaml({ proxy: 'claims_verifiers:\n- type: static' }), 'verifier_proxies[0].claims_verifiers', 4],
+    ['key_server under jwtproxy', 'jwtproxy:\n  key_server:\n    type: preshared\n', 'key_server', 2],
+    ['private_key beside signer', 'jwtproxy:\n  signer_proxy:\n    private_key:\n      type: preshared\n    signer:\n      private_key:\n        type: preshared\n', 'signer_proxy.private_key', 3],
+  ])('are an error naming where they belong when a security block is misplaced (%s)', (_name, yaml, keyPath, line) => {
+    const message = errorOf(yaml);
+    expect(message).toContain(`${keyPath}: is not read here: it belongs under`);
+    expect(message).toContain(`(config.yaml:${line})`);
   });
 
   it('under jwtproxy itself are warned about', () => {

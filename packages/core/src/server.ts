@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import type { IncomingMessage, Server, ServerOptions, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
+import { Server as TlsServer } from 'node:tls';
 import { BadRequestError, httpAnswerFor, type HttpAnswer } from './errors.js';
 
 /**
@@ -133,7 +134,12 @@ interface ConnectionState {
   pending: ServerResponse | undefined;
   /** An answer on this connection said `Connection: close`: nothing after it is run. */
   closing: boolean;
+  /** When the connection last had no request in flight (Date.now()). */
+  idleSince: number;
 }
+
+/** How long a connection must have been idle before a graceful stop closes it (see `drain`). */
+const STOP_IDLE_GRACE_MS = 250;
 
 type TrackedSocket = Socket & { [kConnectionState]?: ConnectionState };
 
@@ -147,8 +153,28 @@ type TrackedSocket = Socket & { [kConnectionState]?: ConnectionState };
  */
 export class RequestTracker {
   readonly #inFlight = new Set<ServerResponse>();
+  /** Open HTTP connections of the watched servers (upgraded and tunnelled ones are let go). */
+  readonly #connections = new Set<TrackedSocket>();
   #stopping = false;
   #drained: (() => void) | undefined;
+
+  /**
+   * Follows the connections of `server` (an http or https server; the socket requests arrive on),
+   * so that a graceful stop can close each one once it is idle instead of all idle ones at once.
+   */
+  watch(server: Server): void {
+    const event = server instanceof TlsServer ? 'secureConnection' : 'connection';
+    server.on(event, (socket: TrackedSocket) => {
+      socket[kConnectionState] ??= { pending: undefined, closing: false, idleSince: Date.now() };
+      this.#connections.add(socket);
+      socket.once('close', () => this.#connections.delete(socket));
+    });
+  }
+
+  /** The connection now carries another protocol (an upgrade, a CONNECT tunnel): its owner closes it. */
+  release(socket: Socket): void {
+    this.#connections.delete(socket);
+  }
 
   get inFlight(): number {
     return this.#inFlight.size;
@@ -164,7 +190,7 @@ export class RequestTracker {
    */
   admit(req: IncomingMessage, res: ServerResponse, handle: () => void): void {
     const socket = req.socket as TrackedSocket;
-    const state = (socket[kConnectionState] ??= { pending: undefined, closing: false });
+    const state = (socket[kConnectionState] ??= { pending: undefined, closing: false, idleSince: Date.now() });
     if (state.closing) {
       socket.destroy();
       return;
@@ -181,6 +207,9 @@ export class RequestTracker {
     previous.once('close', () => {
       if (state.closing || res.destroyed) {
         socket.destroy();
+        // A response still queued behind another one never emits 'close': count it done here,
+        // or it stays in flight for good (and a stop waits for it until its deadline).
+        this.#done(res, state);
         return;
       }
       handle();
@@ -196,25 +225,46 @@ export class RequestTracker {
 
   #done(res: ServerResponse, state: ConnectionState): void {
     this.#inFlight.delete(res);
-    if (state.pending === res) state.pending = undefined;
+    if (state.pending === res) {
+      state.pending = undefined;
+      state.idleSince = Date.now();
+    }
     if (!res.shouldKeepAlive || !res.writableFinished || saysClose(res)) state.closing = true;
     if (this.#inFlight.size === 0) this.#drained?.();
   }
 
   /**
    * Starts a graceful stop: every request in flight whose answer has not started is answered with
-   * `Connection: close`, and so is every request still to come on an open connection. Resolves
-   * when none is in flight or at `deadline`; true when all finished.
+   * `Connection: close`, and so is every request still to come on an open connection. A watched
+   * connection is closed once it has been idle for a moment: a client that reuses its connection
+   * at once gets its request served (with `Connection: close`) instead of a reset, which closing
+   * every idle connection at once would give the ones racing it. Resolves when no request is in
+   * flight and no watched connection is open, or at `deadline`; true when all finished.
    */
   async drain(deadline: number): Promise<boolean> {
     this.#stopping = true;
     for (const res of this.#inFlight) if (!res.headersSent) res.shouldKeepAlive = false;
-    if (this.#inFlight.size === 0) return true;
+    const finished = (): boolean => this.#inFlight.size === 0 && this.#connections.size === 0;
+    if (finished()) return true;
     return new Promise<boolean>((resolve) => {
-      const timer = setTimeout(() => resolve(false), Math.max(0, deadline - Date.now()));
-      this.#drained = () => {
+      const settle = (done: boolean): void => {
+        clearInterval(sweeper);
         clearTimeout(timer);
-        resolve(true);
+        this.#drained = undefined;
+        resolve(done);
+      };
+      const sweep = (): void => {
+        const idleBefore = Date.now() - STOP_IDLE_GRACE_MS;
+        for (const socket of this.#connections) {
+          const state = socket[kConnectionState];
+          if (state && state.pending === undefined && state.idleSince <= idleBefore) socket.destroy();
+        }
+        if (finished()) settle(true);
+      };
+      const sweeper = setInterval(sweep, 50);
+      const timer = setTimeout(() => settle(false), Math.max(0, deadline - Date.now()));
+      this.#drained = () => {
+        if (finished()) settle(true);
       };
     });
   }

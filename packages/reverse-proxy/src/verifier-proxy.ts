@@ -1,4 +1,5 @@
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import net, { type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import {
   DEFAULT_SERVER_LIMITS,
@@ -73,6 +74,7 @@ export async function startVerifierProxy(options: VerifierProxyOptions): Promise
   const tunnels = new Set<Duplex>();
   /** Requests in flight, in order per connection; knows when the proxy is stopping. */
   const requests = new RequestTracker();
+  requests.watch(server);
   // While a dependency is down every request fails the same way: one line per kind and interval.
   const repeats = new RepeatedLogLimiter(logger, { intervalMs: options.repeatedLogIntervalMs });
 
@@ -132,6 +134,8 @@ export async function startVerifierProxy(options: VerifierProxyOptions): Promise
   async function handleUpgrade(req: IncomingMessage, client: Duplex, bodyHead: Buffer): Promise<void> {
     try {
       client.on('error', ignoreSocketError);
+      // No longer an HTTP connection: it runs until it ends, or until the stop's deadline.
+      requests.release(client as Socket);
       tunnels.add(client);
       client.once('close', () => tunnels.delete(client));
       const malformed = checkRequestHead(req, limits);
@@ -155,6 +159,7 @@ export async function startVerifierProxy(options: VerifierProxyOptions): Promise
   server.on('upgrade', (req: IncomingMessage, client: Duplex, bodyHead: Buffer) => void handleUpgrade(req, client, bodyHead));
   server.on('connect', (_req: IncomingMessage, client: Duplex) => {
     client.on('error', ignoreSocketError);
+    requests.release(client as Socket);
     writeRawAnswer(client, PROXY_REQUEST_ANSWER);
   });
 
@@ -172,42 +177,39 @@ export async function startVerifierProxy(options: VerifierProxyOptions): Promise
   return {
     address,
     stop(deadline = Date.now() + options.shutdownTimeout) {
-      stopped ??= shutdown(server, upstream, listenAddress, tunnels, logger, deadline, () => {
-        // Every request in flight and every one still to come on an open connection is
-        // answered with `Connection: close`: clients learn not to reuse the connection.
-        void requests.drain(deadline);
-      });
+      stopped ??= shutdown(server, requests, upstream, listenAddress, tunnels, logger, deadline);
       return stopped;
     },
   };
 }
 
 /**
- * Stops accepting at once, closes idle keep-alive connections (each connection with a request in
- * flight closes after its answer, which says `Connection: close`), waits for requests in flight
- * until `deadline`, then cuts what is left and closes the upstream pool.
+ * Stops accepting at once; every request in flight, and every one still to come on an open
+ * connection, is answered with `Connection: close`, and each connection is closed once idle
+ * (core's RequestTracker.drain). Upgraded connections run until `deadline`; then what is left is
+ * cut and the upstream pool closed.
  */
 async function shutdown(
   server: Server,
+  requests: RequestTracker,
   upstream: Upstream,
   listenAddress: ListenAddress,
   tunnels: Set<Duplex>,
   logger: Logger,
   deadline: number,
-  markStopping: () => void,
 ): Promise<void> {
-  markStopping();
-  const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-  server.closeIdleConnections();
-  const sweeper = setInterval(() => server.closeIdleConnections(), 25);
+  // net.Server's close stops accepting and leaves open connections alone. http.Server's own close
+  // would also close every idle keep-alive connection at once, resetting the requests clients are
+  // sending on them at that moment; the tracker closes each once it has stayed idle instead.
+  const closed = new Promise<void>((resolve) => net.Server.prototype.close.call(server, () => resolve()));
   let deadlineTimer: NodeJS.Timeout | undefined;
   const deadlineReached = new Promise<true>((resolve) => {
     deadlineTimer = setTimeout(() => resolve(true), Math.max(0, deadline - Date.now()));
   });
-  const timedOut = await Promise.race([closed.then(() => false as const), deadlineReached]);
-  clearInterval(sweeper);
+  const drained = await requests.drain(deadline);
+  const timedOut = !drained || (await Promise.race([closed.then(() => false as const), deadlineReached]));
   if (timedOut) {
-    logger.warn('shutdown deadline reached: closing the connections left', { tunnels: tunnels.size });
+    logger.warn('shutdown deadline reached: closing the connections left', { requests: requests.inFlight, tunnels: tunnels.size });
     server.closeAllConnections();
     for (const tunnel of tunnels) tunnel.destroy();
     await closed;
@@ -217,5 +219,7 @@ async function shutdown(
     if (await Promise.race([poolClosed, deadlineReached])) await upstream.pool.destroy();
   }
   clearTimeout(deadlineTimer);
+  // Now that nothing is open, http.Server's close stops its connection-checking timer.
+  server.close();
   await removeSocketFile(listenAddress);
 }
