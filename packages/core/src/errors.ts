@@ -42,6 +42,13 @@ export class VerificationError extends JwtProxyError {
   get reason(): string {
     return this.message;
   }
+  /**
+   * True when a dependency of the verifier (key server, nonce store) failed, rather than the
+   * token being refused: worth a warning (limited) in the log, where a refusal is debug.
+   */
+  get dependencyFailure(): boolean {
+    return false;
+  }
 }
 
 export class TokenParseError extends VerificationError {
@@ -105,6 +112,9 @@ export class KeyServerUnavailableError extends VerificationError {
   constructor(options?: { cause?: unknown }) {
     super('Unexpected key server error', options);
   }
+  override get dependencyFailure(): boolean {
+    return true;
+  }
 }
 
 export class InvalidSignatureError extends VerificationError {
@@ -142,6 +152,9 @@ export class NonceStoreUnavailableError extends VerificationError {
   constructor(options?: { cause?: unknown }) {
     super('Nonce storage unavailable', options);
   }
+  override get dependencyFailure(): boolean {
+    return true;
+  }
 }
 
 /** The in-memory nonce store is full of unexpired nonces: refuse rather than forget one. */
@@ -151,6 +164,9 @@ export class NonceStoreFullError extends VerificationError {
   override readonly status = 503;
   constructor() {
     super('Nonce storage is full');
+  }
+  override get dependencyFailure(): boolean {
+    return true;
   }
 }
 

@@ -37,6 +37,13 @@ export interface RequestSignerOptions {
   clock?: Clock;
 }
 
+/** The message of whatever a plugin threw (an Error, a string, anything). */
+export function messageOf(thrown: unknown): string {
+  if (thrown instanceof Error) return thrown.message;
+  if (typeof thrown === 'string') return thrown;
+  return String((thrown as { message?: unknown } | null | undefined)?.message ?? thrown);
+}
+
 const encodeSegment = (json: string): string => Buffer.from(json).toString('base64url');
 
 /** Signs outgoing requests: one fresh single-use JWT per request, in the Go tool's exact format. */
@@ -64,8 +71,10 @@ export class RequestSigner {
     try {
       key = keySource.activeKey();
     } catch (error) {
-      throw error instanceof SigningError ? error : new SigningError(String((error as Error).message ?? error), { cause: error });
+      // A private key source (a plugin) that throws: 502 `unable to sign request: <its message>`.
+      throw error instanceof SigningError ? error : new SigningError(messageOf(error), { cause: error });
     }
+    if (key?.privateKey === undefined || typeof key.alg !== 'string') throw new SigningError('the private key source returned no key');
     const now = Math.floor(clock() / 1000);
     // Claims in sorted key order, as Go's JSON encoding of a map produces them.
     const claims = {

@@ -1,11 +1,18 @@
 import {
+  ClaimsVerificationError,
   InvalidClaimError,
   InvalidSignatureError,
+  KeyExpiredError,
+  KeyNotFoundError,
+  KeyServerUnavailableError,
   MissingKidError,
+  NonceStoreUnavailableError,
   TokenParseError,
   TokenTooLongError,
+  VerificationError,
 } from './errors.js';
 import { isAsymmetricAlgorithm, verifySignature } from './jws.js';
+import { messageOf } from './signing.js';
 import {
   systemClock,
   type ClaimsVerifier,
@@ -14,6 +21,7 @@ import {
   type JwtHeader,
   type NonceStore,
   type PublicKeyResolver,
+  type VerificationKey,
 } from './types.js';
 
 const BEARER = /^bearer\s+(.+)$/i;
@@ -95,6 +103,38 @@ function seconds(value: unknown): number | undefined {
   return typeof value === 'number' && Number.isFinite(value) ? Math.trunc(value) : undefined;
 }
 
+/** The stable `code` of an error, also of one made by another copy of this package (a plugin's). */
+function codeOf(thrown: unknown): unknown {
+  return typeof thrown === 'object' && thrown !== null ? (thrown as { code?: unknown }).code : undefined;
+}
+
+/*
+ * Each seam a plugin can fill turns what it throws into that seam's documented answer, as the Go
+ * verifier does: a VerificationError keeps its own answer; anything else is the plugin refusing
+ * (claims verifier: 403 `Error verifying claims: <message>`) or failing (key server: 403
+ * `Unexpected key server error`; nonce store: 503, fail closed). Only a bug of ours is left to
+ * become a 500. The original error is kept as `cause` for the log.
+ */
+
+function keyServerFailure(thrown: unknown): VerificationError {
+  if (thrown instanceof VerificationError) return thrown;
+  // core's own key errors, thrown by a plugin that imported another copy of this package
+  const code = codeOf(thrown);
+  if (code === KeyNotFoundError.code) return new KeyNotFoundError({ cause: thrown });
+  if (code === KeyExpiredError.code) return new KeyExpiredError({ cause: thrown });
+  return new KeyServerUnavailableError({ cause: thrown });
+}
+
+function claimsRefusal(thrown: unknown): VerificationError {
+  if (thrown instanceof VerificationError) return thrown;
+  return new ClaimsVerificationError(messageOf(thrown), { cause: thrown });
+}
+
+function nonceStoreFailure(thrown: unknown): VerificationError {
+  if (thrown instanceof VerificationError) return thrown;
+  return new NonceStoreUnavailableError({ cause: thrown });
+}
+
 export interface RequestVerifierOptions {
   /** The audience this verifier accepts: its advertised `scheme://host[:port]` (path ignored). */
   audience: string;
@@ -154,15 +194,39 @@ export class RequestVerifier {
     const jti = claims.jti;
     if (typeof jti !== 'string' || jti === '') throw new InvalidClaimError('jti');
 
-    const publicKey = await keyResolver.resolve(iss, header.kid);
+    // Each call into a plugin is wrapped where it is awaited: no extra promise on the way.
+    let publicKey: VerificationKey;
+    try {
+      publicKey = await keyResolver.resolve(iss, header.kid);
+    } catch (error) {
+      throw keyServerFailure(error);
+    }
+    if (!Array.isArray(publicKey?.algorithms)) throw new KeyServerUnavailableError({ cause: new TypeError('the key server answered without a key') });
     const alg = header.alg;
     if (!isAsymmetricAlgorithm(alg) || !publicKey.algorithms.includes(alg)) throw new InvalidSignatureError();
     if (!verifySignature(alg, signingInput, signature, publicKey.key)) throw new InvalidSignatureError();
 
     const verified = claims as JwtClaims;
-    if (claimsVerifiers) for (const verifier of claimsVerifiers) await verifier.verify(verified);
+    if (claimsVerifiers) {
+      for (const verifier of claimsVerifiers) {
+        try {
+          // Most claims verifiers (static) answer synchronously: await only a promise.
+          const pending = verifier.verify(verified);
+          if (pending !== undefined) await pending;
+        } catch (error) {
+          throw claimsRefusal(error);
+        }
+      }
+    }
 
-    if (!(await nonceStore.claim(jti, exp))) throw new InvalidClaimError('jti');
+    let claimed: boolean;
+    try {
+      claimed = await nonceStore.claim(jti, exp);
+    } catch (error) {
+      throw nonceStoreFailure(error);
+    }
+    // Fail closed: only an explicit true lets the token pass.
+    if (claimed !== true) throw new InvalidClaimError('jti');
     return { header, claims: verified };
   }
 }

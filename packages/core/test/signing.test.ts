@@ -1,6 +1,6 @@
 import { generateKeyPairSync, verify } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { NoActiveKeyError, SigningError, audienceOf, generateNonce, signingKeyFromKeyObject } from '../src/index.js';
+import { NoActiveKeyError, SigningError, audienceOf, generateNonce, httpAnswerFor, signingKeyFromKeyObject } from '../src/index.js';
 import { makeSigner, makeVerifier, publicKey } from './helpers.js';
 
 const decode = (segment: string) => JSON.parse(Buffer.from(segment, 'base64url').toString('utf8')) as Record<string, unknown>;
@@ -54,6 +54,20 @@ describe('RequestSigner', () => {
     });
     await expect(signer.sign('http://x')).rejects.toThrow(NoActiveKeyError);
     await expect(signer.sign('http://x')).rejects.toBeInstanceOf(SigningError);
+  });
+
+  it('a key source plugin that throws anything, or returns no key: 502 unable to sign request: <message>', async () => {
+    const cases: Array<[() => never, string]> = [
+      [() => { throw new Error('vault sealed'); }, 'jwtproxy: unable to sign request: vault sealed'],
+      [() => { throw 'hsm offline'; }, 'jwtproxy: unable to sign request: hsm offline'], // eslint-disable-line no-throw-literal
+      [() => { throw null; }, 'jwtproxy: unable to sign request: null'], // eslint-disable-line no-throw-literal
+      [() => undefined as never, 'jwtproxy: unable to sign request: the private key source returned no key'],
+    ];
+    for (const [activeKey, body] of cases) {
+      const error = await makeSigner(clock, { keySource: { activeKey } }).sign('http://x').catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(SigningError);
+      expect(httpAnswerFor(error)).toEqual({ status: 502, body });
+    }
   });
 });
 

@@ -223,3 +223,87 @@ describe('token extraction', () => {
     await expect(answerFor(verifier, ['Basic dXNlcjpwYXNz', bearer])).resolves.toEqual({ status: 200, body: 'ok' });
   });
 });
+
+describe('errors from plugins: each seam gives its documented answer (as Go), never a 500', () => {
+  const token = () => `Bearer ${signed(goodHeader, goodClaims())}`;
+  const withKeyServer = (resolve: PublicKeyResolver['resolve']) =>
+    new RequestVerifier({ audience: 'http://127.0.0.1:8199', maxSkew: 300_000, maxTtl: 300_000, keyResolver: { resolve }, nonceStore: new RecordingNonceStore(), clock: insideValidity });
+
+  it('a claims verifier that throws or rejects a plain Error refuses: 403 Error verifying claims: <message>', async () => {
+    const throwing = { verify: () => { throw new Error('issuer not allowed: billing'); } };
+    const rejecting = { verify: async () => Promise.reject(new TypeError('policy says no')) };
+    const stringly = { verify: () => { throw 'plain string'; } }; // eslint-disable-line no-throw-literal
+    for (const [plugin, body] of [
+      [throwing, 'Error verifying claims: issuer not allowed: billing'],
+      [rejecting, 'Error verifying claims: policy says no'],
+      [stringly, 'Error verifying claims: plain string'],
+    ] as const) {
+      const nonceStore = new RecordingNonceStore();
+      const v = makeVerifier({ clock: insideValidity, claimsVerifiers: [plugin], nonceStore }).verifier;
+      await expect(answerFor(v, token())).resolves.toEqual({ status: 403, body });
+      expect(nonceStore.claimed.size).toBe(0); // refused before the jti is claimed
+    }
+  });
+
+  it('a claims verifier error keeps its cause and is not a dependency failure', async () => {
+    const cause = new Error('issuer not allowed: billing');
+    const v = makeVerifier({ clock: insideValidity, claimsVerifiers: [{ verify: () => Promise.reject(cause) }] }).verifier;
+    const error = await v.verifyRequest(token()).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ClaimsVerificationError);
+    expect((error as VerificationError).cause).toBe(cause);
+    expect((error as VerificationError).dependencyFailure).toBe(false);
+  });
+
+  it('a key server that throws anything but a VerificationError: 403 Unexpected key server error, a dependency failure', async () => {
+    for (const resolve of [
+      () => Promise.reject(new Error('connect ECONNREFUSED 10.0.0.1:443')),
+      () => {
+        throw new Error('sync failure');
+      },
+      () => Promise.reject(null), // eslint-disable-line prefer-promise-reject-errors
+      () => Promise.resolve(undefined as never), // answered without a key
+    ]) {
+      const v = withKeyServer(resolve);
+      await expect(answerFor(v, token())).resolves.toEqual(refused('Unexpected key server error'));
+      const error = await v.verifyRequest(token()).catch((e: unknown) => e);
+      expect((error as VerificationError).dependencyFailure).toBe(true);
+    }
+  });
+
+  it("a key server's typed errors keep their answers, also from another copy of core (by code)", async () => {
+    const { KeyNotFoundError } = await import('../src/index.js');
+    await expect(answerFor(withKeyServer(() => Promise.reject(new KeyNotFoundError())), token())).resolves.toEqual(refused('Could not find any matching public key'));
+    const foreign = Object.assign(new Error('Could not find any matching public key'), { code: 'ERR_KEY_NOT_FOUND' });
+    await expect(answerFor(withKeyServer(() => Promise.reject(foreign)), token())).resolves.toEqual(refused('Could not find any matching public key'));
+    await expect(answerFor(withKeyServer(() => Promise.reject(new NonceStoreUnavailableError())), token())).resolves.toEqual({
+      status: 503,
+      body: 'jwtproxy: unable to verify request: Nonce storage unavailable',
+    });
+  });
+
+  it('a nonce store that throws anything: 503 Nonce storage unavailable (fail closed); a non-boolean answer is a refusal', async () => {
+    for (const claim of [() => Promise.reject(new Error('READONLY You can not write against a read only replica')), () => { throw new Error('sync'); }]) {
+      const v = makeVerifier({ clock: insideValidity, nonceStore: { claim } }).verifier;
+      await expect(answerFor(v, token())).resolves.toEqual({ status: 503, body: 'jwtproxy: unable to verify request: Nonce storage unavailable' });
+    }
+    const v = makeVerifier({ clock: insideValidity, nonceStore: { claim: () => Promise.resolve('OK' as unknown as boolean) } }).verifier;
+    await expect(answerFor(v, token())).resolves.toEqual(refused("Missing or invalid 'jti' claim"));
+  });
+
+  it('a synchronous claims verifier costs no promise: verification of a token takes the same turns with or without it', async () => {
+    // Counts the microtask turns until verifyRequest settles: a static verifier adds none.
+    const turns = async (claimsVerifiers: { verify(): void }[]) => {
+      const v = makeVerifier({ clock: insideValidity, claimsVerifiers }).verifier;
+      let settled = false;
+      void v.verifyRequest(token()).then(() => (settled = true));
+      let count = 0;
+      while (!settled && count < 100) {
+        await Promise.resolve();
+        count++;
+      }
+      return count;
+    };
+    const none = await turns([]);
+    expect(await turns([{ verify: () => undefined }, { verify: () => undefined }])).toBe(none);
+  });
+});
