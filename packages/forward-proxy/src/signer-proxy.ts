@@ -1,5 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import net, { type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import {
   applyServerLimits,
@@ -121,6 +122,9 @@ export async function startSignerProxy(options: SignerProxyOptions): Promise<Run
   // need, when the server starts listening: without this a tunnel could hold a half-sent request
   // head for ever.
   innerServer.emit('listening');
+  // Both servers' connections: the inner server's are the tunnels that carry HTTP.
+  requests.watch(outerServer);
+  requests.watch(innerServer);
 
   const interceptor = forger
     ? new TlsInterceptor(forger, {
@@ -170,6 +174,8 @@ export async function startSignerProxy(options: SignerProxyOptions): Promise<Run
   // until the deadline at a stop, as a request in flight is.
   const handleUpgrade = (req: IncomingMessage, client: Duplex, bodyHead: Buffer, tunnel: Tunnel | undefined): void => {
     client.on('error', () => undefined);
+    // No longer an HTTP connection: it runs until it ends, or until the stop's deadline.
+    requests.release(client as Socket);
     if (stopping) return writeRawAnswer(client, SHUTTING_DOWN);
     upgrades.add(client);
     client.once('close', () => {
@@ -185,6 +191,8 @@ export async function startSignerProxy(options: SignerProxyOptions): Promise<Run
   innerServer.on('request', (req: IncomingMessage, res: ServerResponse) => requests.admit(req, res, () => serve(req, res, tunnels.tunnelOf(req))));
   outerServer.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     socket.on('error', () => undefined);
+    // A tunnel now; if it carries HTTP, the inner server watches it again.
+    requests.release(socket as Socket);
     if (stopping) return writeRawAnswer(socket, SHUTTING_DOWN);
     // A CONNECT needs no Host header (RFC 9112 §3.2.3), but one that is there must be valid.
     const problem = checkRequestHead(req, limits);
@@ -221,23 +229,22 @@ export async function startSignerProxy(options: SignerProxyOptions): Promise<Run
   let stopped: Promise<void> | undefined;
   const stop = async (deadline: number): Promise<void> => {
     stopping = true;
-    // One turn of the event loop first: a request a client has already sent on a kept-alive
-    // connection is read in it and answered (with `Connection: close`), instead of being cut
-    // with its connection as idle just below.
-    await new Promise((resolve) => setImmediate(resolve));
-    // No new connections; idle kept-alive ones and tunnels that sent nothing are closed now; a
-    // request in flight is answered with `Connection: close` and may finish until the deadline.
-    const closed = new Promise<void>((resolve) => outerServer.close(() => resolve()));
-    innerServer.closeIdleConnections();
-    tunnels.closeSilent();
+    // Stop accepting (net.Server's close: http.Server's would also close every idle kept-alive
+    // connection at once, resetting a request a client is sending on one at that moment). Every
+    // request in flight, and any still to come on an open connection, is answered with
+    // `Connection: close`; each connection is closed once it has stayed idle a moment (core's
+    // RequestTracker.drain), and open WebSockets run, until the deadline.
+    const closed = new Promise<void>((resolve) => net.Server.prototype.close.call(outerServer, () => resolve()));
     await Promise.all([requests.drain(deadline), upgradesClosed(deadline)]);
     outerServer.closeAllConnections();
     innerServer.closeAllConnections();
-    innerServer.close();
     tunnels.destroyAll();
     for (const client of upgrades) client.destroy();
     await pools.close(deadline);
     await closed;
+    // Nothing is open now: http.Server's close only stops Node's connection-checking timers.
+    outerServer.close();
+    innerServer.close();
     await removeSocketFile(listenAddress);
     logger.info('signer proxy stopped', { address });
   };
