@@ -1,4 +1,4 @@
-import { ConfigError, DurationParseError, toDuration, type ComponentConfig, type Logger } from '@jwtproxy/core';
+import { ConfigError, readDuration, suggestKey, type ComponentConfig, type DurationRule, type Logger } from '@jwtproxy/core';
 import { isAlias, isMap, isScalar, isSeq, type Document, type LineCounter, type Node } from 'yaml';
 
 /**
@@ -22,21 +22,6 @@ export function describe(node: Node | null | undefined, doc: Document.Parsed): s
 }
 
 const joinPath = (parent: string, key: string): string => (parent ? `${parent}.${key}` : key);
-
-/** The edit distance of two short strings, to suggest a key for a misspelt one. */
-function editDistance(a: string, b: string): number {
-  const row = Array.from({ length: b.length + 1 }, (_, i) => i);
-  for (let i = 1; i <= a.length; i++) {
-    let diagonal = row[0]!;
-    row[0] = i;
-    for (let j = 1; j <= b.length; j++) {
-      const above = row[j]!;
-      row[j] = Math.min(above + 1, row[j - 1]! + 1, diagonal + (a[i - 1] === b[j - 1] ? 0 : 1));
-      diagonal = above;
-    }
-  }
-  return row[b.length]!;
-}
 
 export class YamlSource {
   readonly doc: Document.Parsed;
@@ -156,7 +141,7 @@ export class MapReader {
         // Ignoring it would silently fall back to a default (a per-process nonce store, say).
         throw this.src.error(this.pathOf(key), entry.line, `is not read here: it belongs under ${home} (is it indented at the wrong level?)`);
       }
-      const suggestion = known.find((k) => editDistance(k, key) <= Math.max(2, Math.floor(k.length / 5)));
+      const suggestion = suggestKey(key, known);
       this.src.logger.warn('unknown configuration key, ignored', {
         key: this.pathOf(key),
         at: `${this.src.file}${entry.line ? `:${entry.line}` : ''}`,
@@ -241,23 +226,14 @@ export class MapReader {
     return node.value;
   }
 
-  /** A Go duration string (or 0) as milliseconds. */
-  duration(key: string, fallback: number, rule: 'non-negative' | 'positive' = 'non-negative'): number {
+  /** A Go duration string (or 0) as milliseconds, under core's one rule for durations. */
+  duration(key: string, fallback: number, rule: DurationRule = 'non-negative'): number {
     const node = this.node(key);
     if (node === undefined) return fallback;
     if (!isScalar(node)) this.fail(key, `must be a duration such as "5m", got ${this.#got(key)}`);
-    let ms: number;
-    try {
-      ms = toDuration(node.value);
-    } catch (error) {
-      if (!(error instanceof DurationParseError)) throw error;
-      if (typeof node.value === 'number') this.fail(key, `${node.source ?? node.value} is not a duration (give a unit, as in "${node.value}s")`);
-      this.fail(key, `${JSON.stringify(typeof node.value === 'string' ? node.value : node.source)} is not a duration`);
-    }
-    if (ms < 0 || (rule === 'positive' && ms === 0)) {
-      this.fail(key, `must be ${rule === 'positive' ? 'greater than 0' : '0 or more'}, got ${JSON.stringify(node.source ?? String(node.value))}`);
-    }
-    return ms;
+    const read = readDuration(node.value, rule);
+    if ('problem' in read) this.fail(key, read.problem);
+    return read.ms;
   }
 
   /**

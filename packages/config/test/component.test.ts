@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ComponentRegistry, ConfigError, silentLogger, type ComponentContext } from '@jwtproxy/core';
+import { ComponentRegistry, ConfigError, schema as s, silentLogger, type ComponentContext } from '@jwtproxy/core';
 import { createComponent, expandEnv, parseConfig, placeConfigError } from '../src/index.js';
 
 const context: ComponentContext = { logger: silentLogger, clock: Date.now, baseDir: '/' };
@@ -25,11 +25,15 @@ interface Resolver {
 
 function registry(): ComponentRegistry<Resolver> {
   const kinds = new ComponentRegistry<Resolver>('key server');
-  kinds.register('files', (options) => {
-    if (options.public_key_path === '/nope.pem') throw new ConfigError('public_key_path', 'cannot read "/nope.pem"');
-    return { path: String(options.public_key_path) };
+  kinds.register({
+    type: 'files',
+    options: s.strictObject({ public_key_path: s.string(), nested: s.optional(s.unknown()) }),
+    create: (options) => {
+      if (options.public_key_path === '/nope.pem') throw new ConfigError('public_key_path', 'cannot read "/nope.pem"');
+      return { path: options.public_key_path };
+    },
   });
-  kinds.register('preshared', () => ({ path: 'preshared' }));
+  kinds.register({ type: 'preshared', options: s.strictObject({}), create: () => ({ path: 'preshared' }) });
   return kinds;
 }
 
@@ -67,7 +71,11 @@ describe('createComponent', () => {
   it('points an unknown nested component type at its own key', async () => {
     const outer = new ComponentRegistry<Resolver>('private key source');
     const inner = registry();
-    outer.register('files', (options, ctx) => inner.create(options.nested as { type: string }, ctx));
+    outer.register({
+      type: 'files',
+      options: s.strictObject({ public_key_path: s.string(), nested: s.strictObject({ type: s.string() }) }),
+      create: (options, ctx) => inner.create(options.nested, ctx),
+    });
     expect(await messageOf(createComponent(outer, keyServer, at, context, loaded))).toBe(
       'verifier_proxies[0].verifier.key_server.options.nested.type: unknown key server type "mystery" (registered: files, preshared) (config.yaml:11)',
     );
@@ -75,8 +83,12 @@ describe('createComponent', () => {
 
   it('turns any other failure into one line at the component', async () => {
     const failing = new ComponentRegistry<Resolver>('nonce storage');
-    failing.register('files', async () => {
-      throw new Error('connect ECONNREFUSED 127.0.0.1:1');
+    failing.register({
+      type: 'files',
+      options: s.record(s.string(), s.unknown()),
+      create: async () => {
+        throw new Error('connect ECONNREFUSED 127.0.0.1:1');
+      },
     });
     expect(await messageOf(createComponent(failing, keyServer, at, context, loaded))).toBe(
       'verifier_proxies[0].verifier.key_server: cannot create nonce storage "files": connect ECONNREFUSED 127.0.0.1:1 (config.yaml:6)',

@@ -21,6 +21,7 @@ export type ErrorCode =
   | 'ERR_NO_ACTIVE_KEY'
   | 'ERR_UPSTREAM'
   | 'ERR_CONFIG'
+  | 'ERR_LISTEN'
   | 'ERR_BAD_REQUEST'
   | 'ERR_MULTIPLE_CREDENTIALS'
   | 'ERR_UNKNOWN_COMPONENT';
@@ -202,19 +203,35 @@ export class BadRequestError extends JwtProxyError {
   }
 }
 
-/** A configuration mistake: names the key path and, when known, the file and line. */
+/** Where in the configuration a mistake is: the file and, when known, the line. */
+export interface ConfigLocation {
+  file: string;
+  line?: number;
+}
+
+/**
+ * A configuration mistake, with its facts as fields: the key path (`verifier_proxies[0].max_ttl`,
+ * relative to a component's options when a component throws it), the problem in words, and where
+ * it is. The message is `<path>: <problem> (<file>:<line>)`, for people; code reads the fields.
+ */
 export class ConfigError extends JwtProxyError {
   static override code: ErrorCode = 'ERR_CONFIG';
   override code: ErrorCode = 'ERR_CONFIG';
   readonly path: string;
-  readonly file: string | undefined;
-  readonly line: number | undefined;
-  constructor(path: string, problem: string, where?: { file?: string; line?: number }) {
+  readonly problem: string;
+  readonly location: ConfigLocation | undefined;
+  constructor(path: string, problem: string, where?: { file?: string; line?: number }, options?: { cause?: unknown }) {
     const location = where?.file ? ` (${where.file}${where.line ? `:${where.line}` : ''})` : '';
-    super(`${path ? `${path}: ` : ''}${problem}${location}`);
+    super(`${path ? `${path}: ` : ''}${problem}${location}`, options);
     this.path = path;
-    this.file = where?.file;
-    this.line = where?.line;
+    this.problem = problem;
+    this.location = where?.file ? { file: where.file, ...(where.line ? { line: where.line } : {}) } : undefined;
+  }
+  get file(): string | undefined {
+    return this.location?.file;
+  }
+  get line(): number | undefined {
+    return this.location?.line;
   }
 }
 

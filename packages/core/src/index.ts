@@ -1,6 +1,23 @@
 export * from './errors.js';
 export * from './types.js';
 export * from './registry.js';
+export {
+  configErrorFrom,
+  describeValue,
+  duration,
+  editDistance,
+  parseOptions,
+  readDuration,
+  schema,
+  suggestKey,
+  unknownOptionProblem,
+  v,
+  type DurationMetadata,
+  type DurationRule,
+  type OptionsSchema,
+  type SchemaKit,
+} from './options.js';
+export { componentDocs, optionRows, optionsTable, typeText, type OptionRow } from './options-docs.js';
 export { parseDuration, formatDuration, toDuration, DurationParseError } from './duration.js';
 export { createLogger, silentLogger, isLogLevel, RepeatedLogLimiter, type LogLevel } from './logger.js';
 export { algorithmsFor, verificationKeyFrom, signingKeyFromKeyObject } from './keys.js';
@@ -13,12 +30,14 @@ export {
   type RequestVerifierOptions,
   type VerifiedToken,
 } from './verification.js';
-export { StaticClaimsVerifier } from './static-claims.js';
+export { StaticClaimsVerifier, staticClaimsVerifier } from './static-claims.js';
 export { HOP_BY_HOP_HEADERS, RAW_CLOSE_LINGER_MS, endRawConnection, spliceSockets, writeRawAnswer } from './http.js';
 export {
   parseListenAddress,
   formatListenAddress,
   listenOn,
+  listenProblem,
+  ListenError,
   removeSocketFile,
   type ListenAddress,
   type ListenOptions,

@@ -2,7 +2,7 @@ import { once } from 'node:events';
 import { chmod, lstat, unlink } from 'node:fs/promises';
 import net from 'node:net';
 import tls from 'node:tls';
-import { ConfigError } from './errors.js';
+import { ConfigError, JwtProxyError, type ErrorCode } from './errors.js';
 
 /**
  * The listener every jwtproxy server shares (signer, verifier, key registry), with the Go
@@ -64,22 +64,33 @@ async function socketIsLive(path: string): Promise<boolean> {
   }
 }
 
-/** Removes a socket file left by a process that died; refuses to touch a live socket or any other file. */
-async function removeStaleSocket(path: string): Promise<void> {
-  let stats;
-  try {
-    stats = await lstat(path);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
-    throw new Error(`cannot listen on unix:${path}: ${(error as Error).message}`, { cause: error });
+/**
+ * A server could not listen: `address` as the configuration writes it (`127.0.0.1:8080`,
+ * `unix:/run/x.sock`), the system's error code when there is one (`EADDRINUSE`), and the problem
+ * in words. The message is `cannot listen on <address>: <problem>`; the system error is the cause.
+ */
+export class ListenError extends JwtProxyError {
+  static override code: ErrorCode = 'ERR_LISTEN';
+  override code: ErrorCode = 'ERR_LISTEN';
+  readonly address: string;
+  readonly systemCode: string | undefined;
+  readonly problem: string;
+  constructor(address: string, problem: string, options: { systemCode?: string | undefined; cause?: unknown } = {}) {
+    super(`cannot listen on ${address}: ${problem}`, 'cause' in options ? { cause: options.cause } : undefined);
+    this.address = address;
+    this.systemCode = options.systemCode;
+    this.problem = problem;
   }
-  if (!stats.isSocket()) throw new Error(`cannot listen on unix:${path}: the path exists and is not a socket`);
-  if (await socketIsLive(path)) throw new Error(`cannot listen on unix:${path}: another process is listening on it`);
-  await unlink(path);
+
+  /** A ListenError for a system error met while binding `address`. */
+  static fromSystemError(address: string, error: NodeJS.ErrnoException): ListenError {
+    return new ListenError(address, listenProblem(error.code, error.message), { systemCode: error.code, cause: error });
+  }
 }
 
-function describeListenError(error: NodeJS.ErrnoException): string {
-  switch (error.code) {
+/** The problem in words for a system error code met while binding. */
+export function listenProblem(systemCode: string | undefined, fallback = 'cannot bind'): string {
+  switch (systemCode) {
     case 'EADDRINUSE':
       return 'address already in use';
     case 'EACCES':
@@ -87,15 +98,30 @@ function describeListenError(error: NodeJS.ErrnoException): string {
     case 'EADDRNOTAVAIL':
       return 'address not available on this machine';
     default:
-      return error.message;
+      return fallback;
   }
+}
+
+/** Removes a socket file left by a process that died; refuses to touch a live socket or any other file. */
+async function removeStaleSocket(path: string): Promise<void> {
+  const address = `unix:${path}`;
+  let stats;
+  try {
+    stats = await lstat(path);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw ListenError.fromSystemError(address, error as NodeJS.ErrnoException);
+  }
+  if (!stats.isSocket()) throw new ListenError(address, 'the path exists and is not a socket');
+  if (await socketIsLive(path)) throw new ListenError(address, 'another process is listening on it');
+  await unlink(path);
 }
 
 /**
  * Binds `server` (an http, https or net server) and resolves with the address clients use:
  * `http://host:port` (`https://` for a TLS server) with the bound port, or `unix:/path`.
- * Rejects with an Error naming the address (`cannot listen on 127.0.0.1:8080: address already in
- * use`) whose `cause` is the system error, so that callers can tell a bind failure by its code.
+ * Rejects with a ListenError (`cannot listen on 127.0.0.1:8080: address already in use`) carrying
+ * the address and the system error code as fields, the system error as its cause.
  */
 export async function listenOn(server: net.Server, address: ListenAddress, options: ListenOptions = {}): Promise<string> {
   if (address.kind === 'unix') await removeStaleSocket(address.path);
@@ -106,7 +132,7 @@ export async function listenOn(server: net.Server, address: ListenAddress, optio
   try {
     await listening;
   } catch (error) {
-    throw new Error(`cannot listen on ${formatListenAddress(address)}: ${describeListenError(error as NodeJS.ErrnoException)}`, { cause: error });
+    throw ListenError.fromSystemError(formatListenAddress(address), error as NodeJS.ErrnoException);
   }
   if (address.kind === 'unix') {
     const mode = options.socketPermission;
@@ -115,7 +141,8 @@ export async function listenOn(server: net.Server, address: ListenAddress, optio
         await chmod(address.path, mode);
       } catch (error) {
         server.close();
-        throw new Error(`cannot set mode ${mode.toString(8)} on unix:${address.path}: ${(error as Error).message}`, { cause: error });
+        const systemError = error as NodeJS.ErrnoException;
+        throw new ListenError(`unix:${address.path}`, `cannot set mode ${mode.toString(8)}: ${systemError.message}`, { systemCode: systemError.code, cause: error });
       }
     }
     return `unix:${address.path}`;

@@ -1,5 +1,6 @@
-import { ClaimsVerificationError, ConfigError } from './errors.js';
-import { claimsVerifiers } from './registry.js';
+import { ClaimsVerificationError } from './errors.js';
+import { schema as s } from './options.js';
+import { defineComponent } from './registry.js';
 import type { ClaimsVerifier, JwtClaims } from './types.js';
 
 /** Deep equality of a YAML value with a JSON claim value (both plain data). */
@@ -35,7 +36,13 @@ export class StaticClaimsVerifier implements ClaimsVerifier {
   }
 }
 
-claimsVerifiers.register('static', (options) => {
-  if (Object.keys(options).length === 0) throw new ConfigError('', 'the static claims verifier needs at least one claim');
-  return new StaticClaimsVerifier(options);
+/** `claims_verifiers: [{type: static, options: {<claim>: <value>, …}}]`: at least one claim. */
+export const staticClaimsVerifier = defineComponent({
+  type: 'static',
+  description: 'Every listed claim must be present with exactly the configured value (the Go `static` verifier).',
+  options: s.pipe(
+    s.record(s.string(), s.unknown()),
+    s.check((claims) => Object.keys(claims).length > 0, 'the static claims verifier needs at least one claim'),
+  ),
+  create: (claims) => new StaticClaimsVerifier(claims),
 });

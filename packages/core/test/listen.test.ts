@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { listenOnLoopback, listenOnUnixSocket, makeCa, makeServerCertificate, readBody } from '@jwtproxy/testkit';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ConfigError, formatListenAddress, listenOn, parseListenAddress, removeSocketFile } from '../src/index.js';
+import { ConfigError, ListenError, formatListenAddress, listenOn, parseListenAddress, removeSocketFile } from '../src/index.js';
 
 const cleanups: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
@@ -112,6 +112,9 @@ describe('listenOn over TCP', () => {
     }
     expect((thrown as Error).message).toBe(`cannot listen on 127.0.0.1:${taken.port}: address already in use`);
     expect(((thrown as Error).cause as NodeJS.ErrnoException).code).toBe('EADDRINUSE');
+    // The facts are fields: nothing needs to read the message.
+    expect(thrown).toBeInstanceOf(ListenError);
+    expect(thrown).toMatchObject({ code: 'ERR_LISTEN', address: `127.0.0.1:${taken.port}`, systemCode: 'EADDRINUSE', problem: 'address already in use' });
     expect(second.listening).toBe(false);
   });
 });

@@ -8,10 +8,11 @@ import {
   NonceStoreUnavailableError,
   StaticClaimsVerifier,
   VerificationError,
-  claimsVerifiers,
+  createRuntime,
   extractToken,
   httpAnswerFor,
   silentLogger,
+  staticClaimsVerifier,
   type PublicKeyResolver,
 } from '../src/index.js';
 import { RequestVerifier } from '../src/index.js';
@@ -146,6 +147,8 @@ describe('the Go response table', () => {
   });
 
   it('static claims verifier → Error verifying claims: …', async () => {
+    const { claimsVerifiers } = createRuntime();
+    claimsVerifiers.register(staticClaimsVerifier);
     const required = await claimsVerifiers.create({ type: 'static', options: { iss: 'jwtproxy', sub: 'billing' } }, { logger: silentLogger, clock: Date.now, baseDir: '.' });
     const v = makeVerifier({ clock: insideValidity, claimsVerifiers: [required] }).verifier;
     const missing = await answerFor(v, `Bearer ${signed(goodHeader, goodClaims())}`);
