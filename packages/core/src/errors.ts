@@ -23,6 +23,7 @@ export type ErrorCode =
   | 'ERR_CONFIG'
   | 'ERR_LISTEN'
   | 'ERR_BAD_REQUEST'
+  | 'ERR_WRONG_PROXY_KIND'
   | 'ERR_MULTIPLE_CREDENTIALS'
   | 'ERR_UNKNOWN_COMPONENT';
 
@@ -203,6 +204,15 @@ export class BadRequestError extends JwtProxyError {
   }
 }
 
+/**
+ * A request meant for the other kind of proxy: an absolute-form (proxy) request at the verifier,
+ * an origin-form one at the signer. Answered 500 with the Go tool's text, which is the message.
+ */
+export class WrongProxyKindError extends JwtProxyError {
+  static override code: ErrorCode = 'ERR_WRONG_PROXY_KIND';
+  override code: ErrorCode = 'ERR_WRONG_PROXY_KIND';
+}
+
 /** Where in the configuration a mistake is: the file and, when known, the line. */
 export interface ConfigLocation {
   file: string;
@@ -265,6 +275,9 @@ export function httpAnswerFor(error: unknown): HttpAnswer {
   }
   if (error instanceof SigningError) {
     return { status: 502, body: `jwtproxy: unable to sign request: ${error.message}` };
+  }
+  if (error instanceof WrongProxyKindError) {
+    return { status: 500, body: error.message };
   }
   if (error instanceof BadRequestError) {
     return { status: error.status, body: `jwtproxy: bad request: ${error.message}` };

@@ -1,34 +1,24 @@
 import { readFile } from 'node:fs/promises';
-import http, { type IncomingMessage, type ServerResponse } from 'node:http';
-import net, { type Socket } from 'node:net';
-import type { Duplex } from 'node:stream';
+import type { IncomingMessage } from 'node:http';
 import {
-  applyServerLimits,
-  checkRequestHead,
   ConfigError,
-  DEFAULT_SERVER_LIMITS,
+  WrongProxyKindError,
+  checkRequestHead,
   httpAnswerFor,
-  httpServerOptions,
-  listenOn,
   parseListenAddress,
-  removeSocketFile,
   RepeatedLogLimiter,
-  RequestTracker,
-  requestHeadAnswer,
-  watchRequestBody,
+  removeSocketFile,
   writeRawAnswer,
-  type HttpAnswer,
   type Logger,
   type RequestSigner,
   type RunningProxy,
   type ServerLimits,
 } from '@jwtproxy/core';
+import { ProxyEngine, type ProxyHooks } from '@jwtproxy/proxy-engine';
 import { CertificateForger } from './certificates.js';
-import { answer, createForwarder, hasBody } from './forwarding.js';
 import { TlsInterceptor } from './interception.js';
-import { BadTargetError, absoluteTarget, isAbsoluteForm, tunnelTarget, type RequestTarget, type Tunnel } from './targets.js';
+import { absoluteTarget, isAbsoluteForm, tunnelTarget, type RequestTarget } from './targets.js';
 import { ConnectTunnels } from './tunnels.js';
-import { forwardUpgrade } from './upgrade.js';
 import { UpstreamPools } from './upstreams.js';
 
 export interface SignerProxyOptions {
@@ -59,7 +49,14 @@ export interface SignerProxyOptions {
 const LISTEN_ADDR_KEY = 'signer_proxy.listen_addr';
 
 export const NOT_A_PROXY_REQUEST = 'This is a forward proxy server. Does not respond to non-proxy requests.';
-export const SHUTTING_DOWN: HttpAnswer = { status: 503, body: 'jwtproxy: shutting down' };
+
+/**
+ * The request headers the signer does not pass on as the client sent them: `host` is set from the
+ * target, and `authorization` is the signer's own. A client's own credentials would reach the
+ * upstream beside the signed token, and a service that reads the first Authorization header
+ * (Node's `req.headers.authorization`, Go's `Header.Get`) would trust them instead.
+ */
+const SIGNER_OWNED_HEADERS: ReadonlySet<string> = new Set(['host', 'authorization']);
 
 async function readTrustedCertificates(files: string[]): Promise<string[]> {
   return Promise.all(
@@ -76,13 +73,40 @@ async function readTrustedCertificates(files: string[]): Promise<string[]> {
   );
 }
 
-/** DEFAULT_SERVER_LIMITS with the fields `limits` gives (an undefined field keeps the default). */
-function serverLimits(limits: Partial<ServerLimits> | undefined): ServerLimits {
-  const merged: ServerLimits = { ...DEFAULT_SERVER_LIMITS };
-  if (limits) for (const key of Object.keys(merged) as Array<keyof ServerLimits>) if (limits[key] !== undefined) merged[key] = limits[key];
-  return merged;
+/** Where a request goes: an absolute-form request names it; one inside a CONNECT tunnel goes to the tunnel's host. */
+function targetOf(req: IncomingMessage, tunnels: ConnectTunnels): RequestTarget {
+  const url = req.url ?? '';
+  const tunnel = tunnels.tunnelOf(req);
+  if (tunnel !== undefined) return tunnelTarget(tunnel, url, req.headers.host);
+  if (isAbsoluteForm(url)) return absoluteTarget(url);
+  throw new WrongProxyKindError(NOT_A_PROXY_REQUEST);
 }
 
+/** The signer's hooks into the engine: each request is signed for its target's audience. */
+function signerHooks(signer: RequestSigner, pools: UpstreamPools, tunnels: () => ConnectTunnels, limits: () => ServerLimits): ProxyHooks {
+  return {
+    droppedRequestHeaders: SIGNER_OWNED_HEADERS,
+    keepConnectionAfterRefusal: false,
+    async route(req, head) {
+      const target = targetOf(req, tunnels());
+      // One async signature on libuv's thread pool: RSA never blocks the event loop.
+      const authorization = await signer.authorizationFor(target.audience);
+      return {
+        dispatcher: pools.poolFor(target.origin),
+        path: target.path,
+        headers: ['host', target.host, ...head.headers, 'authorization', authorization],
+        upstreamName: target.origin,
+      };
+    },
+    connect(req, socket, head) {
+      // A CONNECT needs no Host header (RFC 9112 §3.2.3), but one that is there must be valid.
+      const problem = checkRequestHead(req, limits());
+      if (problem && (problem.status === 431 || req.headers.host !== undefined)) return writeRawAnswer(socket, httpAnswerFor(problem));
+      tunnels().handleConnect(req, socket, head);
+    },
+    closeUpstreams: (deadline) => pools.close(deadline),
+  };
+}
 
 /**
  * Starts the signer: a forward proxy that adds `Authorization: Bearer <jwt>` to every request:
@@ -99,112 +123,37 @@ export async function startSignerProxy(options: SignerProxyOptions): Promise<Run
   const forger =
     options.caKeyFile && options.caCertFile ? await CertificateForger.load({ caKeyFile: options.caKeyFile, caCertFile: options.caCertFile }) : undefined;
   const trustedCertificates = options.trustedCertificates?.length ? await readTrustedCertificates(options.trustedCertificates) : undefined;
-  const tlsPolicy = { trustedCertificates, insecureSkipVerify: options.insecureSkipVerify ?? false };
-  const pools = new UpstreamPools(tlsPolicy);
-  const forwarder = createForwarder(signer, pools, logger, options.repeatedLogIntervalMs);
-  const limits = serverLimits(options.limits);
-  // While a dependency (key source, upstream) is down every request fails alike: one line per kind and interval.
-  const repeats = new RepeatedLogLimiter(logger, { intervalMs: options.repeatedLogIntervalMs });
+  const pools = new UpstreamPools({ trustedCertificates, insecureSkipVerify: options.insecureSkipVerify ?? false });
 
-  let stopping = false;
-  /** Requests of both servers: in order per connection, and drained at a stop. */
-  const requests = new RequestTracker();
-  /** Upgraded connections (WebSocket): they run until the shutdown deadline. */
-  const upgrades = new Set<Duplex>();
-  let upgradesDone: (() => void) | undefined;
-
-  const outerServer = http.createServer(httpServerOptions(limits));
-  const innerServer = http.createServer(httpServerOptions(limits));
-  applyServerLimits(outerServer, limits);
-  applyServerLimits(innerServer, limits);
-  // The inner server reads the requests inside CONNECT tunnels and is never bound to a port. Node
-  // starts tracking a server's connections, which its headersTimeout and closeIdleConnections
-  // need, when the server starts listening: without this a tunnel could hold a half-sent request
-  // head for ever.
-  innerServer.emit('listening');
-  // Both servers' connections: the inner server's are the tunnels that carry HTTP.
-  requests.watch(outerServer);
-  requests.watch(innerServer);
-
+  let tunnels: ConnectTunnels | undefined;
+  const engine: ProxyEngine = new ProxyEngine({
+    hooks: signerHooks(signer, pools, () => tunnels!, () => engine.limits),
+    limits: options.limits,
+    logger,
+    repeatedLogIntervalMs: options.repeatedLogIntervalMs,
+  });
+  const { limits } = engine;
+  const outerServer = engine.createServer();
+  // Reads the requests inside CONNECT tunnels; never bound to a port.
+  const innerServer = engine.createUnboundServer();
   const interceptor = forger
     ? new TlsInterceptor(forger, {
         logger,
         handshakeTimeoutMs: Math.min(10_000, limits.readHeaderTimeoutMs),
-        // Called after a handshake, long after `tunnels` below exists.
-        handOver: (tlsSocket, authority) => tunnels.handOverTls(tlsSocket, authority),
+        handOver: (tlsSocket, authority) => tunnels!.handOverTls(tlsSocket, authority),
       })
     : undefined;
-  const tunnels = new ConnectTunnels({ innerServer, interceptor, firstBytesTimeoutMs: limits.readHeaderTimeoutMs, logger, log: repeats });
-
-  /** Where a request goes, or the answer when it cannot be forwarded. */
-  const targetOf = (req: IncomingMessage, tunnel: Tunnel | undefined): RequestTarget | HttpAnswer => {
-    const url = req.url ?? '';
-    try {
-      if (tunnel !== undefined) return tunnelTarget(tunnel, url, req.headers.host);
-      if (isAbsoluteForm(url)) return absoluteTarget(url);
-      return { status: 500, body: NOT_A_PROXY_REQUEST };
-    } catch (error) {
-      const reason = error instanceof BadTargetError ? error.message : `cannot parse ${url}`;
-      return { status: 400, body: `jwtproxy: bad request target: ${reason}` };
-    }
-  };
-
-  /** One of the signer's own refusals: it closes the connection, so nothing pipelined behind it runs. */
-  const refuse = (req: IncomingMessage, res: ServerResponse, refusal: HttpAnswer): void => {
-    requests.closeAfter(res);
-    answer(res, refusal);
-    req.resume();
-  };
-
-  const serve = (req: IncomingMessage, res: ServerResponse, tunnel: Tunnel | undefined): void => {
-    const target = requestHeadAnswer(req, limits) ?? targetOf(req, tunnel);
-    if ('status' in target) return refuse(req, res, target);
-    // Only a body can stall; watching a request without one would clear the keep-alive timer
-    // Node sets after the answer (the watch ends its timer when the request ends).
-    if (hasBody(req)) watchRequestBody(req, limits.bodyIdleTimeoutMs);
-    forwarder.forward(req, res, target).catch((error: unknown) => {
-      // A bug, not a request problem: answer and keep serving rather than crash on an unhandled rejection.
-      logger.error('request failed unexpectedly', { error });
-      if (!res.headersSent) requests.closeAfter(res);
-      answer(res, httpAnswerFor(error));
-    });
-  };
-
-  // WebSocket and other upgrades: signed, then the connections are joined. An open tunnel is kept
-  // until the deadline at a stop, as a request in flight is.
-  const handleUpgrade = (req: IncomingMessage, client: Duplex, bodyHead: Buffer, tunnel: Tunnel | undefined): void => {
-    client.on('error', () => undefined);
-    // No longer an HTTP connection: it runs until it ends, or until the stop's deadline.
-    requests.release(client as Socket);
-    if (stopping) return writeRawAnswer(client, SHUTTING_DOWN);
-    upgrades.add(client);
-    client.once('close', () => {
-      upgrades.delete(client);
-      if (upgrades.size === 0) upgradesDone?.();
-    });
-    const target = requestHeadAnswer(req, limits) ?? targetOf(req, tunnel);
-    if ('status' in target) return writeRawAnswer(client, target);
-    void forwardUpgrade(signer, tlsPolicy, repeats, req, client, bodyHead, target);
-  };
-
-  outerServer.on('request', (req: IncomingMessage, res: ServerResponse) => requests.admit(req, res, () => serve(req, res, undefined)));
-  innerServer.on('request', (req: IncomingMessage, res: ServerResponse) => requests.admit(req, res, () => serve(req, res, tunnels.tunnelOf(req))));
-  outerServer.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-    socket.on('error', () => undefined);
-    // A tunnel now; if it carries HTTP, the inner server watches it again.
-    requests.release(socket as Socket);
-    if (stopping) return writeRawAnswer(socket, SHUTTING_DOWN);
-    // A CONNECT needs no Host header (RFC 9112 §3.2.3), but one that is there must be valid.
-    const problem = checkRequestHead(req, limits);
-    if (problem && (problem.status === 431 || req.headers.host !== undefined)) return writeRawAnswer(socket, httpAnswerFor(problem));
-    tunnels.handleConnect(req, socket, head);
+  tunnels = new ConnectTunnels({
+    innerServer,
+    interceptor,
+    firstBytesTimeoutMs: limits.readHeaderTimeoutMs,
+    logger,
+    log: new RepeatedLogLimiter(logger, { intervalMs: options.repeatedLogIntervalMs }),
   });
-  outerServer.on('upgrade', (req: IncomingMessage, client: Duplex, bodyHead: Buffer) => handleUpgrade(req, client, bodyHead, undefined));
-  innerServer.on('upgrade', (req: IncomingMessage, client: Duplex, bodyHead: Buffer) => handleUpgrade(req, client, bodyHead, tunnels.tunnelOf(req)));
 
   let address: string;
   try {
-    address = await listenOn(outerServer, listenAddress, { socketPermission: options.socketPermission ?? 0o755 });
+    address = await engine.listen(outerServer, listenAddress, { socketPermission: options.socketPermission ?? 0o755 });
   } catch (error) {
     innerServer.close();
     throw new ConfigError(LISTEN_ADDR_KEY, (error as Error).message);
@@ -214,41 +163,14 @@ export async function startSignerProxy(options: SignerProxyOptions): Promise<Run
   }
   logger.info('signer proxy listening', { address, https_interception: forger ? 'on' : 'off' });
 
-  /** Resolves when every upgraded connection has closed, or at `deadline`. */
-  const upgradesClosed = (deadline: number): Promise<void> =>
-    upgrades.size === 0
-      ? Promise.resolve()
-      : new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, Math.max(0, deadline - Date.now()));
-          upgradesDone = () => {
-            clearTimeout(timer);
-            resolve();
-          };
-        });
-
-  let stopped: Promise<void> | undefined;
   const stop = async (deadline: number): Promise<void> => {
-    stopping = true;
-    // Stop accepting (net.Server's close: http.Server's would also close every idle kept-alive
-    // connection at once, resetting a request a client is sending on one at that moment). Every
-    // request in flight, and any still to come on an open connection, is answered with
-    // `Connection: close`; each connection is closed once it has stayed idle a moment (core's
-    // RequestTracker.drain), and open WebSockets run, until the deadline.
-    const closed = new Promise<void>((resolve) => net.Server.prototype.close.call(outerServer, () => resolve()));
-    await Promise.all([requests.drain(deadline), upgradesClosed(deadline)]);
-    outerServer.closeAllConnections();
-    innerServer.closeAllConnections();
-    tunnels.destroyAll();
-    for (const client of upgrades) client.destroy();
-    await pools.close(deadline);
-    await closed;
-    // Nothing is open now: http.Server's close only stops Node's connection-checking timers.
-    outerServer.close();
-    innerServer.close();
+    // Tunnels that have sent nothing yet carry no request: closed with the listener.
+    await engine.stop(deadline, () => tunnels!.closeSilent());
+    tunnels!.destroyAll();
     await removeSocketFile(listenAddress);
     logger.info('signer proxy stopped', { address });
   };
-
+  let stopped: Promise<void> | undefined;
   return {
     address,
     stop(deadline = Date.now() + options.shutdownTimeout) {

@@ -1,4 +1,4 @@
-import { audienceOf } from '@jwtproxy/core';
+import { BadRequestError, audienceOf } from '@jwtproxy/core';
 
 /** Where one request goes and what its token says. */
 export interface RequestTarget {
@@ -12,9 +12,6 @@ export interface RequestTarget {
   path: string;
 }
 
-/** A request target we cannot forward (answered 400). */
-export class BadTargetError extends Error {}
-
 const ABSOLUTE_FORM = /^([a-zA-Z][a-zA-Z0-9+.-]*):\/\/([^/?#]*)([^#]*)/;
 const AUTHORITY = /^(?:[a-zA-Z0-9._-]+|\[[0-9a-fA-F:.]+\])(?::\d{1,5})?$/;
 
@@ -26,11 +23,11 @@ export function isAbsoluteForm(url: string): boolean {
 /** The target of an absolute-form request (`GET http://host:port/path?q HTTP/1.1`). */
 export function absoluteTarget(url: string): RequestTarget {
   const match = ABSOLUTE_FORM.exec(url);
-  if (!match) throw new BadTargetError(`not an absolute URL: ${url}`);
+  if (!match) throw new BadRequestError(`not an absolute URL: ${url}`);
   const scheme = match[1]!.toLowerCase();
-  if (scheme !== 'http' && scheme !== 'https') throw new BadTargetError(`unsupported scheme ${scheme}: only http and https are proxied`);
+  if (scheme !== 'http' && scheme !== 'https') throw new BadRequestError(`unsupported scheme ${scheme}: only http and https are proxied`);
   const authority = match[2]!.slice(match[2]!.lastIndexOf('@') + 1);
-  if (!AUTHORITY.test(authority)) throw new BadTargetError(`invalid host in ${url}`);
+  if (!AUTHORITY.test(authority) || !validPort(authority)) throw new BadRequestError(`invalid host in ${url}`);
   return { origin: `${scheme}://${authority}`, audience: audienceOf(url), host: authority, path: originForm(match[3]!) };
 }
 
@@ -56,6 +53,12 @@ export function tunnelTarget(tunnel: Tunnel, url: string, hostHeader: string | u
   const origin = `${secure ? 'https' : 'http'}://${authority}`;
   const audience = !secure && authority.endsWith(':80') ? audienceOf(origin.slice(0, -3)) : audienceOf(origin);
   return { origin, audience, host: hostHeader ?? authority, path: originForm(url) };
+}
+
+/** The port of `host[:port]`, when written, is 1 to 65535 (the pattern allows any five digits). */
+function validPort(authority: string): boolean {
+  const port = /:(\d+)$/.exec(authority)?.[1];
+  return port === undefined || (Number(port) >= 1 && Number(port) <= 65535);
 }
 
 function originForm(pathAndQuery: string): string {

@@ -108,6 +108,11 @@ export class ConnectTunnels {
     this.#options.innerServer.emit('connection', tlsSocket);
   }
 
+  /** Closes the tunnels that have not sent anything yet: they carry no request (at the start of a stop). */
+  closeSilent(): void {
+    for (const socket of this.#open) if (!this.#tunnels.has(socket)) socket.destroy();
+  }
+
   /** Cuts every tunnel (at the end of a stop). */
   destroyAll(): void {
     for (const socket of this.#open) socket.destroy();

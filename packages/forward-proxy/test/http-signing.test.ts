@@ -139,7 +139,7 @@ describe('signing plain HTTP requests', () => {
     const signer = await startSigner();
     const response = await requestThroughProxy(signer, 'ftp://127.0.0.1/file');
     expect(response.status).toBe(400);
-    expect(response.body).toMatch(/^jwtproxy: bad request target: unsupported scheme ftp/);
+    expect(response.body).toMatch(/^jwtproxy: bad request: unsupported scheme ftp/);
   });
 
   it('answers 502 "unable to sign request" when no key is active, without calling the upstream', async () => {

@@ -4,14 +4,17 @@ import { HOP_BY_HOP_HEADERS } from '@jwtproxy/core';
 /** Response headers as undici parses them: lower-case names, repeated headers as arrays. */
 export type UpstreamHeaders = Record<string, string | string[] | undefined>;
 
-/** Largest refused request body we read to the end to keep the client's connection; larger ones close it. */
+/** Largest refused request body read to the end to keep the client's connection; larger ones close it. */
 const DRAINABLE_BODY_BYTES = 64 * 1024;
 
-/** What the proxy needs to know about a request, read from its raw headers in one pass. */
+/** What a proxy needs to know about a request, read from its raw headers in one pass. */
 export interface RequestHead {
-  /** Headers for the upstream as undici takes them: `[name, value, name, value, …]`, hop-by-hop removed. */
+  /**
+   * Headers for the next hop as undici takes them, `[name, value, …]`, in the client's order and
+   * spelling: hop-by-hop headers, those `Connection` names, `Expect` and the names in `drop` removed.
+   */
   readonly headers: string[];
-  /** Every Authorization value in order (a signer appends its Bearer after the client's own header). */
+  /** Every Authorization value in order; an array when there is more than one. */
   readonly authorization: string | string[] | undefined;
   /** The request carries a body (Content-Length > 0 or Transfer-Encoding). */
   readonly hasBody: boolean;
@@ -21,35 +24,39 @@ export interface RequestHead {
   readonly upgrade: string | undefined;
 }
 
-function connectionTokens(value: string, into: Set<string>): void {
+/**
+ * Adds the header names a `Connection` value lists (RFC 9110 §7.6.1). `close` and `keep-alive`
+ * are connection options, not header names.
+ */
+function addConnectionTokens(value: string, into: Set<string>): void {
   for (const token of value.split(',')) {
     const name = token.trim().toLowerCase();
-    if (name) into.add(name);
+    if (name && name !== 'close' && name !== 'keep-alive') into.add(name);
   }
 }
 
+const NOTHING_DROPPED: ReadonlySet<string> = new Set();
+
 /**
- * Reads `req.rawHeaders` once: collects the Authorization values (equivalent to
- * `req.headersDistinct.authorization`, without building the whole object) and the headers to
- * forward. As Go's httputil.ReverseProxy: hop-by-hop headers and the headers `Connection` names
- * are removed; Host is kept as the client sent it. `Expect` is dropped too: Node has answered
- * `100 Continue` to the client, and the body is streamed to the upstream without asking again.
+ * Reads `req.rawHeaders` once: the Authorization values, what the body looks like, and the headers
+ * to forward. As Go's httputil.ReverseProxy: hop-by-hop headers and those `Connection` names are
+ * removed. `Expect` is dropped too: the proxy answers `100 Continue` itself and streams the body
+ * without asking the next hop again. `drop` names more headers to leave out (lower case).
  */
-export function readRequestHead(rawHeaders: readonly string[]): RequestHead {
+export function readRequestHead(rawHeaders: readonly string[], drop: ReadonlySet<string> = NOTHING_DROPPED): RequestHead {
   const headers: string[] = [];
   let authorization: string | string[] | undefined;
   let named: Set<string> | undefined;
   let hasBody = false;
   let drainable = true;
   let upgrade: string | undefined;
-  let sawHost = false;
 
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = rawHeaders[i]!;
     const value = rawHeaders[i + 1]!;
     const lower = name.toLowerCase();
     if (HOP_BY_HOP_HEADERS.has(lower)) {
-      if (lower === 'connection') connectionTokens(value, (named ??= new Set()));
+      if (lower === 'connection') addConnectionTokens(value, (named ??= new Set()));
       else if (lower === 'transfer-encoding') {
         hasBody = true;
         drainable = false;
@@ -68,14 +75,10 @@ export function readRequestHead(rawHeaders: readonly string[]): RequestHead {
         }
         break;
       }
-      case 'host':
-        // Go reads the first Host; a second one would be refused by undici.
-        if (sawHost) continue;
-        sawHost = true;
-        break;
       case 'expect':
         continue;
     }
+    if (drop.has(lower)) continue;
     headers.push(name, value);
   }
 
@@ -92,14 +95,14 @@ export function readRequestHead(rawHeaders: readonly string[]): RequestHead {
   return { headers, authorization, hasBody, drainable, upgrade };
 }
 
-/** The upstream's response headers without hop-by-hop headers, for `res.writeHead`. */
+/** The upstream's response headers without hop-by-hop headers (and those its `Connection` names), for `res.writeHead`. */
 export function responseHeaders(upstream: UpstreamHeaders): OutgoingHttpHeaders {
-  const named = upstream.connection;
-  let namedSet: Set<string> | undefined;
-  if (named) connectionTokens(Array.isArray(named) ? named.join(',') : named, (namedSet = new Set()));
+  const connection = upstream.connection;
+  let named: Set<string> | undefined;
+  if (connection) addConnectionTokens(Array.isArray(connection) ? connection.join(',') : connection, (named = new Set()));
   const headers: OutgoingHttpHeaders = {};
   for (const name in upstream) {
-    if (HOP_BY_HOP_HEADERS.has(name) || namedSet?.has(name)) continue;
+    if (HOP_BY_HOP_HEADERS.has(name) || named?.has(name)) continue;
     const value = upstream[name];
     if (value !== undefined) headers[name] = value;
   }

@@ -1,0 +1,79 @@
+import type { ServerResponse } from 'node:http';
+import type { Dispatcher } from 'undici';
+import { responseHeaders, type UpstreamHeaders } from './request-head.js';
+
+/** Passed to undici when the client went away, so the upstream request is cancelled. */
+export const CLIENT_GONE = new Error('client closed the connection');
+
+/** What the engine does when the upstream cannot answer before the response started. */
+export type UpstreamFailed = (error: Error) => void;
+
+const kRelay = Symbol('jwtproxy.relay');
+type RelayedResponse = ServerResponse & { [kRelay]?: ResponseRelay };
+
+// Listeners shared by every response (no closure per request): they find their relay on `this`.
+function onClientClose(this: RelayedResponse): void {
+  this[kRelay]?.clientClosed();
+}
+function onClientDrain(this: RelayedResponse): void {
+  this[kRelay]?.clientDrained();
+}
+
+/**
+ * One request's way back: undici calls these as the upstream answers, and they write straight into
+ * the client's response (no intermediate stream), pausing the upstream socket while the client is
+ * slow to read (backpressure) and cancelling the upstream request when the client goes away.
+ * 1xx answers are not relayed (the proxy answered `100 Continue` itself); the status text is kept.
+ */
+export class ResponseRelay implements Dispatcher.DispatchHandler {
+  #controller: Dispatcher.DispatchController | undefined;
+  #clientGone = false;
+
+  constructor(
+    private readonly res: ServerResponse,
+    private readonly failed: UpstreamFailed,
+  ) {
+    (res as RelayedResponse)[kRelay] = this;
+    res.once('close', onClientClose);
+  }
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    this.#controller = controller;
+    if (this.#clientGone) controller.abort(CLIENT_GONE);
+  }
+
+  onResponseStart(_controller: Dispatcher.DispatchController, statusCode: number, headers: UpstreamHeaders, statusMessage?: string): void {
+    if (statusCode < 200 || this.#clientGone) return;
+    if (statusMessage) this.res.writeHead(statusCode, statusMessage, responseHeaders(headers));
+    else this.res.writeHead(statusCode, responseHeaders(headers));
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (!this.res.write(chunk) && !controller.paused) {
+      controller.pause();
+      this.res.once('drain', onClientDrain);
+    }
+  }
+
+  onResponseEnd(): void {
+    this.res.end();
+  }
+
+  onResponseError(_controller: Dispatcher.DispatchController | undefined, error: Error): void {
+    if (this.#clientGone || error === CLIENT_GONE) return;
+    // Logged either way; once the answer has started, the engine cuts it (the client must see a
+    // broken response, not a short one), else it answers 502.
+    this.failed(error);
+  }
+
+  clientClosed(): void {
+    if (this.res.writableFinished) return;
+    this.#clientGone = true;
+    this.#controller?.abort(CLIENT_GONE);
+  }
+
+  clientDrained(): void {
+    this.#controller?.resume();
+  }
+}
+
