@@ -30,9 +30,20 @@ export type ErrorCode =
 export class JwtProxyError extends Error {
   static code: ErrorCode = 'ERR_JWTPROXY';
   code: ErrorCode = 'ERR_JWTPROXY';
+  /**
+   * What an operator needs to act on the error, for logs (expected and received audience, how far
+   * outside the allowed skew): never a token, a key or a secret. Not part of the client's answer.
+   */
+  facts: Readonly<Record<string, string | number>> | undefined;
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.name = new.target.name;
+  }
+
+  /** Attaches `facts` and returns the error, for `throw new InvalidClaimError('aud').with({ … })`. */
+  with(facts: Readonly<Record<string, string | number>>): this {
+    this.facts = facts;
+    return this;
   }
 }
 

@@ -19,7 +19,7 @@ export {
 } from './options.js';
 export { componentDocs, optionRows, optionsTable, typeText, type OptionRow } from './options-docs.js';
 export { parseDuration, formatDuration, toDuration, DurationParseError } from './duration.js';
-export { createLogger, silentLogger, isLogLevel, RepeatedLogLimiter, type LogLevel } from './logger.js';
+export { createLogger, childLogger, silentLogger, isLogLevel, isLogFormat, RepeatedLogLimiter, type LogLevel, type LogFormat, type LoggerOptions } from './logger.js';
 export { algorithmsFor, verificationKeyFrom, signingKeyFromKeyObject } from './keys.js';
 export { RequestSigner, audienceOf, generateNonce, type RequestSignerOptions } from './signing.js';
 export {

@@ -1,3 +1,4 @@
+import { createRequire } from 'node:module';
 import type { Logger } from './types.js';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
@@ -12,18 +13,36 @@ function quote(value: unknown): string {
   return /^[\w./:@-]+$/.test(text ?? '') ? String(text) : JSON.stringify(text);
 }
 
+export type LogFormat = 'text' | 'json';
+
+export function isLogFormat(value: string): value is LogFormat {
+  return value === 'text' || value === 'json';
+}
+
+export interface LoggerOptions {
+  level?: LogLevel;
+  /** `text`: logfmt lines, as the Go tool's logrus writes them (default); `json`: one JSON object a line (pino). */
+  format?: LogFormat;
+  /** Where lines go; stderr by default. */
+  stream?: NodeJS.WritableStream;
+  clock?: () => number;
+}
+
 /**
- * A logger writing logfmt lines (as the Go tool's logrus does) to a stream, stderr by default.
- * `time=… level=info msg="…" key=value`.
+ * The process's logger: logfmt (`time=… level=info msg="…" key=value`, as the Go tool's logrus)
+ * or JSON lines through pino, which is loaded only when JSON is asked for (a sidecar that logs
+ * text does not pay for it). Both give child loggers whose lines carry their bindings.
  */
-export function createLogger(options: { level?: LogLevel; stream?: NodeJS.WritableStream; clock?: () => number } = {}): Logger {
-  const threshold = ranks[options.level ?? 'info'];
-  const stream = options.stream ?? process.stderr;
-  const now = options.clock ?? Date.now;
+export function createLogger(options: LoggerOptions = {}): Logger {
+  if (options.format === 'json') return jsonLogger(options);
+  return textLogger(ranks[options.level ?? 'info'], options.stream ?? process.stderr, options.clock ?? Date.now, '');
+}
+
+function textLogger(threshold: number, stream: NodeJS.WritableStream, now: () => number, bound: string): Logger {
   const write = (level: LogLevel, message: string, fields?: Record<string, unknown>): void => {
     if (ranks[level] < threshold) return;
-    let line = `time=${new Date(now()).toISOString()} level=${level} msg=${JSON.stringify(message)}`;
-    if (fields) for (const [key, value] of Object.entries(fields)) if (value !== undefined) line += ` ${key}=${quote(value)}`;
+    let line = `time=${new Date(now()).toISOString()} level=${level} msg=${JSON.stringify(message)}${bound}`;
+    if (fields) for (const key in fields) if (fields[key] !== undefined) line += ` ${key}=${quote(fields[key])}`;
     stream.write(line + '\n');
   };
   return {
@@ -31,6 +50,63 @@ export function createLogger(options: { level?: LogLevel; stream?: NodeJS.Writab
     info: (m, f) => write('info', m, f),
     warn: (m, f) => write('warn', m, f),
     error: (m, f) => write('error', m, f),
+    child(bindings) {
+      let more = bound;
+      for (const key in bindings) if (bindings[key] !== undefined) more += ` ${key}=${quote(bindings[key])}`;
+      return textLogger(threshold, stream, now, more);
+    },
+  };
+}
+
+/** pino's API as used here (loaded lazily: its types are not a dependency of core's users). */
+interface PinoLike {
+  debug(fields: object, message: string): void;
+  info(fields: object, message: string): void;
+  warn(fields: object, message: string): void;
+  error(fields: object, message: string): void;
+  child(bindings: object): PinoLike;
+}
+type PinoFactory = (options: object, stream?: NodeJS.WritableStream) => PinoLike & { constructor: unknown };
+
+function jsonLogger(options: LoggerOptions): Logger {
+  const pino = createRequire(import.meta.url)('pino') as PinoFactory & { stdTimeFunctions: { isoTime: () => string } };
+  const now = options.clock;
+  const base = pino(
+    {
+      level: options.level ?? 'info',
+      base: undefined,
+      messageKey: 'msg',
+      timestamp: now ? () => `,"time":"${new Date(now()).toISOString()}"` : pino.stdTimeFunctions.isoTime,
+      formatters: { level: (label: string) => ({ level: label }) },
+      // An Error as its message, as in the text format (stacks stay out of access and refusal lines).
+      serializers: { error: (value: unknown) => (value instanceof Error ? value.message : value) },
+    },
+    options.stream ?? process.stderr,
+  );
+  return wrapPino(base);
+}
+
+function wrapPino(pino: PinoLike): Logger {
+  const clean = (fields?: Record<string, unknown>): object => fields ?? {};
+  return {
+    debug: (m, f) => pino.debug(clean(f), m),
+    info: (m, f) => pino.info(clean(f), m),
+    warn: (m, f) => pino.warn(clean(f), m),
+    error: (m, f) => pino.error(clean(f), m),
+    child: (bindings) => wrapPino(pino.child(bindings)),
+  };
+}
+
+/** `logger.child(bindings)` where the logger has one; else a wrapper that adds the bindings to every line. */
+export function childLogger(logger: Logger, bindings: Record<string, unknown>): Logger {
+  if (logger.child) return logger.child(bindings);
+  const merge = (fields?: Record<string, unknown>): Record<string, unknown> => ({ ...bindings, ...fields });
+  return {
+    debug: (m, f) => logger.debug(m, merge(f)),
+    info: (m, f) => logger.info(m, merge(f)),
+    warn: (m, f) => logger.warn(m, merge(f)),
+    error: (m, f) => logger.error(m, merge(f)),
+    child: (more) => childLogger(logger, { ...bindings, ...more }),
   };
 }
 

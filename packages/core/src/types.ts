@@ -87,6 +87,8 @@ export interface Logger {
   info(message: string, fields?: Record<string, unknown>): void;
   warn(message: string, fields?: Record<string, unknown>): void;
   error(message: string, fields?: Record<string, unknown>): void;
+  /** A logger whose every line carries `bindings` (`component=verifier_proxies[1]`); see core's childLogger. */
+  child?(bindings: Record<string, unknown>): Logger;
 }
 
 /** A proxy (or server) that is listening. */

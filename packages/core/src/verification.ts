@@ -47,7 +47,8 @@ export function extractToken(authorization: string | readonly string[] | undefin
     const colon = decoded.indexOf(':');
     if (colon >= 0) return decoded.slice(colon + 1);
   }
-  throw new TokenParseError();
+  // The Go body says "Could not parse JWT" for all of these; the log says which.
+  throw new TokenParseError().with({ problem: values.length === 0 ? 'no Authorization header' : 'no Bearer token or Basic password in Authorization' });
 }
 
 export interface ParsedJwt {
@@ -183,14 +184,18 @@ export class RequestVerifier {
     const iss = claims.iss;
     if (typeof iss !== 'string') throw new InvalidClaimError('iss');
     const aud = typeof claims.aud === 'string' ? schemeAndHost(claims.aud) : undefined;
-    if (!aud || aud.scheme !== this.#audience.scheme || aud.host !== this.#audience.host) throw new InvalidClaimError('aud');
+    if (!aud || aud.scheme !== this.#audience.scheme || aud.host !== this.#audience.host) {
+      throw new InvalidClaimError('aud').with({ expected_aud: `${this.#audience.scheme}://${this.#audience.host}`, received_aud: typeof claims.aud === 'string' ? claims.aud.slice(0, 200) : typeof claims.aud });
+    }
     const exp = seconds(claims.exp);
-    if (exp === undefined || exp * 1000 < now) throw new InvalidClaimError('exp');
+    if (exp === undefined || exp * 1000 < now) throw new InvalidClaimError('exp').with(exp === undefined ? { problem: 'missing or not a number' } : { expired_s_ago: Math.round(now / 1000 - exp) });
     const nbf = seconds(claims.nbf);
-    if (nbf === undefined || nbf * 1000 > now) throw new InvalidClaimError('nbf');
+    if (nbf === undefined || nbf * 1000 > now) throw new InvalidClaimError('nbf').with(nbf === undefined ? { problem: 'missing or not a number' } : { valid_in_s: Math.round(nbf - now / 1000) });
     const iat = seconds(claims.iat);
-    if (iat === undefined || iat * 1000 > now + maxSkew) throw new InvalidClaimError('iat');
-    if ((exp - iat) * 1000 > maxTtl) throw new TokenTooLongError();
+    if (iat === undefined || iat * 1000 > now + maxSkew) {
+      throw new InvalidClaimError('iat').with(iat === undefined ? { problem: 'missing or not a number' } : { issued_in_future_s: Math.round(iat - now / 1000), max_skew_s: maxSkew / 1000 });
+    }
+    if ((exp - iat) * 1000 > maxTtl) throw new TokenTooLongError().with({ ttl_s: exp - iat, max_ttl_s: maxTtl / 1000 });
     const jti = claims.jti;
     if (typeof jti !== 'string' || jti === '') throw new InvalidClaimError('jti');
 

@@ -14,7 +14,7 @@ import {
   type RunningProxy,
   type ServerLimits,
 } from '@jwtproxy/core';
-import { ProxyEngine, type ProxyHooks } from '@jwtproxy/proxy-engine';
+import { ProxyEngine, type AccessRecord, type ProxyHooks } from '@jwtproxy/proxy-engine';
 import { CertificateForger } from './certificates.js';
 import { TlsInterceptor } from './interception.js';
 import { absoluteTarget, isAbsoluteForm, tunnelTarget, type RequestTarget } from './targets.js';
@@ -44,6 +44,8 @@ export interface SignerProxyOptions {
    * They hold for the listener and, the same, for the requests read from inside CONNECT tunnels.
    */
   limits?: Partial<ServerLimits>;
+  /** Called as each request and tunnel ends (access log, metrics). */
+  onAccess?: (record: AccessRecord) => void;
 }
 
 const LISTEN_ADDR_KEY = 'signer_proxy.listen_addr';
@@ -96,13 +98,17 @@ function signerHooks(signer: RequestSigner, pools: UpstreamPools, tunnels: () =>
         path: target.path,
         headers: ['host', target.host, ...head.headers, 'authorization', authorization],
         upstreamName: target.origin,
+        token: { aud: target.audience },
       };
     },
     connect(req, socket, head) {
       // A CONNECT needs no Host header (RFC 9112 §3.2.3), but one that is there must be valid.
       const problem = checkRequestHead(req, limits());
-      if (problem && (problem.status === 431 || req.headers.host !== undefined)) return writeRawAnswer(socket, httpAnswerFor(problem));
-      tunnels().handleConnect(req, socket, head);
+      if (problem && (problem.status === 431 || req.headers.host !== undefined)) {
+        writeRawAnswer(socket, httpAnswerFor(problem));
+        return problem.status;
+      }
+      return tunnels().handleConnect(req, socket, head);
     },
     closeUpstreams: (deadline) => pools.close(deadline),
   };
@@ -131,6 +137,7 @@ export async function startSignerProxy(options: SignerProxyOptions): Promise<Run
     limits: options.limits,
     logger,
     repeatedLogIntervalMs: options.repeatedLogIntervalMs,
+    onAccess: options.onAccess,
   });
   const { limits } = engine;
   const outerServer = engine.createServer();

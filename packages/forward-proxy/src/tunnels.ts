@@ -48,19 +48,23 @@ export class ConnectTunnels {
     return this.#tunnels.get(req.socket);
   }
 
-  handleConnect(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+  /** Answers the CONNECT (200, or 400 for a target that is not `host:port`) and returns that status. */
+  handleConnect(req: IncomingMessage, socket: Duplex, head: Buffer): number {
     const { logger, firstBytesTimeoutMs } = this.#options;
     const authority = req.url ?? '';
     const target = parseConnectAuthority(authority);
     socket.on('error', (error) => logger.debug('tunnel socket error', { tunnel: authority, error: error.message }));
     if (!target) {
       writeRawAnswer(socket, { status: 400, body: `jwtproxy: CONNECT needs a host:port target, got "${authority}"` });
-      return;
+      return 400;
     }
     this.#open.add(socket);
     socket.once('close', () => this.#open.delete(socket));
     socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
-    if (head.length > 0) return this.#route(socket, authority, target.host, head);
+    if (head.length > 0) {
+      this.#route(socket, authority, target.host, head);
+      return 200;
+    }
     // Nothing yet: wait for the first bytes, as long as a request head may take.
     const silent = setTimeout(() => socket.destroy(), firstBytesTimeoutMs);
     const closed = (): void => {
@@ -76,6 +80,7 @@ export class ConnectTunnels {
     socket.once('end', closed);
     socket.once('close', () => clearTimeout(silent));
     socket.resume();
+    return 200;
   }
 
   #route(socket: Duplex, authority: string, connectHost: string, first: Buffer): void {

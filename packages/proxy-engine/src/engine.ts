@@ -8,6 +8,7 @@ import {
   RepeatedLogLimiter,
   RequestTracker,
   SigningError,
+  UpstreamError,
   applyServerLimits,
   checkRequestHead,
   httpAnswerFor,
@@ -39,6 +40,44 @@ export interface Outbound {
   servername?: string | undefined;
   /** Names the upstream in logs and in a 502 body (the signer's origin); absent, the error alone. */
   upstreamName?: string | undefined;
+  /** Who the request is from, for the access log: the verified token's, or the one the signer made. */
+  token?: TokenFacts | undefined;
+}
+
+/** What the access log and metrics say of a token (never the token itself). */
+export interface TokenFacts {
+  iss?: string | undefined;
+  kid?: string | undefined;
+  sub?: string | undefined;
+  aud?: string | undefined;
+}
+
+/**
+ * One request, upgrade or CONNECT tunnel as it ended: what the access log writes and the metrics
+ * count. `verdict` is `passed` (routed to the upstream), `refused` (the client's fault: a 4xx of
+ * the proxy's own) or `failed` (a 5xx of the proxy's own: a dependency, the upstream, a bug).
+ */
+export interface AccessRecord {
+  kind: 'request' | 'upgrade' | 'tunnel';
+  method: string;
+  host: string | undefined;
+  /** Path without the query (a query may carry secrets). */
+  path: string;
+  client: string | undefined;
+  /** What the client got; 0 when the connection ended before an answer. */
+  status: number;
+  upstreamStatus: number | undefined;
+  bytesIn: number;
+  bytesOut: number;
+  durationMs: number;
+  /** From the request sent upstream to the upstream's answer head. */
+  upstreamMs: number | undefined;
+  verdict: 'passed' | 'refused' | 'failed';
+  /** The error code of a refusal or failure (core's ErrorCode, `ERR_INVALID_CLAIM`). */
+  reason: string | undefined;
+  /** The facts of that error (which claim, expected and received audience, skew). */
+  facts: Readonly<Record<string, string | number>> | undefined;
+  token: TokenFacts | undefined;
 }
 
 /**
@@ -54,8 +93,8 @@ export interface ProxyHooks {
    * engine answers it through `httpAnswerFor`. Called for plain and upgrade requests alike.
    */
   route(req: IncomingMessage, head: RequestHead): Outbound | Promise<Outbound>;
-  /** A CONNECT request; the socket is the engine's to cut at a stop's deadline. */
-  connect(req: IncomingMessage, socket: Duplex, head: Buffer): void;
+  /** A CONNECT request; the socket is the engine's to cut at a stop's deadline. Returns the status it answered. */
+  connect(req: IncomingMessage, socket: Duplex, head: Buffer): number;
   /** At a stop, once no request is in flight (or at `deadline`): close the upstream pools. */
   closeUpstreams(deadline: number): Promise<void>;
   /** Lower-case request header names `readRequestHead` leaves out besides the hop-by-hop ones. */
@@ -77,10 +116,110 @@ export interface ProxyEngineOptions {
   logger: Logger;
   /** Least time between two log lines about the same recurring failure, ms (default 10 s). */
   repeatedLogIntervalMs?: number | undefined;
+  /** Called as each request, upgrade and tunnel ends (access log, metrics). */
+  onAccess?: ((record: AccessRecord) => void) | undefined;
 }
 
 /** The answer to an upgrade or CONNECT that comes while the proxy is stopping. */
 const SHUTTING_DOWN: HttpAnswer = { status: 503, body: 'jwtproxy: shutting down' };
+
+/** An upgrade that comes while the proxy is stopping: answered 503. */
+class ShuttingDownError extends UpstreamError {
+  constructor() {
+    super('shutting down');
+  }
+}
+
+/** The verdict, reason and facts of an error that ended a request. */
+function verdictOf(error: unknown): Pick<AccessRecord, 'verdict' | 'reason' | 'facts'> {
+  const status = httpAnswerFor(error).status;
+  const typed = error instanceof JwtProxyError ? error : undefined;
+  return { verdict: status >= 500 ? 'failed' : 'refused', reason: typed?.code ?? 'ERR_INTERNAL', facts: typed?.facts };
+}
+
+/** Path of a request target without its query. */
+function pathOf(url: string | undefined): string {
+  if (url === undefined) return '';
+  const question = url.indexOf('?');
+  return question < 0 ? url : url.slice(0, question);
+}
+
+/** The record of an upgrade or tunnel, from its raw socket's counters. */
+function rawRecord(kind: 'upgrade' | 'tunnel', req: IncomingMessage, socket: Socket, status: number, started: number): AccessRecord {
+  return {
+    kind,
+    method: req.method ?? '',
+    host: kind === 'tunnel' ? req.url : req.headers.host,
+    path: kind === 'tunnel' ? '' : pathOf(req.url),
+    client: socket.remoteAddress,
+    status,
+    upstreamStatus: undefined,
+    bytesIn: socket.bytesRead ?? 0,
+    bytesOut: socket.bytesWritten ?? 0,
+    durationMs: performance.now() - started,
+    upstreamMs: undefined,
+    verdict: status < 400 ? 'passed' : status >= 500 ? 'failed' : 'refused',
+    reason: undefined,
+    facts: undefined,
+    token: undefined,
+  };
+}
+
+/**
+ * One request's account while it runs, for the access record: created only when someone listens
+ * (`onAccess`), so that a proxy without access log or metrics pays nothing for it.
+ */
+export class Exchange {
+  readonly #started = performance.now();
+  readonly #socketBytesRead: number;
+  #upstreamStarted = 0;
+  upstreamMs: number | undefined;
+  upstreamStatus: number | undefined;
+  bytesOut = 0;
+  token: TokenFacts | undefined;
+  #ending: Pick<AccessRecord, 'verdict' | 'reason' | 'facts'> | undefined;
+
+  constructor(
+    private readonly req: IncomingMessage,
+    private readonly res: ServerResponse,
+    private readonly onAccess: (record: AccessRecord) => void,
+  ) {
+    this.#socketBytesRead = req.socket.bytesRead;
+    res.once('close', () => this.#end());
+  }
+
+  upstreamStart(): void {
+    this.#upstreamStarted = performance.now();
+  }
+
+  upstreamAnswered(status: number): void {
+    this.upstreamStatus = status;
+    this.upstreamMs = performance.now() - this.#upstreamStarted;
+  }
+
+  refusedBy(error: unknown): void {
+    this.#ending ??= verdictOf(error);
+  }
+
+  #end(): void {
+    const { req, res } = this;
+    this.onAccess({
+      kind: 'request',
+      method: req.method ?? '',
+      host: req.headers.host,
+      path: pathOf(req.url),
+      client: req.socket.remoteAddress,
+      status: res.headersSent ? res.statusCode : 0,
+      upstreamStatus: this.upstreamStatus,
+      bytesIn: Math.max(0, req.socket.bytesRead - this.#socketBytesRead),
+      bytesOut: this.bytesOut,
+      durationMs: performance.now() - this.#started,
+      upstreamMs: this.upstreamMs,
+      ...(this.#ending ?? { verdict: 'passed' as const, reason: undefined, facts: undefined }),
+      token: this.token,
+    });
+  }
+}
 
 function ignoreSocketError(): void {
   // A client that resets its connection is not our failure; the socket closes and is forgotten.
@@ -104,6 +243,7 @@ export class ProxyEngine {
   /** While a dependency is down every request fails the same way: one line per kind and interval. */
   readonly #repeats: RepeatedLogLimiter;
   readonly #requests = new RequestTracker();
+  readonly #onAccess: ((record: AccessRecord) => void) | undefined;
   readonly #servers: Server[] = [];
   readonly #listening: Server[] = [];
   /** Connections switched to another protocol (upgrades) or tunnelled (CONNECT): cut at the deadline. */
@@ -116,6 +256,7 @@ export class ProxyEngine {
     this.#logger = options.logger;
     this.limits = serverLimits(options.limits);
     this.#repeats = new RepeatedLogLimiter(options.logger, { intervalMs: options.repeatedLogIntervalMs });
+    this.#onAccess = options.onAccess;
   }
 
   get stopping(): boolean {
@@ -143,8 +284,11 @@ export class ProxyEngine {
     server.on('upgrade', (req: IncomingMessage, socket: Duplex, bodyHead: Buffer) => void this.#handleUpgrade(req, socket, bodyHead));
     server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
       this.adoptRaw(socket);
-      if (this.#stopping) return writeRawAnswer(socket, SHUTTING_DOWN);
-      this.#hooks.connect(req, socket, head);
+      const started = performance.now();
+      let status = SHUTTING_DOWN.status;
+      if (this.#stopping) writeRawAnswer(socket, SHUTTING_DOWN);
+      else status = this.#hooks.connect(req, socket, head);
+      if (this.#onAccess) socket.once('close', () => this.#onAccess!(rawRecord('tunnel', req, socket as Socket, status, started)));
     });
   }
 
@@ -195,19 +339,22 @@ export class ProxyEngine {
   }
 
   async #handle(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): Promise<void> {
+    const exchange = this.#onAccess ? new Exchange(req, res, this.#onAccess) : undefined;
     let head: RequestHead | undefined;
     try {
       const malformed = checkRequestHead(req, this.limits);
       if (malformed) throw malformed;
       head = readRequestHead(req.rawHeaders, this.#hooks.droppedRequestHeaders);
       const outbound = await this.#hooks.route(req, head);
+      if (exchange) exchange.token = outbound.token;
       if (res.destroyed) return;
       // Only a routed request is invited to send its body, and must then keep sending it.
       if (expectsContinue) res.writeContinue();
       if (head.hasBody) watchRequestBody(req, this.limits.bodyIdleTimeoutMs);
-      const relay = new ResponseRelay(res, (error) => this.#upstreamFailed(req, res, error, outbound, head!));
+      const relay = new ResponseRelay(res, (error) => this.#upstreamFailed(req, res, error, outbound, head!, exchange), exchange);
       this.#dispatch(outbound, req, head, relay);
     } catch (error) {
+      exchange?.refusedBy(error);
       // A body not read yet is drained when small; else (or when the client waits for `100
       // Continue`, or the proxy is stopping) the connection closes and nothing behind it runs.
       const keep = this.#hooks.keepConnectionAfterRefusal && head !== undefined && !expectsContinue && !this.#stopping && (req.complete || head.drainable);
@@ -232,6 +379,7 @@ export class ProxyEngine {
       ...(upgrade !== undefined ? { upgrade } : {}),
     };
     try {
+      (handler as { exchange?: Exchange }).exchange?.upstreamStart();
       outbound.dispatcher.dispatch(options, handler);
     } catch (error) {
       // undici refused the request outright (a header it cannot send, say).
@@ -239,8 +387,9 @@ export class ProxyEngine {
     }
   }
 
-  #upstreamFailed(req: IncomingMessage, res: ServerResponse, error: Error, outbound: Outbound, head: RequestHead): void {
+  #upstreamFailed(req: IncomingMessage, res: ServerResponse, error: Error, outbound: Outbound, head: RequestHead, exchange: Exchange | undefined): void {
     const failure = upstreamFailure(error, outbound.upstreamName);
+    exchange?.refusedBy(failure);
     this.#repeats.write('warn', failure.message, 'upstream request failed', { upstream: outbound.upstreamName, method: req.method, error: failure.message });
     const keep = this.#hooks.keepConnectionAfterRefusal && !this.#stopping && (req.complete || head.drainable);
     this.#refuse(res, httpAnswerFor(failure), keep);
@@ -248,21 +397,42 @@ export class ProxyEngine {
 
   async #handleUpgrade(req: IncomingMessage, socket: Duplex, bodyHead: Buffer): Promise<void> {
     this.adoptRaw(socket);
-    if (this.#stopping) return writeRawAnswer(socket, SHUTTING_DOWN);
+    const started = performance.now();
+    let status = 101;
+    let failure: unknown;
+    let token: TokenFacts | undefined;
+    if (this.#onAccess) {
+      socket.once('close', () => {
+        const record = rawRecord('upgrade', req, socket as Socket, status, started);
+        record.token = token;
+        if (failure !== undefined) Object.assign(record, verdictOf(failure));
+        this.#onAccess!(record);
+      });
+    }
+    const refuse = (error: unknown): void => {
+      failure = error;
+      const answer = this.answerFor(error, { method: req.method, upgrade: true });
+      status = answer.status;
+      writeRawAnswer(socket, answer);
+    };
+    if (this.#stopping) return refuse(new ShuttingDownError());
     try {
       const malformed = checkRequestHead(req, this.limits);
       if (malformed) throw malformed;
       const head = readRequestHead(req.rawHeaders, this.#hooks.droppedRequestHeaders);
       const outbound = await this.#hooks.route(req, head);
+      token = outbound.token;
       if (socket.destroyed) return;
       const relay = new UpgradeRelay(socket, bodyHead, (error) => {
-        const failure = upstreamFailure(error, outbound.upstreamName);
-        this.#repeats.write('warn', failure.message, 'upstream upgrade failed', { upstream: outbound.upstreamName, error: failure.message });
-        writeRawAnswer(socket, httpAnswerFor(failure));
+        const upstreamError = upstreamFailure(error, outbound.upstreamName);
+        this.#repeats.write('warn', upstreamError.message, 'upstream upgrade failed', { upstream: outbound.upstreamName, error: upstreamError.message });
+        failure = upstreamError;
+        status = httpAnswerFor(upstreamError).status;
+        writeRawAnswer(socket, httpAnswerFor(upstreamError));
       });
       this.#dispatch(outbound, req, head, relay, head.upgrade ?? 'websocket');
     } catch (error) {
-      writeRawAnswer(socket, this.answerFor(error, { method: req.method, upgrade: true }));
+      refuse(error);
     }
   }
 

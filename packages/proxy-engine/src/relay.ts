@@ -1,5 +1,6 @@
 import type { ServerResponse } from 'node:http';
 import type { Dispatcher } from 'undici';
+import type { Exchange } from './engine.js';
 import { responseHeaders, type UpstreamHeaders } from './request-head.js';
 
 /** Passed to undici when the client went away, so the upstream request is cancelled. */
@@ -32,6 +33,8 @@ export class ResponseRelay implements Dispatcher.DispatchHandler {
   constructor(
     private readonly res: ServerResponse,
     private readonly failed: UpstreamFailed,
+    /** The access record's account, when someone listens. */
+    readonly exchange?: Exchange | undefined,
   ) {
     (res as RelayedResponse)[kRelay] = this;
     res.once('close', onClientClose);
@@ -44,11 +47,13 @@ export class ResponseRelay implements Dispatcher.DispatchHandler {
 
   onResponseStart(_controller: Dispatcher.DispatchController, statusCode: number, headers: UpstreamHeaders, statusMessage?: string): void {
     if (statusCode < 200 || this.#clientGone) return;
+    this.exchange?.upstreamAnswered(statusCode);
     if (statusMessage) this.res.writeHead(statusCode, statusMessage, responseHeaders(headers));
     else this.res.writeHead(statusCode, responseHeaders(headers));
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.exchange) this.exchange.bytesOut += chunk.length;
     if (!this.res.write(chunk) && !controller.paused) {
       controller.pause();
       this.res.once('drain', onClientDrain);

@@ -10,7 +10,7 @@ import {
   type RunningProxy,
   type ServerLimits,
 } from '@jwtproxy/core';
-import { ProxyEngine, type ProxyHooks } from '@jwtproxy/proxy-engine';
+import { ProxyEngine, type AccessRecord, type ProxyHooks } from '@jwtproxy/proxy-engine';
 import { readListenerTls } from './server.js';
 import { openUpstream, parseUpstream, type Upstream } from './upstream.js';
 
@@ -33,6 +33,8 @@ export interface VerifierProxyOptions {
   repeatedLogIntervalMs?: number;
   /** Timeouts and caps of the listener; core's defaults for what is not given. */
   limits?: Partial<ServerLimits>;
+  /** Called as each request ends (access log, metrics). */
+  onAccess?: (record: AccessRecord) => void;
 }
 
 /** The Go verifier's answer to an absolute-form (forward proxy) request or a CONNECT. */
@@ -51,12 +53,20 @@ function verifierHooks(verifier: RequestVerifier, upstream: Upstream): ProxyHook
       if (isProxyRequest(req.url!)) throw new WrongProxyKindError(NOT_A_PROXY);
       // With more than one Authorization header, the service might read another one than the one verified.
       if (Array.isArray(head.authorization)) throw new MultipleCredentialsError();
-      await verifier.verifyRequest(head.authorization);
+      const { header, claims } = await verifier.verifyRequest(head.authorization);
       // The client's Host and Authorization go on as sent (as Go's verifier): the token verified is the one the service gets.
-      return { dispatcher: upstream.pool, path: upstream.targetFor(req.url!), headers: head.headers, servername: upstream.servername };
+      return {
+        dispatcher: upstream.pool,
+        path: upstream.targetFor(req.url!),
+        headers: head.headers,
+        servername: upstream.servername,
+        token: { iss: claims.iss, kid: header.kid, sub: typeof claims.sub === 'string' ? claims.sub : undefined },
+      };
     },
     connect(_req, socket) {
-      writeRawAnswer(socket, httpAnswerFor(new WrongProxyKindError(NOT_A_PROXY)));
+      const answer = httpAnswerFor(new WrongProxyKindError(NOT_A_PROXY));
+      writeRawAnswer(socket, answer);
+      return answer.status;
     },
     async closeUpstreams(deadline) {
       let timer: NodeJS.Timeout | undefined;
@@ -83,6 +93,7 @@ export async function startVerifierProxy(options: VerifierProxyOptions): Promise
     limits: options.limits,
     logger,
     repeatedLogIntervalMs: options.repeatedLogIntervalMs,
+    onAccess: options.onAccess,
   });
   let server;
   try {
