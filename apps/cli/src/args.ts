@@ -1,9 +1,12 @@
-import { isLogLevel, type LogLevel } from '@jwtproxy/core';
+import { isLogFormat, isLogLevel, type LogFormat, type LogLevel } from '@jwtproxy/core';
 
 export interface CliArguments {
   command: 'run' | 'help' | 'version';
   configFile?: string;
-  logLevel: LogLevel;
+  /** From -log-level; when absent, the configuration's `log.level`, else info. */
+  logLevel?: LogLevel;
+  /** From -log-format; when absent, the configuration's `log.format`, else text. */
+  logFormat?: LogFormat;
   /** ES modules (paths or package names) imported before the configuration is built. */
   plugins: string[];
 }
@@ -13,7 +16,7 @@ export class UsageError extends Error {
   override name = 'UsageError';
 }
 
-export const usage = `Usage: jwtproxy -config FILE [-log-level LEVEL] [--plugin MODULE]...
+export const usage = `Usage: jwtproxy -config FILE [-log-level LEVEL] [-log-format text|json] [--plugin MODULE]...
        jwtproxy keyregistry list|approve|revoke ...   (see jwtproxy keyregistry --help)
 
 Runs the JWT signer (forward) proxy and verifier (reverse) proxies described by the
@@ -21,7 +24,8 @@ jwtproxy: block of a Go jwtproxy YAML configuration file.
 
 Options:
   -config FILE          the YAML configuration file; $VAR and \${VAR} are expanded
-  -log-level LEVEL      debug, info, warn or error (default info)
+  -log-level LEVEL      debug, info, warn or error (default: log.level of the file, else info)
+  -log-format FORMAT    text (logfmt, as the Go tool) or json (default: log.format, else text)
   --plugin MODULE       an ES module (path or package) imported before the configuration
                         is built, to register key servers, private key sources, nonce
                         storages or claims verifiers; may be repeated
@@ -31,11 +35,11 @@ Options:
 Each option may be written with one or two dashes, and as -option VALUE or -option=VALUE.
 `;
 
-const valueFlags = new Set(['config', 'log-level', 'plugin']);
+const valueFlags = new Set(['config', 'log-level', 'log-format', 'plugin']);
 
 /** Go-flag-style parsing: `-config f`, `--config f`, `-config=f`, `--config=f`. */
 export function parseArguments(argv: readonly string[]): CliArguments {
-  const result: CliArguments = { command: 'run', logLevel: 'info', plugins: [] };
+  const result: CliArguments = { command: 'run', plugins: [] };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     const match = /^--?([a-z][a-z-]*)(?:=(.*))?$/s.exec(arg);
@@ -51,7 +55,10 @@ export function parseArguments(argv: readonly string[]): CliArguments {
     }
     if (name === 'config') result.configFile = value;
     else if (name === 'plugin') result.plugins.push(value);
-    else {
+    else if (name === 'log-format') {
+      if (!isLogFormat(value)) throw new UsageError(`-log-format must be text or json (got ${JSON.stringify(value)})`);
+      result.logFormat = value;
+    } else {
       if (!isLogLevel(value)) throw new UsageError(`-log-level must be one of debug, info, warn, error (got ${JSON.stringify(value)})`);
       result.logLevel = value;
     }

@@ -132,7 +132,12 @@ export async function startCli(args: readonly string[], options: CliOptions = {}
       check();
     });
 
-  const logLines = (): Array<Record<string, string>> => stderr.split('\n').filter(Boolean).map(parseLogfmt);
+  // Lines are logfmt, or JSON with -log-format json.
+  const logLines = (): Array<Record<string, string>> =>
+    stderr
+      .split('\n')
+      .filter(Boolean)
+      .map((line) => (line.startsWith('{') ? (JSON.parse(line) as Record<string, string>) : parseLogfmt(line)));
   const signalCli = (signal: NodeJS.Signals): void => {
     if (!options.processGroup || child.pid === undefined) {
       child.kill(signal);
@@ -155,7 +160,7 @@ export async function startCli(args: readonly string[], options: CliOptions = {}
   };
 
   try {
-    await waitForLog(/msg="ready"/);
+    await waitForLog(/msg="ready"|"msg":"ready"/);
   } catch (error) {
     await stop('SIGKILL');
     throw error;

@@ -1,11 +1,12 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { ConfigError, DEFAULT_SERVER_LIMITS, parseListenAddress, silentLogger, type ComponentConfig, type Logger, type ServerLimits } from '@jwtproxy/core';
+import { ConfigError, DEFAULT_SERVER_LIMITS, isLogFormat, isLogLevel, type LogFormat, type LogLevel, parseListenAddress, silentLogger, type ComponentConfig, type Logger, type ServerLimits } from '@jwtproxy/core';
 import { isMap, LineCounter, parseDocument } from 'yaml';
 import { expandEnv } from './expand-env.js';
 import { describe, MapReader, readComponent, YamlSource } from './reader.js';
 import type {
   KeyRegistryConfig,
+  LogConfig,
   LoadedConfig,
   SignerConfig,
   SignerProxyConfig,
@@ -81,7 +82,7 @@ export function parseConfig(text: string, fileName: string, options: Pick<LoadCo
   if (block && !isMap(block)) throw src.error('jwtproxy', top.lineOf('jwtproxy'), `must be a mapping, got ${describe(block, doc)}`);
   // A path is written from the top of the `jwtproxy:` block, as users read errors against the file.
   const jwtproxy = top.node('jwtproxy')
-    ? new MapReader(src, '', top.node('jwtproxy')!, top.lineOf('jwtproxy'), ['signer_proxy', 'verifier_proxies', 'keyregistry'])
+    ? new MapReader(src, '', top.node('jwtproxy')!, top.lineOf('jwtproxy'), ['signer_proxy', 'verifier_proxies', 'keyregistry', 'log'])
     : undefined;
 
   const filePath = (value: string | undefined): string | undefined => (value === undefined ? undefined : path.resolve(baseDir, value));
@@ -98,6 +99,8 @@ export function parseConfig(text: string, fileName: string, options: Pick<LoadCo
     options: keyregistryBlock.toPlain(['enabled']),
   };
 
+  const log = readLog(jwtproxy?.optionalMap('log', ['level', 'format', 'access_log', 'access_log_sample']));
+
   const lineOf = (keyPath: string): number | undefined => {
     // The nearest ancestor in the file: `a.b[0].c` → `a.b[0]` → `a.b` → `a`.
     for (let p = keyPath; p; p = p.replace(/(?:\.[^.[\]]*|\[\d+\])$/, '')) {
@@ -113,6 +116,7 @@ export function parseConfig(text: string, fileName: string, options: Pick<LoadCo
     ...(signerProxy ? { signerProxy } : {}),
     verifierProxies,
     ...(keyregistry ? { keyregistry } : {}),
+    log,
     lineOf,
     errorAt: (keyPath, problem) => {
       const line = lineOf(keyPath);
@@ -258,6 +262,23 @@ function readVerifier(block: MapReader, enabled: boolean, filePath: FilePath): V
     nonceStorage,
     claimsVerifiers,
     ...(upstreamCaFile !== undefined ? { upstreamCaFile: filePath(upstreamCaFile)! } : {}),
+  };
+}
+
+/** `jwtproxy.log`: level and format (the flags win), the access log on or off and its sampling. */
+function readLog(block: MapReader | undefined): LogConfig {
+  if (!block) return { accessLog: true, accessLogSample: 1 };
+  const level = block.optionalString('level');
+  if (level !== undefined && !isLogLevel(level)) block.fail('level', `must be debug, info, warn or error, got ${JSON.stringify(level)}`);
+  const format = block.optionalString('format');
+  if (format !== undefined && !isLogFormat(format)) block.fail('format', `must be text or json, got ${JSON.stringify(format)}`);
+  const sample = block.number('access_log_sample', 1);
+  if (!(sample >= 0 && sample <= 1)) block.fail('access_log_sample', `must be a number from 0 to 1, got ${sample}`);
+  return {
+    ...(level !== undefined ? { level: level as LogLevel } : {}),
+    ...(format !== undefined ? { format: format as LogFormat } : {}),
+    accessLog: block.bool('access_log', true),
+    accessLogSample: sample,
   };
 }
 

@@ -226,6 +226,13 @@ export class MapReader {
     return node.value;
   }
 
+  number(key: string, fallback: number): number {
+    const node = this.node(key);
+    if (node === undefined) return fallback;
+    if (!isScalar(node) || typeof node.value !== 'number' || !Number.isFinite(node.value)) this.fail(key, `must be a number, got ${this.#got(key)}`);
+    return node.value;
+  }
+
   /** A Go duration string (or 0) as milliseconds, under core's one rule for durations. */
   duration(key: string, fallback: number, rule: DurationRule = 'non-negative'): number {
     const node = this.node(key);

@@ -1,4 +1,4 @@
-import type { ComponentConfig, ConfigError, ServerLimits } from '@jwtproxy/core';
+import type { ComponentConfig, ConfigError, LogFormat, LogLevel, ServerLimits } from '@jwtproxy/core';
 
 /**
  * The `jwtproxy:` block of the Go YAML configuration, typed, with every Go default filled in.
@@ -80,6 +80,16 @@ export interface KeyRegistryConfig {
   options: Record<string, unknown>;
 }
 
+/** `jwtproxy.log` (our addition): the command line's -log-level and -log-format win over it. */
+export interface LogConfig {
+  level?: LogLevel;
+  format?: LogFormat;
+  /** One `access` line per request, upgrade and tunnel (default true). */
+  accessLog: boolean;
+  /** Share of passed requests written to the access log, 0 to 1 (default 1); refusals and failures always are. */
+  accessLogSample: number;
+}
+
 export interface LoadedConfig {
   /** The configuration file as opened (after environment expansion), as shown in error messages. */
   file: string;
@@ -89,6 +99,7 @@ export interface LoadedConfig {
   signerProxy?: SignerProxyConfig;
   verifierProxies: VerifierProxyConfig[];
   keyregistry?: KeyRegistryConfig;
+  log: LogConfig;
   /**
    * The line of a key path inside `jwtproxy:` (`verifier_proxies[0].verifier.key_server.options.registry`);
    * for a path not in the file, the line of its nearest ancestor that is.

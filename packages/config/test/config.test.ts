@@ -241,6 +241,14 @@ describe('mistakes name their key path and file:line', () => {
     expect(errorOf(verifierYaml({ proxy: 'read_header_timeout: 0' }))).toContain('verifier_proxies[0].read_header_timeout: must be greater than 0');
   });
 
+  it('reads jwtproxy.log: level, format, access log and its sampling; refuses bad values with their key', () => {
+    const config = parseConfig(`jwtproxy:\n  log:\n    level: debug\n    format: json\n    access_log: false\n    access_log_sample: 0.25\n${verifierYaml().slice('jwtproxy:\n'.length)}`, 'c.yaml');
+    expect(config.log).toEqual({ level: 'debug', format: 'json', accessLog: false, accessLogSample: 0.25 });
+    expect(parseConfig(verifierYaml(), 'c.yaml').log).toEqual({ accessLog: true, accessLogSample: 1 });
+    expect(errorOf('jwtproxy:\n  log:\n    format: xml\n')).toContain('log.format: must be text or json, got "xml" (config.yaml:3)');
+    expect(errorOf('jwtproxy:\n  log:\n    access_log_sample: 2\n')).toContain('log.access_log_sample: must be a number from 0 to 1');
+  });
+
   it('does not check a disabled verifier for required keys', () => {
     const config = parseConfig('jwtproxy:\n  verifier_proxies:\n  - enabled: false\n    verifier:\n      audience: http://x\n', 'c.yaml');
     expect(config.verifierProxies[0]).toMatchObject({ enabled: false, verifier: { upstream: '', audience: 'http://x' } });
