@@ -24,7 +24,8 @@ export const keyRegistryUsage = `Usage:
   jwtproxy keyregistry approve SERVICE KID
   jwtproxy keyregistry revoke SERVICE KID
 
-Administers a jwtproxy key registry through its admin API.
+Administers a jwtproxy key registry through its admin API. KID as listed (the Go tool's end in
+"="); a KID copied from a URL (%3D) is decoded; put -- before a KID that starts with "-".
 
 Options (each also as -name or --name=value):
   --url URL          the registry, e.g. https://keys.example.com (default $${registryUrlEnvVar})
@@ -59,8 +60,13 @@ function parse(argv: readonly string[]): Parsed {
   const flags = new Map<string, string | true>();
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
+    // Everything after `--` is positional: key ids are base64url and may start with "-".
+    if (arg === '--') {
+      positional.push(...argv.slice(i + 1));
+      break;
+    }
     const match = /^--?([a-z-]+)(?:=(.*))?$/s.exec(arg);
-    if (!match || arg === '-' || arg === '--') {
+    if (!match || arg === '-') {
       positional.push(arg);
       continue;
     }
@@ -82,6 +88,19 @@ function parse(argv: readonly string[]): Parsed {
   if (action === 'list' && rest.length > 0) throw new UsageError(`list takes no arguments (got ${rest.join(' ')})`);
   if (action !== 'list' && rest.length !== 2) throw new UsageError(`${action} needs SERVICE and KID`);
   return { action, positional: rest, flags };
+}
+
+/**
+ * A service or key id as given: one copied from a registry URL (`…P74%3D`) is percent-decoded.
+ * Registry names never contain `%`, so this cannot change a name that was given plainly.
+ */
+function plainName(value: string): string {
+  if (!value.includes('%')) return value;
+  try {
+    return decodeURIComponent(value);
+  } catch {
+    return value;
+  }
 }
 
 function text(flags: Map<string, string | true>, name: string): string | undefined {
@@ -137,11 +156,11 @@ export async function runKeyRegistryCommand(argv: readonly string[], io: Command
 
   try {
     const client = new KeyRegistryAdminClient({ url, token });
-    const [service = '', kid = ''] = parsed.positional;
+    const [service = '', kid = ''] = parsed.positional.map(plainName);
     switch (parsed.action) {
       case 'list': {
         const keys = await client.list({
-          ...(text(parsed.flags, 'service') !== undefined && { service: text(parsed.flags, 'service')! }),
+          ...(text(parsed.flags, 'service') !== undefined && { service: plainName(text(parsed.flags, 'service')!) }),
           ...(state !== undefined && { state: state as LiveState }),
         });
         io.stdout.write(parsed.flags.has('json') ? `${JSON.stringify(keys, null, 2)}\n` : keys.length ? table(keys) : 'no keys\n');

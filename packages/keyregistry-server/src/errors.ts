@@ -17,6 +17,8 @@ export type RegistryErrorCode =
   | 'not_found'
   | 'method_not_allowed'
   | 'body_too_large'
+  | 'request_timeout'
+  | 'too_many_pending_keys'
   | 'unauthorized'
   | 'admin_disabled'
   | 'storage_unavailable'
@@ -63,6 +65,29 @@ export class KeyPendingError extends KeyRegistryError {
 export class KeyExpiredError extends KeyRegistryError {
   constructor(service: string, kid: string) {
     super(403, 'key_expired', `key ${JSON.stringify(kid)} of service ${JSON.stringify(service)} has expired`);
+  }
+}
+
+/**
+ * Publishing one more key awaiting approval would exceed a cap (`max_pending_keys_per_service`
+ * or `max_pending_keys`): 429 until keys are approved, revoked or purged after pending_ttl.
+ */
+export class PendingKeyLimitError extends KeyRegistryError {
+  /** Which cap was reached. */
+  readonly scope: 'service' | 'total';
+  readonly service: string;
+  readonly limit: number;
+  constructor(scope: 'service' | 'total', service: string, limit: number) {
+    super(
+      429,
+      'too_many_pending_keys',
+      scope === 'service'
+        ? `service ${JSON.stringify(service)} already has ${limit} keys awaiting approval (max_pending_keys_per_service); approve or revoke some, or wait until unapproved keys are purged`
+        : `the registry already holds ${limit} keys awaiting approval (max_pending_keys); approve or revoke some, or wait until unapproved keys are purged`,
+    );
+    this.scope = scope;
+    this.service = service;
+    this.limit = limit;
   }
 }
 

@@ -1,5 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Logger } from '@jwtproxy/core';
 import { BadRequestError, KeyRegistryError, registryAnswerFor } from './errors.js';
 import type { KeyRegistry, LiveState } from './registry.js';
@@ -8,6 +9,8 @@ export interface HttpHandlerOptions {
   registry: KeyRegistry;
   logger: Logger;
   maxBodyBytes: number;
+  /** A body that sends nothing for this long is answered 408 (0: no limit). */
+  bodyIdleTimeoutMs: number;
   /** SHA-256 of the admin token; undefined disables the admin API. */
   adminTokenDigest: Buffer | undefined;
 }
@@ -34,6 +37,18 @@ class BodyTooLarge extends KeyRegistryError {
   }
 }
 
+class BodyTimeout extends KeyRegistryError {
+  constructor(idleMs: number) {
+    super(408, 'request_timeout', `the body sent nothing for ${idleMs} ms`);
+  }
+}
+
+/** The client closed the connection before its body arrived: nobody is left to answer. */
+class ClientGone extends Error {}
+
+/** How long a connection closed after a refused body still reads (and drops) what the client sends. */
+const lingerMs = 2000;
+
 function send(res: ServerResponse, status: number, body: string | undefined, headers: Record<string, string> = {}): void {
   if (res.headersSent) return;
   const payload = body === undefined ? undefined : Buffer.from(body);
@@ -41,18 +56,69 @@ function send(res: ServerResponse, status: number, body: string | undefined, hea
   res.end(payload);
 }
 
-/** Reads the body up to `limit` bytes; 413 beyond it (and the connection is closed afterwards). */
-async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+/**
+ * Reads the body up to `limit` bytes: 413 beyond it, 408 when it sends nothing for `idleMs`. The
+ * stream is never destroyed here (destroying it would take the socket, and the answer, with
+ * it); the caller answers and closes the connection, and whatever the client still sends is
+ * dropped unread. `refused` runs at the moment of refusal, synchronously: the parser may reach a
+ * request pipelined behind this body before the refusal's answer is written, and must find the
+ * connection already closing.
+ */
+function readBody(req: IncomingMessage, res: ServerResponse, limit: number, idleMs: number, refused: () => void): Promise<Buffer> {
   const declared = Number(req.headers['content-length']);
-  if (Number.isFinite(declared) && declared > limit) throw new BodyTooLarge(limit);
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > limit) throw new BodyTooLarge(limit);
-    chunks.push(chunk as Buffer);
+  if (Number.isFinite(declared) && declared > limit) {
+    refused();
+    return Promise.reject(new BodyTooLarge(limit));
   }
-  return Buffer.concat(chunks);
+  // Sent only for a body we may accept, so that a client waiting for it never sends an oversize one.
+  if (/^100-continue$/i.test(req.headers.expect ?? '')) res.writeContinue();
+  return new Promise<Buffer>((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const finish = (error?: Error): void => {
+      req.off('data', onData).off('end', onEnd).off('error', onGone).off('close', onGone).off('timeout', onIdle);
+      req.setTimeout(0);
+      // Keep the stream flowing: what the client still sends is dropped.
+      req.resume();
+      if (error) reject(error);
+      else resolve(Buffer.concat(chunks, size));
+    };
+    const onData = (chunk: Buffer): void => {
+      size += chunk.length;
+      if (size > limit) {
+        chunks.length = 0;
+        refused();
+        finish(new BodyTooLarge(limit));
+      } else chunks.push(chunk);
+    };
+    const onEnd = (): void => finish();
+    const onGone = (): void => finish(new ClientGone());
+    const onIdle = (): void => {
+      refused();
+      finish(new BodyTimeout(idleMs));
+    };
+    req.on('data', onData).once('end', onEnd).once('error', onGone).once('close', onGone);
+    // A listener on the request keeps Node from destroying the socket when the timer fires.
+    if (idleMs > 0) req.setTimeout(idleMs, onIdle);
+  });
+}
+
+/**
+ * Closes a connection whose request was refused before its body was read, without losing the
+ * answer. Node ends a `Connection: close` answer with `socket.destroySoon()`, which closes as soon
+ * as the answer is written; a client still sending then gets a reset, and its TCP stack may drop
+ * the answer it has not read yet. So on this socket that step becomes a lingering close (RFC 9112
+ * §9.6): send FIN after the answer, keep reading and dropping for at most `lingerMs` or until the
+ * client closes its side, then close.
+ */
+function lingerOnClose(socket: Socket): void {
+  socket.destroySoon = function lingeringClose(this: Socket): void {
+    this.end();
+    const timer = setTimeout(() => this.destroy(), lingerMs);
+    timer.unref();
+    this.once('end', () => this.destroy());
+    this.once('close', () => clearTimeout(timer));
+  };
 }
 
 function parseJson(body: Buffer): unknown {
@@ -85,7 +151,14 @@ const liveStates: readonly LiveState[] = ['pending', 'approved', 'expired'];
 
 /** The request handler: routing, body limits, admin authentication, and every error mapped in one place. */
 export function createRequestHandler(options: HttpHandlerOptions): (req: IncomingMessage, res: ServerResponse) => void {
-  const { registry, logger, maxBodyBytes, adminTokenDigest } = options;
+  const { registry, logger, maxBodyBytes, bodyIdleTimeoutMs, adminTokenDigest } = options;
+  /** Connections answered `Connection: close`: requests pipelined behind the refused one are never run. */
+  const closing = new WeakSet<Socket>();
+  const closeAfterAnswer = (socket: Socket): void => {
+    if (closing.has(socket)) return;
+    closing.add(socket);
+    lingerOnClose(socket);
+  };
 
   const checkAdmin = (req: IncomingMessage): void => {
     if (!adminTokenDigest) throw new KeyRegistryError(403, 'admin_disabled', 'the admin API is disabled: no admin token is configured');
@@ -117,7 +190,7 @@ export function createRequestHandler(options: HttpHandlerOptions): (req: Incomin
           return send(res, 200, JSON.stringify(jwk), { 'cache-control': `max-age=${maxAgeSeconds}` });
         }
         if (method === 'PUT') {
-          const body = parseJson(await readBody(req, maxBodyBytes));
+          const body = parseJson(await readBody(req, res, maxBodyBytes, bodyIdleTimeoutMs, () => closeAfterAnswer(req.socket)));
           const result = await registry.publish({
             service: second, kid: fourth, body, authorization: req.headers.authorization,
             expiration: query.get('expiration'), rotation: query.get('rotation'),
@@ -160,7 +233,11 @@ export function createRequestHandler(options: HttpHandlerOptions): (req: Incomin
   };
 
   return (req, res) => {
+    // Captured now: once the answer is written Node detaches the socket from the request.
+    const socket = req.socket;
+    if (closing.has(socket)) return;
     handle(req, res).catch((error: unknown) => {
+      if (error instanceof ClientGone) return void socket.destroy();
       const answer = registryAnswerFor(error);
       if (answer.status >= 500 && !(error instanceof KeyRegistryError)) {
         logger.error('key registry: request failed', { method: req.method, error: error instanceof Error ? error.message : String(error) });
@@ -172,10 +249,12 @@ export function createRequestHandler(options: HttpHandlerOptions): (req: Incomin
       const headers: Record<string, string> = {};
       if (error instanceof MethodNotAllowed) headers.allow = error.allow;
       if (answer.status === 401) headers['www-authenticate'] = 'Bearer';
-      // A body we did not read to the end would confuse the next request on this connection.
-      if (!req.complete) headers.connection = 'close';
+      // A body we did not read to the end would be read as the next request on this connection.
+      if (!req.complete || closing.has(socket)) {
+        headers.connection = 'close';
+        closeAfterAnswer(socket);
+      }
       send(res, answer.status, answer.body, headers);
-      if (!req.complete) res.on('finish', () => req.socket.destroySoon?.());
     });
   };
 }

@@ -11,23 +11,37 @@ export type PublishingAlgorithm = 'RS256' | 'ES256';
 
 export const minRsaBits = 2048;
 const maxRsaBits = 16384;
-const base64url = /^[A-Za-z0-9_-]+$/;
+/** base64url, optionally with the `=` padding the Go tool (go-jose/go-oidc) writes; split into data and padding. */
+const base64url = /^([A-Za-z0-9_-]+)(={0,2})$/;
 const privateMembers = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k'];
 
 function invalid(message: string, cause?: unknown): never {
   throw new BadRequestError(`invalid JWK: ${message}`, 'invalid_jwk', cause === undefined ? undefined : { cause });
 }
 
+/**
+ * A base64url member, with or without `=` padding, returned without padding (RFC 7515 §2): the
+ * one form every verifier reads. go-jose decodes JWK members with Go's RawURLEncoding and
+ * refuses padding; go-oidc (the Go jwtproxy verifier) and Node accept both. Padding must be
+ * exactly what the length calls for; anything else is refused.
+ */
 function member(jwk: Record<string, unknown>, name: string, maxLength: number): string {
   const value = jwk[name];
   if (typeof value !== 'string' || value.length === 0) invalid(`"${name}" must be a non-empty base64url string`);
-  if (value.length > maxLength || !base64url.test(value)) invalid(`"${name}" is not base64url without padding`);
-  return value;
+  const match = base64url.exec(value);
+  const data = match?.[1] ?? '';
+  const padding = match?.[2] ?? '';
+  const remainder = data.length % 4;
+  // Unpadded lengths ≡ 1 (mod 4) encode no whole byte; padded values fill a last group of 4.
+  const wellFormed = match !== null && remainder !== 1 && (padding === '' || padding.length === 4 - remainder);
+  if (!wellFormed || data.length > maxLength) invalid(`"${name}" is not base64url (with or without padding)`);
+  return data;
 }
 
 /**
- * Checks a JWK sent for publication and returns its stored form. Accepted: RSA of at least
- * 2048 bits (verified with RS256) and EC P-256 (ES256). Private key material is refused.
+ * Checks a JWK sent for publication and returns its stored form: only the public members,
+ * base64url without padding, plus kid (the URL's), alg and use. Accepted: RSA of at least 2048
+ * bits (verified with RS256) and EC P-256 (ES256). Private key material is refused.
  */
 export function parsePublicJwk(body: unknown, kid: string): PublicJwk {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) invalid('the body must be a JSON object');

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { ConfigError, parseListenAddress, toDuration } from '@jwtproxy/core';
 import { isValidName } from './names.js';
-import { defaultStoragePath, type KeyRegistryServerOptions, type StorageSpec } from './server.js';
+import { defaultStoragePath, keyRegistryDefaults, type KeyRegistryServerOptions, type StorageSpec } from './server.js';
 
 /** The environment variable holding the admin token when the configuration names none. */
 export const adminTokenEnvVar = 'JWTPROXY_REGISTRY_TOKEN';
@@ -11,6 +11,8 @@ export const minAdminTokenLength = 16;
 const knownOptions = [
   'enabled', 'listen_addr', 'public_url', 'key_file', 'crt_file', 'shutdown_timeout', 'storage', 'admin_token', 'admin_token_file',
   'auto_approve', 'max_skew', 'max_ttl', 'pending_ttl', 'expired_retention', 'max_body_bytes',
+  'max_pending_keys', 'max_pending_keys_per_service', 'read_header_timeout', 'request_timeout', 'body_idle_timeout', 'idle_timeout',
+  'max_connections',
 ];
 
 function isRecord(value: unknown): value is Record<string, unknown> {
@@ -156,14 +158,39 @@ export function keyRegistryOptionsFrom(raw: Record<string, unknown>, baseDir: st
     });
   }
 
-  const durations: Array<[string, 'maxSkewMs' | 'maxTtlMs' | 'pendingTtlMs' | 'expiredRetentionMs' | 'shutdownTimeoutMs']> = [
+  type DurationField =
+    | 'maxSkewMs' | 'maxTtlMs' | 'pendingTtlMs' | 'expiredRetentionMs' | 'shutdownTimeoutMs'
+    | 'readHeaderTimeoutMs' | 'requestTimeoutMs' | 'bodyIdleTimeoutMs' | 'idleTimeoutMs';
+  const durations: Array<[string, DurationField]> = [
     ['max_skew', 'maxSkewMs'], ['max_ttl', 'maxTtlMs'], ['pending_ttl', 'pendingTtlMs'], ['expired_retention', 'expiredRetentionMs'], ['shutdown_timeout', 'shutdownTimeoutMs'],
+    ['read_header_timeout', 'readHeaderTimeoutMs'], ['request_timeout', 'requestTimeoutMs'], ['body_idle_timeout', 'bodyIdleTimeoutMs'], ['idle_timeout', 'idleTimeoutMs'],
   ];
   for (const [key, field] of durations) {
     const ms = duration(raw, key);
     if (ms !== undefined) options[field] = ms;
   }
-  if (options.maxTtlMs === 0) throw new ConfigError('max_ttl', 'must be more than 0');
+  // No way to turn these off: every stage of a request is bounded.
+  for (const [key, ms] of [
+    ['max_ttl', options.maxTtlMs], ['read_header_timeout', options.readHeaderTimeoutMs], ['request_timeout', options.requestTimeoutMs],
+    ['body_idle_timeout', options.bodyIdleTimeoutMs], ['idle_timeout', options.idleTimeoutMs],
+  ] as const) {
+    if (ms === 0) throw new ConfigError(key, 'must be more than 0');
+  }
+  const headerTimeout = options.readHeaderTimeoutMs ?? keyRegistryDefaults.readHeaderTimeoutMs;
+  const requestTimeout = options.requestTimeoutMs ?? keyRegistryDefaults.requestTimeoutMs;
+  if (requestTimeout < headerTimeout) {
+    throw new ConfigError(options.requestTimeoutMs !== undefined ? 'request_timeout' : 'read_header_timeout', 'request_timeout must be at least read_header_timeout');
+  }
+
+  const counts: Array<[string, 'maxPendingKeys' | 'maxPendingKeysPerService' | 'maxConnections', number]> = [
+    ['max_pending_keys', 'maxPendingKeys', 10_000_000], ['max_pending_keys_per_service', 'maxPendingKeysPerService', 10_000_000], ['max_connections', 'maxConnections', 1_000_000],
+  ];
+  for (const [key, field, max] of counts) {
+    const value = raw[key];
+    if (value === undefined || value === null) continue;
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > max) throw new ConfigError(key, `must be a whole number from 1 to ${max}`);
+    options[field] = value;
+  }
 
   const maxBody = raw.max_body_bytes;
   if (maxBody !== undefined && maxBody !== null) {

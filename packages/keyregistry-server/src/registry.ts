@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import type { Clock, Logger } from '@jwtproxy/core';
-import { BadRequestError, ForbiddenError, KeyExpiredError, KeyNotFoundError, KeyPendingError, KeyRegistryError } from './errors.js';
+import { BadRequestError, ForbiddenError, KeyExpiredError, KeyNotFoundError, KeyPendingError, KeyRegistryError, PendingKeyLimitError } from './errors.js';
 import { parsePublicJwk, sameKey, type PublicJwk } from './jwk.js';
 import { checkName } from './names.js';
-import type { KeyChange, KeyState, KeyStore, StoredKey } from './store.js';
+import type { KeyChange, KeyState, KeyStore, PendingLimits, StoredKey } from './store.js';
 import { bearerToken, signerKid, verifyRegistryToken, type TokenPolicy } from './token.js';
 
 export interface KeyRegistryPolicy extends TokenPolicy {
@@ -13,6 +13,10 @@ export interface KeyRegistryPolicy extends TokenPolicy {
   expiredRetentionMs: number;
   /** Services whose new keys are approved at once (development). */
   autoApprove: (service: string) => boolean;
+  /** Caps on keys awaiting approval, per service and in all; beyond them publishing answers 429. */
+  pendingLimits: PendingLimits;
+  /** Changes to one key waiting behind the one in progress; more answer 503 `busy`. */
+  maxQueuedChangesPerKey: number;
 }
 
 /** What a key looks like right now: `expired` and purged keys are derived from the clock, not stored. */
@@ -52,6 +56,8 @@ export interface PublishResult {
 
 const maxCasAttempts = 8;
 const oneDaySeconds = 86_400;
+/** The pending-key cap is logged at most once per this long, with the number refused meanwhile. */
+const limitLogIntervalMs = 10_000;
 
 function iso(ms: number | null): string | null {
   return ms === null ? null : new Date(ms).toISOString();
@@ -74,6 +80,39 @@ function parseRotation(raw: string | null | undefined): number | null {
 }
 
 /**
+ * One change at a time per key, in arrival order: concurrent refreshes of one key wait for each
+ * other instead of failing their compare-and-set. At most `maxWaiting` wait per key; beyond that
+ * the request answers 503 `busy` (a client hammering one key cannot queue without bound).
+ */
+class KeyedLocks {
+  readonly #queues = new Map<string, Array<() => void>>();
+  readonly #maxWaiting: number;
+
+  constructor(maxWaiting: number) {
+    this.#maxWaiting = maxWaiting;
+  }
+
+  /** Resolves with the release function once `name` is ours. */
+  acquire(name: string): Promise<() => void> {
+    const release = (): void => {
+      const waiters = this.#queues.get(name)!;
+      const next = waiters.shift();
+      if (next) next();
+      else this.#queues.delete(name);
+    };
+    const waiters = this.#queues.get(name);
+    if (!waiters) {
+      this.#queues.set(name, []);
+      return Promise.resolve(release);
+    }
+    if (waiters.length >= this.#maxWaiting) {
+      return Promise.reject(new KeyRegistryError(503, 'busy', `too many concurrent changes to this key (${waiters.length} waiting); retry`));
+    }
+    return new Promise((resolve) => waiters.push(() => resolve(release)));
+  }
+}
+
+/**
  * The key registry's rules, independent of HTTP: what publishing, rotating, deleting,
  * approving and fetching do. Every change is a compare-and-set on the store, retried on
  * conflict, so that concurrent requests (on any replica) never lose or corrupt a key.
@@ -83,12 +122,42 @@ export class KeyRegistry {
   readonly #policy: KeyRegistryPolicy;
   readonly #logger: Logger;
   readonly #clock: Clock;
+  readonly #locks: KeyedLocks;
+  #limitLoggedAt = Number.NEGATIVE_INFINITY;
+  #limitRefusedSinceLog = 0;
 
   constructor(store: KeyStore, policy: KeyRegistryPolicy, logger: Logger, clock: Clock) {
     this.#store = store;
     this.#policy = policy;
     this.#logger = logger;
     this.#clock = clock;
+    this.#locks = new KeyedLocks(policy.maxQueuedChangesPerKey);
+  }
+
+  /**
+   * Runs `work` holding the locks of these keys of the service, taken in sorted order so that two
+   * changes touching the same two keys (a rotation) cannot wait for each other.
+   */
+  async #exclusive<T>(service: string, kids: readonly string[], work: () => Promise<T>): Promise<T> {
+    const releases: Array<() => void> = [];
+    try {
+      for (const kid of [...new Set(kids)].sort()) releases.push(await this.#locks.acquire(`${service.length}:${service}/${kid}`));
+      return await work();
+    } finally {
+      for (const release of releases.reverse()) release();
+    }
+  }
+
+  /** Logs a refusal by the pending-key cap: the first at once, then at most one line per interval with the count. */
+  #logPendingLimit(error: PendingKeyLimitError): void {
+    this.#limitRefusedSinceLog++;
+    const now = this.#clock();
+    if (now - this.#limitLoggedAt < limitLogIntervalMs) return;
+    this.#logger.warn('key registry: too many keys awaiting approval; refusing new ones (429)', {
+      scope: error.scope, service: error.service, limit: error.limit, refused: this.#limitRefusedSinceLog,
+    });
+    this.#limitLoggedAt = now;
+    this.#limitRefusedSinceLog = 0;
   }
 
   /** The state a stored key is in now; undefined when an unapproved key outlived pending_ttl (treated as purged). */
@@ -104,12 +173,22 @@ export class KeyRegistry {
     return state ? { key: key!, state } : { key, state: undefined };
   }
 
-  /** Runs read-decide-write until the write's conditions hold. */
+  /**
+   * Runs read-decide-write until the write's conditions hold. Changes on this replica are
+   * serialised per key by the caller, so a conflict means another replica wrote the key: retry
+   * after a short random pause.
+   */
   async #retrying<T>(attempt: () => Promise<{ changes: KeyChange[]; service: string; result: T } | { done: T }>): Promise<T> {
     for (let i = 0; i < maxCasAttempts; i++) {
       const plan = await attempt();
       if ('done' in plan) return plan.done;
-      if (await this.#store.commit(plan.service, plan.changes)) return plan.result;
+      try {
+        if (await this.#store.commit(plan.service, plan.changes, this.#policy.pendingLimits)) return plan.result;
+      } catch (error) {
+        if (error instanceof PendingKeyLimitError) this.#logPendingLimit(error);
+        throw error;
+      }
+      await new Promise((resolve) => setTimeout(resolve, Math.random() * 5 * (i + 1)));
     }
     throw new KeyRegistryError(503, 'busy', 'too many concurrent changes to this key; retry');
   }
@@ -158,7 +237,7 @@ export class KeyRegistry {
     if (signer === undefined || signer === kid) {
       const verified = await verifyRegistryToken(token, jwk, service, this.#policy, now);
       await this.#claim(service, verified.jti, verified.deadAt);
-      const result = await this.#retrying<PublishResult>(async () => {
+      const result = await this.#exclusive(service, [kid], () => this.#retrying<PublishResult>(async () => {
         const current = await this.#live(service, kid);
         const at = this.#clock();
         if (!current.state) {
@@ -175,7 +254,7 @@ export class KeyRegistry {
         // The holder of the key may change its expiration: rotating to a new key could do as much.
         const next: StoredKey = { ...existing, expiresAt, rotationSeconds, revision: randomUUID() };
         return { service, changes: [{ kid, expectedRevision: existing.revision, next }], result: { status: current.state === 'approved' ? 200 : 202, outcome: 'refreshed' } };
-      });
+      }));
       this.#logger.info('key registry: key published', { service, kid, outcome: result.outcome });
       return result;
     }
@@ -184,7 +263,7 @@ export class KeyRegistry {
     if (signing.state !== 'approved') throw new ForbiddenError(`key ${JSON.stringify(signer)} is not an approved, unexpired key of service ${JSON.stringify(service)}`);
     const verified = await verifyRegistryToken(token, signing.key.jwk, service, this.#policy, now);
     await this.#claim(service, verified.jti, verified.deadAt);
-    const result = await this.#retrying<PublishResult>(async () => {
+    const result = await this.#exclusive(service, [signer, kid], () => this.#retrying<PublishResult>(async () => {
       const [signerNow, target] = await Promise.all([this.#live(service, signer), this.#live(service, kid)]);
       if (signerNow.state !== 'approved' || !sameKey(signerNow.key.jwk, signing.key.jwk)) {
         throw new ForbiddenError(`key ${JSON.stringify(signer)} is no longer an approved, unexpired key of service ${JSON.stringify(service)}`);
@@ -202,7 +281,7 @@ export class KeyRegistry {
         ],
         result: { status: 200, outcome: 'rotated' },
       };
-    });
+    }));
     this.#logger.info('key registry: key rotated', { service, kid, replaced: signer });
     return result;
   }
@@ -227,12 +306,12 @@ export class KeyRegistry {
     }
     const verified = await verifyRegistryToken(token, signingJwk, service, this.#policy, now);
     await this.#claim(service, verified.jti, verified.deadAt);
-    await this.#retrying<void>(async () => {
+    await this.#exclusive(service, [kid], () => this.#retrying<void>(async () => {
       const target = await this.#live(service, kid);
       if (!target.state) throw new KeyNotFoundError(service, kid);
       if (signer === kid && !sameKey(target.key.jwk, signingJwk)) throw new ForbiddenError('the key changed while it was being deleted');
       return { service, changes: [{ kid, expectedRevision: target.key.revision, next: null }], result: undefined };
-    });
+    }));
     this.#logger.info('key registry: key deleted', { service, kid, signer });
   }
 
@@ -269,7 +348,7 @@ export class KeyRegistry {
   async approve(service: string, kid: string): Promise<KeyInfo> {
     checkName('service', service);
     checkName('kid', kid);
-    const info = await this.#retrying<KeyInfo>(async () => {
+    const info = await this.#exclusive(service, [kid], () => this.#retrying<KeyInfo>(async () => {
       const { key, state } = await this.#live(service, kid);
       if (!key || !state) throw new KeyNotFoundError(service, kid);
       if (state === 'expired') throw new KeyExpiredError(service, kid);
@@ -277,7 +356,7 @@ export class KeyRegistry {
       const at = this.#clock();
       const next: StoredKey = { ...key, state: 'approved', approvedAt: at, approvedBy: 'admin', revision: randomUUID() };
       return { service, changes: [{ kid, expectedRevision: key.revision, next }], result: this.info(next, 'approved') };
-    });
+    }));
     this.#logger.info('key registry: key approved', { service, kid });
     return info;
   }
@@ -286,11 +365,11 @@ export class KeyRegistry {
   async revoke(service: string, kid: string): Promise<void> {
     checkName('service', service);
     checkName('kid', kid);
-    await this.#retrying<void>(async () => {
+    await this.#exclusive(service, [kid], () => this.#retrying<void>(async () => {
       const { key, state } = await this.#live(service, kid);
       if (!key || !state) throw new KeyNotFoundError(service, kid);
       return { service, changes: [{ kid, expectedRevision: key.revision, next: null }], result: undefined };
-    });
+    }));
     this.#logger.info('key registry: key revoked', { service, kid });
   }
 

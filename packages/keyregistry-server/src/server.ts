@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
@@ -54,6 +55,20 @@ export interface KeyRegistryServerOptions {
   expiredRetentionMs?: number;
   /** Largest accepted request body; default 64 KiB. */
   maxBodyBytes?: number;
+  /** Most keys awaiting approval in the whole registry; more answer 429. Default 10,000. */
+  maxPendingKeys?: number;
+  /** Most keys awaiting approval per service; more answer 429. Default 100. */
+  maxPendingKeysPerService?: number;
+  /** A request's head (request line and headers) must arrive within this; default 10 s. */
+  readHeaderTimeoutMs?: number;
+  /** A whole request (head and body) must arrive within this; default 30 s. */
+  requestTimeoutMs?: number;
+  /** A request body that sends nothing for this long is answered 408 and its connection closed; default 10 s. */
+  bodyIdleTimeoutMs?: number;
+  /** A kept-alive connection with no request is closed after this; default 30 s. */
+  idleTimeoutMs?: number;
+  /** Connections open at once; more are closed as they arrive. Default from the open-file limit (see defaultMaxConnections). */
+  maxConnections?: number;
   /** How long stop() waits for requests in flight by default; default 5 s. */
   shutdownTimeoutMs?: number;
   /** How often purges run; default min(1 min, pending_ttl / 2). */
@@ -77,8 +92,35 @@ export const keyRegistryDefaults = {
   expiredRetentionMs: 7 * 24 * 3600_000,
   maxBodyBytes: 64 * 1024,
   shutdownTimeoutMs: 5000,
+  maxPendingKeys: 10_000,
+  maxPendingKeysPerService: 100,
+  readHeaderTimeoutMs: 10_000,
+  requestTimeoutMs: 30_000,
+  bodyIdleTimeoutMs: 10_000,
+  idleTimeoutMs: 30_000,
+  /** Changes to one key that may wait behind the one in progress (beyond: 503 busy). */
+  maxQueuedChangesPerKey: 1000,
 } as const;
 
+/** Soft limit on open files of this process (Linux), or undefined where it cannot be read. */
+function openFileLimit(): number | undefined {
+  try {
+    const soft = /^Max open files\s+(\d+)/m.exec(readFileSync('/proc/self/limits', 'utf8'))?.[1];
+    return soft === undefined ? undefined : Number(soft);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Default connection cap: a quarter of the open-file limit (less 64 for the process itself), from
+ * 64 to 4,096. The registry often shares its process with a signer and verifiers, which need
+ * descriptors too: a flood of registry connections must not leave them without.
+ */
+export function defaultMaxConnections(fileLimit = openFileLimit()): number {
+  if (fileLimit === undefined) return 1024;
+  return Math.max(64, Math.min(4096, Math.floor((fileLimit - 64) / 4)));
+}
 /** `$XDG_CONFIG_HOME/jwtproxy/keyregistry.json`, else `~/.config/jwtproxy/keyregistry.json` (next to the Go tool's key folder). */
 export function defaultStoragePath(env: NodeJS.ProcessEnv = process.env): string {
   const base = env.XDG_CONFIG_HOME || path.join(env.HOME || os.homedir(), '.config');
@@ -114,10 +156,27 @@ export async function startKeyRegistryServer(options: KeyRegistryServerOptions =
   const store = options.store ?? (await openKeyStore(options.storage ?? { type: 'file', path: defaultStoragePath() }, logger, clock));
 
   try {
-    const server = options.tls ? https.createServer({ key: options.tls.key, cert: options.tls.cert }) : http.createServer();
-    server.headersTimeout = 10_000;
-    server.requestTimeout = 30_000;
-    server.keepAliveTimeout = 5_000;
+    const readHeaderTimeoutMs = options.readHeaderTimeoutMs ?? keyRegistryDefaults.readHeaderTimeoutMs;
+    const requestTimeoutMs = Math.max(readHeaderTimeoutMs, options.requestTimeoutMs ?? keyRegistryDefaults.requestTimeoutMs);
+    const serverOptions: http.ServerOptions = {
+      headersTimeout: readHeaderTimeoutMs,
+      requestTimeout: requestTimeoutMs,
+      keepAliveTimeout: options.idleTimeoutMs ?? keyRegistryDefaults.idleTimeoutMs,
+      // Node checks the two deadlines above only this often (default 30 s): a fraction of the shorter.
+      connectionsCheckingInterval: Math.max(250, Math.min(30_000, Math.floor(readHeaderTimeoutMs / 4))),
+    };
+    const server = options.tls ? https.createServer({ ...serverOptions, key: options.tls.key, cert: options.tls.cert }) : http.createServer(serverOptions);
+    const maxConnections = options.maxConnections ?? defaultMaxConnections();
+    server.maxConnections = maxConnections;
+    let droppedLoggedAt = Number.NEGATIVE_INFINITY;
+    let droppedSinceLog = 0;
+    server.on('drop', () => {
+      droppedSinceLog++;
+      if (Date.now() - droppedLoggedAt < 10_000) return;
+      logger.warn('key registry: connection limit reached; closing new connections', { max_connections: maxConnections, dropped: droppedSinceLog });
+      droppedLoggedAt = Date.now();
+      droppedSinceLog = 0;
+    });
     let address: string;
     try {
       address = await listenOn(server, listenAddress);
@@ -148,12 +207,24 @@ export async function startKeyRegistryServer(options: KeyRegistryServerOptions =
         pendingTtlMs,
         expiredRetentionMs: options.expiredRetentionMs ?? keyRegistryDefaults.expiredRetentionMs,
         autoApprove: serviceMatcher(options.autoApprove ?? []),
+        pendingLimits: {
+          perService: options.maxPendingKeysPerService ?? keyRegistryDefaults.maxPendingKeysPerService,
+          total: options.maxPendingKeys ?? keyRegistryDefaults.maxPendingKeys,
+        },
+        maxQueuedChangesPerKey: keyRegistryDefaults.maxQueuedChangesPerKey,
       },
       logger,
       clock,
     );
     const adminTokenDigest = options.adminToken ? createHash('sha256').update(options.adminToken).digest() : undefined;
-    server.on('request', createRequestHandler({ registry, logger, maxBodyBytes: options.maxBodyBytes ?? keyRegistryDefaults.maxBodyBytes, adminTokenDigest }));
+    const handler = createRequestHandler({
+      registry, logger, adminTokenDigest,
+      maxBodyBytes: options.maxBodyBytes ?? keyRegistryDefaults.maxBodyBytes,
+      bodyIdleTimeoutMs: options.bodyIdleTimeoutMs ?? keyRegistryDefaults.bodyIdleTimeoutMs,
+    });
+    server.on('request', handler);
+    // `Expect: 100-continue` goes to the same handler, which refuses an oversize body before the client sends it.
+    server.on('checkContinue', handler);
     server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {
       if (!socket.writable || error.code === 'ECONNRESET') return void socket.destroy();
       const status = error.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : error.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? '408 Request Timeout' : '400 Bad Request';

@@ -1,4 +1,4 @@
-/** 1,000 concurrent publishes of distinct keys all land, on the file store and across two replicas on Redis. */
+/** 1,000 concurrent publishes of distinct keys all land (the per-service cap raised to 1,000), on the file store and across two replicas on Redis. */
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -50,12 +50,13 @@ describe('1,000 concurrent publishes of distinct keys', () => {
     const directory = await mkdtemp(path.join(os.tmpdir(), 'keyregistry-concurrency-'));
     cleanups.push(() => rm(directory, { recursive: true, force: true }));
     const file = path.join(directory, 'keys.json');
-    const server = await startKeyRegistryServer({ listenAddr: '127.0.0.1:0', publicUrl: aud, storage: { type: 'file', path: file }, adminToken });
+    const server = await startKeyRegistryServer({ listenAddr: '127.0.0.1:0', publicUrl: aud, storage: { type: 'file', path: file }, adminToken, maxPendingKeysPerService: 1000 });
     cleanups.push(() => server.stop());
     const service = uniqueName('svc');
     const prepared = await prepare(1000, service);
     const publishMs = await publishAll([server], service, prepared);
     const approveMs = await approveAllAndCheck([server], service, prepared);
+    await server.stop();
     const saved = JSON.parse(await readFile(file, 'utf8')) as { keys: Record<string, Record<string, { state: string }>> };
     expect(Object.values(saved.keys[service]!).filter((key) => key.state === 'approved')).toHaveLength(1000);
     console.log(`file store: 1000 concurrent publishes in ${publishMs.toFixed(0)} ms, 1000 concurrent approvals in ${approveMs.toFixed(0)} ms`);
@@ -65,7 +66,7 @@ describe('1,000 concurrent publishes of distinct keys', () => {
     const keyPrefix = testPrefix();
     cleanups.push(() => deletePrefix(keyPrefix));
     const servers = await Promise.all(
-      [0, 1].map(() => startKeyRegistryServer({ listenAddr: '127.0.0.1:0', publicUrl: aud, storage: { type: 'redis', url: redisUrl, keyPrefix }, adminToken })),
+      [0, 1].map(() => startKeyRegistryServer({ listenAddr: '127.0.0.1:0', publicUrl: aud, storage: { type: 'redis', url: redisUrl, keyPrefix }, adminToken, maxPendingKeysPerService: 1000 })),
     );
     for (const server of servers) cleanups.push(() => server.stop());
     const service = uniqueName('svc');

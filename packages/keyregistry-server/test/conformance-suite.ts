@@ -5,7 +5,7 @@
  * the suite can run against a shared registry.
  */
 import { beforeAll, describe, expect, it } from 'vitest';
-import { call, deleteKey, ecKey, keyUrl, putKey, rawCall, registryToken, rsaKey, sleep, uniqueName, type PublisherKey } from './support.js';
+import { call, deleteKey, ecKey, goStyle, keyUrl, putKey, rawCall, registryToken, rsaKey, sleep, uniqueName, withPadding, type PublisherKey } from './support.js';
 
 export interface ConformanceTarget {
   /** e.g. `http://127.0.0.1:8081` (no trailing slash). */
@@ -34,7 +34,7 @@ export function keyRegistryConformanceSuite(getTarget: () => ConformanceTarget):
     base = target.baseUrl.replace(/\/+$/, '');
     aud = target.audience ?? new URL(base).origin;
     approve = target.approve.bind(target);
-    pool.push(...(await Promise.all(Array.from({ length: 40 }, () => rsaKey()))));
+    pool.push(...(await Promise.all(Array.from({ length: 48 }, () => rsaKey()))));
   }, 120_000);
 
   /** Publishes a self-signed key and approves it. */
@@ -84,6 +84,70 @@ export function keyRegistryConformanceSuite(getTarget: () => ConformanceTarget):
       expect((await call(keyUrl(base, service, far.kid))).headers.get('cache-control')).toBe('max-age=86400');
       const never = await approvedKey(service, {});
       expect((await call(keyUrl(base, service, never.kid))).headers.get('cache-control')).toBe('max-age=86400');
+    });
+
+    // The Go tool (go-jose/go-oidc) writes JWK members base64url WITH `=` padding, and its kid is a
+    // padded thumbprint, percent-encoded in the path (%3D). The served JWK may be padded or not
+    // (RFC 7515 says not); whatever it is must decode to the same key.
+    describe('padded JWKs, as the Go tool publishes them', () => {
+      const decoded = (value: string) => Buffer.from(value.replace(/=+$/, ''), 'base64url');
+
+      it('accepts padded members and a padded kid sent as %3D: 202, 409 until approved, then 200 with the same key', async () => {
+        const service = uniqueName('svc');
+        const key = goStyle(fresh());
+        expect(key.kid).toMatch(/^[\w-]{43}=$/);
+        expect(key.jwk.n).toMatch(/=$/);
+        const published = await putKey(base, aud, service, key);
+        expect(published.status, published.text).toBe(202);
+        expect(keyUrl(base, service, key.kid)).toMatch(/%3D$/);
+        expect((await call(keyUrl(base, service, key.kid))).status).toBe(409);
+        await approve(service, key.kid);
+        const fetched = await call(keyUrl(base, service, key.kid));
+        expect(fetched.status).toBe(200);
+        expect(fetched.headers.get('cache-control')).toMatch(/^max-age=\d+$/);
+        const served = fetched.json() as Record<string, string>;
+        expect(served).toMatchObject({ kty: 'RSA', kid: key.kid });
+        expect(decoded(served.n!)).toEqual(decoded(key.jwk.n!));
+        expect(decoded(served.e!)).toEqual(decoded(key.jwk.e!));
+        const listed = (await call(`${base}/services/${service}/keys`)).json() as { keys: Array<Record<string, string>> };
+        expect(listed.keys.map((jwk) => jwk.kid)).toEqual([key.kid]);
+      });
+
+      it('treats the same key sent padded and unpadded as one key (a refresh, not a conflict)', async () => {
+        const service = uniqueName('svc');
+        const plain = fresh();
+        const padded = goStyle(plain);
+        expect((await putKey(base, aud, service, padded)).status).toBe(202);
+        const unpadded = { ...padded, jwk: { ...padded.jwk, n: plain.jwk.n!, e: plain.jwk.e! } };
+        expect((await putKey(base, aud, service, unpadded)).status).toBe(202);
+        await approve(service, padded.kid);
+        expect((await putKey(base, aud, service, padded)).status).toBe(200);
+      });
+
+      it('rotates from a padded key to a padded key (200, signed by the approved key) and deletes by the %3D kid (204)', async () => {
+        const service = uniqueName('svc');
+        const old = goStyle(fresh());
+        expect((await putKey(base, aud, service, old)).status).toBe(202);
+        await approve(service, old.kid);
+        const next = goStyle(fresh());
+        const rotated = await putKey(base, aud, service, next, { signer: old });
+        expect(rotated.status, rotated.text).toBe(200);
+        expect((await call(keyUrl(base, service, next.kid))).status).toBe(200);
+        expect((await call(keyUrl(base, service, old.kid))).status).toBe(404);
+        expect((await deleteKey(base, aud, service, next.kid, next)).status).toBe(204);
+        expect((await call(keyUrl(base, service, next.kid))).status).toBe(404);
+      });
+
+      it('accepts padded EC members (x, y)', async () => {
+        const service = uniqueName('svc');
+        const key = await ecKey('P-256');
+        const padded = { ...key, jwk: { ...key.jwk, x: withPadding(key.jwk.x!), y: withPadding(key.jwk.y!) } };
+        expect(padded.jwk.x).toMatch(/=$/);
+        expect((await putKey(base, aud, service, padded)).status).toBe(202);
+        await approve(service, key.kid);
+        const served = (await call(keyUrl(base, service, key.kid))).json() as Record<string, string>;
+        expect(decoded(served.x!)).toEqual(decoded(key.jwk.x!));
+      });
     });
 
     it('serves EC P-256 keys (ES256)', async () => {

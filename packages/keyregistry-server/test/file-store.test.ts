@@ -79,18 +79,24 @@ describe('file store', () => {
     for (const key of keys.slice(1)) expect((await call(keyUrl(restarted.address, service, key.kid))).status).toBe(409);
   });
 
-  it('writes the file with mode 0600 through a temporary file, leaving no temporary files behind', async () => {
+  it('keeps a snapshot and a journal, both mode 0600, leaving no temporary files; after a stop the snapshot alone holds everything', async () => {
     const running = await start();
     const service = uniqueName('svc');
     await Promise.all(Array.from({ length: 20 }, async () => putKey(running.address, aud, service, await ecKey())));
     const names = await readdir(path.dirname(file));
-    expect(names.sort()).toEqual(['keys.json', 'keys.json.lock']);
+    expect(names.sort()).toEqual(['keys.json', 'keys.json.journal', 'keys.json.lock']);
     expect((await stat(file)).mode & 0o777).toBe(0o600);
-    const saved = JSON.parse(await readFile(file, 'utf8')) as { version: number; keys: Record<string, Record<string, unknown>> };
-    expect(saved.version).toBe(1);
-    expect(Object.keys(saved.keys[service]!)).toHaveLength(20);
+    expect((await stat(`${file}.journal`)).mode & 0o777).toBe(0o600);
+    // Each publication is a line of its own (its token id and its key), not a rewrite of the file.
+    const lines = (await readFile(`${file}.journal`, 'utf8')).trimEnd().split('\n').map((line) => JSON.parse(line) as { seq: number; type: string });
+    expect(lines.filter((line) => line.type === 'keys')).toHaveLength(20);
+    expect(lines.filter((line) => line.type === 'token')).toHaveLength(20);
+    expect(lines.map((line) => line.seq)).toEqual(lines.map((_, index) => lines[0]!.seq + index));
     await running.stop();
     expect(await readdir(path.dirname(file))).toEqual(['keys.json']);
+    const saved = JSON.parse(await readFile(file, 'utf8')) as { version: number; keys: Record<string, Record<string, unknown>> };
+    expect(saved.version).toBe(2);
+    expect(Object.keys(saved.keys[service]!)).toHaveLength(20);
   });
 
   it('refuses to start a second registry on a file another one uses, in this process or another', async () => {

@@ -28,7 +28,8 @@ describe('keyRegistryOptionsFrom (jwtproxy.keyregistry in the YAML)', () => {
       {
         listen_addr: '127.0.0.1:8081', public_url: 'https://keys.example.com', storage: { type: 'file', options: { path: 'data/keys.json' } },
         admin_token_file: 'admin.token', auto_approve: ['dev-*'], max_skew: '30s', max_ttl: '10m', pending_ttl: '1h', expired_retention: 0,
-        max_body_bytes: 4096, shutdown_timeout: '2s', enabled: true,
+        max_body_bytes: 4096, shutdown_timeout: '2s', enabled: true, max_pending_keys: 500, max_pending_keys_per_service: 20,
+        read_header_timeout: '5s', request_timeout: '20s', body_idle_timeout: '3s', idle_timeout: '1m', max_connections: 300,
       },
       directory,
       {},
@@ -36,7 +37,8 @@ describe('keyRegistryOptionsFrom (jwtproxy.keyregistry in the YAML)', () => {
     expect(options).toEqual({
       enabled: true, listenAddr: '127.0.0.1:8081', publicUrl: 'https://keys.example.com', storage: { type: 'file', path: path.join(directory, 'data/keys.json') },
       adminToken: 'token-from-a-file-0123456789', autoApprove: ['dev-*'], maxSkewMs: 30_000, maxTtlMs: 600_000, pendingTtlMs: 3_600_000, expiredRetentionMs: 0,
-      maxBodyBytes: 4096, shutdownTimeoutMs: 2000,
+      maxBodyBytes: 4096, shutdownTimeoutMs: 2000, maxPendingKeys: 500, maxPendingKeysPerService: 20,
+      readHeaderTimeoutMs: 5000, requestTimeoutMs: 20_000, bodyIdleTimeoutMs: 3000, idleTimeoutMs: 60_000, maxConnections: 300,
     });
   });
 
@@ -68,5 +70,11 @@ describe('keyRegistryOptionsFrom (jwtproxy.keyregistry in the YAML)', () => {
     expect(configError({ max_body_bytes: 10 }).path).toBe('max_body_bytes');
     expect(configError({ key_file: 'k.pem' }).path).toBe('crt_file');
     expect(configError({ enabled: 'yes' }).path).toBe('enabled');
+    expect(configError({ max_pending_keys: 0 }).path).toBe('max_pending_keys');
+    expect(configError({ max_pending_keys_per_service: 2.5 }).path).toBe('max_pending_keys_per_service');
+    expect(configError({ max_connections: '100' }).path).toBe('max_connections');
+    expect(configError({ body_idle_timeout: 0 }).path).toBe('body_idle_timeout');
+    expect(configError({ read_header_timeout: '1m' }).message).toMatch(/read_header_timeout: request_timeout must be at least read_header_timeout/);
+    expect(configError({ read_header_timeout: '5s', request_timeout: '2s' }).path).toBe('request_timeout');
   });
 });

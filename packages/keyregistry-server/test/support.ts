@@ -1,4 +1,4 @@
-import { constants, generateKeyPair, randomBytes, sign, type KeyObject } from 'node:crypto';
+import { constants, createHash, generateKeyPair, randomBytes, sign, type KeyObject } from 'node:crypto';
 import http from 'node:http';
 import { promisify } from 'node:util';
 
@@ -26,6 +26,32 @@ export async function rsaKey(bits = 2048, kid = uniqueName('rsa')): Promise<Publ
 export async function ecKey(curve: 'P-256' | 'P-384' = 'P-256', kid = uniqueName('ec')): Promise<PublisherKey> {
   const { privateKey, publicKey } = await generate('ec', { namedCurve: curve });
   return { kid, alg: 'ES256', privateKey, jwk: publicKey.export({ format: 'jwk' }) as Record<string, string> };
+}
+
+/** base64url with `=` padding, as Go's base64.URLEncoding (the Go tool's JWK members and kids) writes it. */
+export function withPadding(unpadded: string): string {
+  return unpadded + '='.repeat((4 - (unpadded.length % 4)) % 4);
+}
+
+/** The Go tool's kid for an RSA key: base64.URLEncoding (padded) of the RFC 7638 SHA-256 thumbprint. */
+export function goKid(jwk: Record<string, string>): string {
+  const canonical = JSON.stringify({ e: jwk.e, kty: 'RSA', n: jwk.n });
+  return createHash('sha256').update(canonical).digest('base64url') + '=';
+}
+
+/** The same RSA key as the Go tool publishes it: members in its order, `n` and `e` padded, kid padded. */
+export function goStyle(key: PublisherKey): PublisherKey {
+  const kid = goKid(key.jwk);
+  return { ...key, kid, jwk: { kid, kty: 'RSA', alg: 'RS256', use: 'sig', e: withPadding(key.jwk.e!), n: withPadding(key.jwk.n!) } };
+}
+
+/**
+ * Decodes a JWK member as go-jose does (Go's base64.RawURLEncoding: no padding allowed), or
+ * throws. go-oidc, the Go jwtproxy verifier, also accepts padding; go-jose does not.
+ */
+export function goJoseDecode(value: string): Buffer {
+  if (!/^[A-Za-z0-9_-]*$/.test(value) || value.length % 4 === 1) throw new Error(`go-jose refuses ${JSON.stringify(value.slice(-6))}: not RawURLEncoding`);
+  return Buffer.from(value, 'base64url');
 }
 
 export interface TokenOptions {
