@@ -9,11 +9,13 @@
 // Last, the latency each proxy adds at a fixed request rate (open loop, fixed-rate.mjs): wrk's 32
 // busy connections measure throughput, and their latency is mostly queueing at saturation.
 //
-//   pnpm bench [--duration 5] [--connections 32] [--threads 2] [--rate 500]
-//              [--only upstream,verifier,signer,signer-es256,chain,verifier-redis,https-signer,https-new-hosts,latency]
+//   pnpm bench [--duration 5] [--connections 32] [--threads 2] [--rate 500] [--baseline OLD/apps/cli/dist/main.js]
+//              [--only upstream,verifier,verifier-logged,signer,signer-es256,chain,verifier-redis,https-signer,https-new-hosts,latency]
+//
+// Every proxy line ends with its start-up time (spawn to port open) and RSS idle → after the load.
 import { spawn, spawnSync } from 'node:child_process';
 import { createPrivateKey, generateKeyPairSync } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -24,7 +26,9 @@ import { freeLoopbackPort, makeCa, makeServerCertificate } from '@jwtproxy/testk
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..');
-const cli = path.join(root, 'apps/cli/dist/main.js');
+const currentCli = path.join(root, 'apps/cli/dist/main.js');
+/** The CLI the proxy cases run: this build's, or the baseline's while a baseline run is on. */
+let cli = currentCli;
 const interop = path.join(root, 'fixtures/interop');
 
 // `pnpm bench -- --duration 8` passes the `--` on: skip it.
@@ -38,6 +42,9 @@ const { values: args } = parseArgs({
     only: { type: 'string' },
     json: { type: 'string' },
     rate: { type: 'string', default: '500' },
+    // Another build's CLI (apps/cli/dist/main.js of an older checkout): each proxy case runs on it
+    // first, then on this one, back to back, and the table gives both with their ratio.
+    baseline: { type: 'string' },
   },
 });
 const duration = Number(args.duration);
@@ -49,7 +56,7 @@ if (spawnSync('wrk', ['--version']).error) {
   console.error('bench: wrk is not installed (apt-get install -y wrk)');
   process.exit(1);
 }
-if (!existsSync(cli)) {
+if (!existsSync(currentCli)) {
   console.error('bench: build first (pnpm build)');
   process.exit(1);
 }
@@ -77,10 +84,25 @@ async function waitForPort(port, child, name) {
   throw new Error(`${name} did not listen on ${port}`);
 }
 
-async function start(name, command, argv, port) {
-  const child = spawn(command, argv, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '4' } });
+/** Resident set size of a process, MB (from /proc; undefined where there is none). */
+function rssOf(pid) {
+  try {
+    const kb = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
+    return Number.isFinite(kb) ? kb / 1024 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Proxy processes of the current case: their RSS right after start and after the load. */
+let caseProcesses = [];
+
+async function start(name, command, argv, port, { logFile } = {}) {
+  const started = performance.now();
+  const stderrTarget = logFile ? openSync(logFile, 'a') : 'pipe';
+  const child = spawn(command, argv, { stdio: ['ignore', 'ignore', stderrTarget], env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '4' } });
   let stderr = '';
-  child.stderr.on('data', (d) => (stderr = (stderr + d).slice(-4000)));
+  child.stderr?.on('data', (d) => (stderr = (stderr + d).slice(-4000)));
   children.add(child);
   try {
     await waitForPort(port, child, name);
@@ -88,8 +110,14 @@ async function start(name, command, argv, port) {
     console.error(stderr);
     throw error;
   }
+  const process_ = { name, pid: child.pid, startMs: performance.now() - started, idleRss: undefined, loadedRss: undefined };
+  // Idle: once start-up garbage has been collected or not, a moment after it listens.
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  process_.idleRss = rssOf(child.pid);
+  if (command === process.execPath && argv[0] !== path.join(here, 'upstream.mjs')) caseProcesses.push(process_);
   return {
     async stop() {
+      process_.loadedRss = rssOf(child.pid);
       child.kill('SIGTERM');
       await new Promise((resolve) => (child.exitCode !== null ? resolve() : child.once('exit', resolve)));
       children.delete(child);
@@ -104,9 +132,9 @@ function yamlConfig(body) {
 }
 
 const keyOptions = `key_id: mykey`;
-function verifierConfig(port, upstream, audience, nonceStorage = 'type: local') {
+function verifierConfig(port, upstream, audience, nonceStorage = 'type: local', extraTop = '') {
   return yamlConfig(`jwtproxy:
-  verifier_proxies:
+${extraTop}  verifier_proxies:
   - listen_addr: 127.0.0.1:${port}
     verifier:
       upstream: ${upstream}
@@ -207,6 +235,28 @@ const cases = [
       const proxy = await start('verifier', process.execPath, [cli, '-config', verifierConfig(port, upstreamUrl, audience), '-log-level', 'warn'], port);
       try {
         return wrkWithTokens(`http://127.0.0.1:${port}/`, tokens);
+      } finally {
+        await proxy.stop();
+      }
+    },
+  },
+  {
+    name: 'verifier-logged',
+    label: 'verifier, access log (+ metrics)',
+    async run() {
+      const port = await freeLoopbackPort();
+      const audience = 'http://verifier.bench';
+      const tokens = await mintTokens(audience, TOKENS_PER_RUN);
+      // One access line per request at info, to a file as a sidecar's log collector reads it;
+      // with an admin listener (metrics) where this build has one.
+      const adminPort = await freeLoopbackPort();
+      const admin = cli === currentCli && existsSync(path.join(root, 'packages/admin/dist/index.js')) ? `  admin:\n    listen_addr: 127.0.0.1:${adminPort}\n` : '';
+      const logFile = path.join(work, `access-${Date.now()}.log`);
+      const proxy = await start('verifier', process.execPath, [cli, '-config', verifierConfig(port, upstreamUrl, audience, 'type: local', admin), '-log-level', 'info'], port, { logFile });
+      try {
+        const result = wrkWithTokens(`http://127.0.0.1:${port}/`, tokens);
+        const lines = readFileSync(logFile, 'utf8').split('\n').filter((line) => line.includes('msg="access"')).length;
+        return { ...result, note: `${lines} access lines${admin ? ', metrics on' : ''}` };
       } finally {
         await proxy.stop();
       }
@@ -341,18 +391,32 @@ cases.push(
 const only = args.only ? new Set(args.only.split(',')) : undefined;
 const results = [];
 console.log(`wrk -t${threads} -c${connections} -d${duration}s on loopback, ${os.cpus().length} cores, node ${process.version}`);
+if (args.baseline) console.log(`baseline: ${args.baseline} (each proxy case runs on it first, then on this build)`);
+const mb = (value) => (value === undefined ? '-' : value.toFixed(0));
+async function runCase(c, which) {
+  caseProcesses = [];
+  const r = await c.run();
+  const memory = caseProcesses.map((p) => `${p.name} start ${p.startMs.toFixed(0)} ms, RSS ${mb(p.idleRss)} → ${mb(p.loadedRss)} MB`).join('; ');
+  results.push({ name: c.name, label: which ? `${c.label} [${which}]` : c.label, which, ...r, memory, processes: caseProcesses });
+}
 for (const c of cases) {
   if (only && !only.has(c.name) && c.name !== 'upstream') continue;
-  const r = await c.run();
-  results.push({ name: c.name, label: c.label, ...r });
+  if (args.baseline && c.name !== 'upstream') {
+    cli = path.resolve(args.baseline);
+    await runCase(c, 'baseline');
+    cli = currentCli;
+    await runCase(c, 'this build');
+  } else await runCase(c);
 }
 const base = results.find((r) => r.name === 'upstream');
 const pad = (s, n) => String(s).padEnd(n);
-console.log(`${pad('case', 34)}${pad('req/s', 10)}${pad('p50 ms', 9)}${pad('p99 ms', 9)}${pad('vs upstream', 13)}notes`);
+console.log(`${pad('case', 48)}${pad('req/s', 10)}${pad('p50 ms', 9)}${pad('p99 ms', 9)}${pad('vs upstream', 13)}${pad('vs baseline', 13)}notes`);
 for (const r of results) {
   const ratio = base && r !== base && !Number.isNaN(r.rps) ? `${((r.rps / base.rps) * 100).toFixed(0)} %` : '';
-  const notes = [r.non2xx ? `${r.non2xx} non-2xx of ${r.total}` : '', r.errors ?? '', r.note ?? ''].filter(Boolean).join('; ');
-  console.log(`${pad(r.label, 34)}${pad(Number.isNaN(r.rps) ? '-' : r.rps.toFixed(0), 10)}${pad(r.p50.toFixed(2), 9)}${pad(r.p99.toFixed(2), 9)}${pad(ratio, 13)}${notes}`);
+  const baselineRun = r.which === 'this build' ? results.find((o) => o.name === r.name && o.which === 'baseline') : undefined;
+  const vsBaseline = baselineRun && !Number.isNaN(r.rps) ? `${(r.rps / baselineRun.rps).toFixed(2)}×` : '';
+  const notes = [r.non2xx ? `${r.non2xx} non-2xx of ${r.total}` : '', r.errors ?? '', r.note ?? '', r.memory ?? ''].filter(Boolean).join('; ');
+  console.log(`${pad(r.label, 48)}${pad(Number.isNaN(r.rps) ? '-' : r.rps.toFixed(0), 10)}${pad(r.p50.toFixed(2), 9)}${pad(r.p99.toFixed(2), 9)}${pad(ratio, 13)}${pad(vsBaseline, 13)}${notes}`);
 }
 
 /** Latency at `rate` req/s through each of: the bare upstream, the verifier, the signer, the chain. */
