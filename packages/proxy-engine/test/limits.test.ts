@@ -1,4 +1,5 @@
 import type http from 'node:http';
+import type net from 'node:net';
 import { freeLoopbackPort } from '@jwtproxy/testkit';
 import { afterEach, describe, expect, it } from 'vitest';
 import { RawClient, eventually, rawExchange, runCleanups, send, sleep, startEchoUpstream, startEngine, startUpstream, statuses, type Cleanups } from './helpers.js';
@@ -87,6 +88,28 @@ describe('body idle timeout', () => {
     // After the body, the connection is not on the body timer any more.
     await sleep(600);
     expect(trickle.isClosed).toBe(false);
+  });
+
+  it('a kept-alive connection carrying 40 request bodies keeps one body timer (no listener per request, no MaxListenersExceededWarning), and it still cuts the 41st body when it stalls', async () => {
+    const warnings: Error[] = [];
+    const onWarning = (warning: Error): void => void warnings.push(warning);
+    process.on('warning', onWarning);
+    cleanups.push(async () => process.off('warning', onWarning));
+    const upstream = await startEchoUpstream(cleanups);
+    const proxy = await startEngine({ upstream: upstream.origin, limits: { bodyIdleTimeoutMs: 400 } }, cleanups);
+    let serverSide: net.Socket | undefined;
+    proxy.server.once('connection', (socket: net.Socket) => (serverSide = socket));
+    const kept = await client(proxy.port);
+    for (let i = 0; i < 40; i++) {
+      kept.write(`POST /${i} HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\n\r\nhello`);
+      expect(await kept.waitFor(new RegExp(`"url":"/${i}"[^]*\\r\\n0\\r\\n\\r\\n$`))).toBe(true);
+    }
+    await sleep(50);
+    expect(warnings.filter((warning) => warning.name === 'MaxListenersExceededWarning')).toEqual([]);
+    expect(serverSide!.listenerCount('timeout')).toBeLessThanOrEqual(2);
+    kept.write('POST /stalled HTTP/1.1\r\nHost: svc\r\nContent-Length: 10\r\n\r\nab');
+    expect(await kept.waitClosed(2_000)).toBe(true);
+    expect(upstream.seen).toHaveLength(40);
   });
 });
 
