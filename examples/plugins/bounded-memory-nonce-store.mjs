@@ -8,24 +8,28 @@
 // - the store cannot answer (here: full of unexpired nonces; for a remote store: it is down):
 //   throw (or reject with) any Error: 503 `jwtproxy: unable to verify request: Nonce storage
 //   unavailable`. The verifier fails closed: no token passes while the store cannot answer.
-export function register({ nonceStores }) {
-  nonceStores.register('bounded-memory', (options) => {
-    const max = Number(options.max ?? 100_000);
-    if (!Number.isInteger(max) || max < 1) throw new Error('bounded-memory: options.max must be a positive integer');
-    /** jti → expiry (unix seconds), in insertion order. */
-    const nonces = new Map();
-    const forgetExpired = () => {
-      const now = Date.now() / 1000;
-      for (const [jti, expiresAt] of nonces) if (expiresAt < now) nonces.delete(jti);
-    };
-    return {
-      async claim(jti, expiresAt) {
-        if (nonces.has(jti)) return false;
-        if (nonces.size >= max) forgetExpired();
-        if (nonces.size >= max) throw new Error(`bounded-memory: ${max} unexpired nonces stored, no room for another`);
-        nonces.set(jti, expiresAt);
-        return true;
-      },
-    };
+export default function register({ nonceStores, schema: s }) {
+  nonceStores.register({
+    type: 'bounded-memory',
+    options: s.strictObject({
+      max: s.optional(s.pipe(s.number(), s.integer(), s.minValue(1), s.description('Most unexpired nonces kept.')), 100_000),
+    }),
+    create({ max }) {
+      /** jti → expiry (unix seconds), in insertion order. */
+      const nonces = new Map();
+      const forgetExpired = () => {
+        const now = Date.now() / 1000;
+        for (const [jti, expiresAt] of nonces) if (expiresAt < now) nonces.delete(jti);
+      };
+      return {
+        async claim(jti, expiresAt) {
+          if (nonces.has(jti)) return false;
+          if (nonces.size >= max) forgetExpired();
+          if (nonces.size >= max) throw new Error(`bounded-memory: ${max} unexpired nonces stored, no room for another`);
+          nonces.set(jti, expiresAt);
+          return true;
+        },
+      };
+    },
   });
 }

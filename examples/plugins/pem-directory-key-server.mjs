@@ -20,25 +20,30 @@ function keyNotFound(issuer, kid) {
   return Object.assign(new Error(`no key ${kid} for ${issuer}`), { code: 'ERR_KEY_NOT_FOUND' });
 }
 
-export function register({ keyServers }) {
-  keyServers.register('pem-directory', (options, context) => {
-    if (typeof options.dir !== 'string') throw new Error('pem-directory: options.dir is required');
-    const dir = path.resolve(context.baseDir, options.dir);
-    return {
-      async resolve(issuer, kid) {
-        if (!SAFE_NAME.test(issuer) || !SAFE_NAME.test(kid) || issuer.startsWith('.') || kid.startsWith('.')) throw keyNotFound(issuer, kid);
-        let pem;
-        try {
-          pem = await readFile(path.join(dir, issuer, `${kid}.pem`), 'utf8');
-        } catch (error) {
-          if (error.code === 'ENOENT') throw keyNotFound(issuer, kid);
-          throw error; // EACCES, ENOTDIR...: the key server is broken, not the token
-        }
-        const key = createPublicKey(pem);
-        // The algorithms this key may verify: decided by the key, never by the token.
-        const algorithms = key.asymmetricKeyType === 'rsa' ? ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512'] : key.asymmetricKeyType === 'ec' ? ['ES256', 'ES384', 'ES512'] : ['EdDSA'];
-        return { key, algorithms };
-      },
-    };
+export default function register({ keyServers, schema: s }) {
+  keyServers.register({
+    type: 'pem-directory',
+    options: s.strictObject({
+      dir: s.pipe(s.string(), s.minLength(1), s.description('The directory of <issuer>/<kid>.pem files, relative to the configuration file.')),
+    }),
+    create(options, context) {
+      const dir = path.resolve(context.baseDir, options.dir);
+      return {
+        async resolve(issuer, kid) {
+          if (!SAFE_NAME.test(issuer) || !SAFE_NAME.test(kid) || issuer.startsWith('.') || kid.startsWith('.')) throw keyNotFound(issuer, kid);
+          let pem;
+          try {
+            pem = await readFile(path.join(dir, issuer, `${kid}.pem`), 'utf8');
+          } catch (error) {
+            if (error.code === 'ENOENT') throw keyNotFound(issuer, kid);
+            throw error; // EACCES, ENOTDIR...: the key server is broken, not the token
+          }
+          const key = createPublicKey(pem);
+          // The algorithms this key may verify: decided by the key, never by the token.
+          const algorithms = key.asymmetricKeyType === 'rsa' ? ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512'] : key.asymmetricKeyType === 'ec' ? ['ES256', 'ES384', 'ES512'] : ['EdDSA'];
+          return { key, algorithms };
+        },
+      };
+    },
   });
 }

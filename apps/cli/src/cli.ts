@@ -46,9 +46,10 @@ export async function main(argv: readonly string[]): Promise<number> {
   let config: LoadedConfig;
   let running: RunningJwtProxy;
   try {
-    // Built-in component types register on import, before plugins (which may replace them).
-    const { startJwtProxy } = await import('./run.js');
-    await loadPlugins(args.plugins, logger);
+    // The built-in component types first, then the plugins' (which may replace them).
+    const [{ startJwtProxy }, { createJwtProxyRuntime }] = await Promise.all([import('./run.js'), import('./builtins.js')]);
+    const runtime = createJwtProxyRuntime(logger);
+    await loadPlugins(args.plugins, runtime);
     config = await loadConfig(args.configFile!, { logger });
     const nothingEnabled =
       !config.signerProxy?.enabled && !config.verifierProxies.some((p) => p.enabled) && !config.keyregistry?.enabled;
@@ -56,7 +57,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       logger.info('No proxy is enabled');
       return 0;
     }
-    running = await startJwtProxy(config, logger, { signal: shutdown.abortSignal });
+    running = await startJwtProxy(config, logger, { signal: shutdown.abortSignal, runtime });
   } catch (error) {
     if (error instanceof ConfigError || error instanceof PluginError) return fail(error.message, 1);
     return fail(`cannot start: ${(error as Error)?.stack ?? String(error)}`, 1);

@@ -1,28 +1,14 @@
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import {
-  claimsVerifiers,
-  keyCaches,
-  keyServers,
-  nonceStores,
-  privateKeySources,
-  type Logger,
-} from '@jwtproxy/core';
+import { adoptLegacyRegistrations, type Runtime } from '@jwtproxy/core';
 
 /**
- * What a plugin's `register` (or default) export receives: the very registries the CLI builds
- * from. A plugin may instead import '@jwtproxy/core' and register on import, which works when
- * it resolves the same copy of core as the CLI (installed beside it).
+ * What a plugin's default export (or `register` export) receives: the runtime the CLI builds
+ * from, with its registries (`nonceStores`, `keyServers`, …), `schema` (valibot and `duration`)
+ * and `logger`. A plugin registers `{type, options: schema, create}` there, as the built-ins are.
  */
-export interface PluginApi {
-  privateKeySources: typeof privateKeySources;
-  keyServers: typeof keyServers;
-  keyCaches: typeof keyCaches;
-  nonceStores: typeof nonceStores;
-  claimsVerifiers: typeof claimsVerifiers;
-  logger: Logger;
-}
+export type PluginApi = Runtime;
 
 export class PluginError extends Error {
   override name = 'PluginError';
@@ -40,8 +26,13 @@ function moduleUrl(specifier: string, cwd: string): string {
   }
 }
 
-export async function loadPlugins(specifiers: readonly string[], logger: Logger, cwd = process.cwd()): Promise<void> {
-  const api: PluginApi = { privateKeySources, keyServers, keyCaches, nonceStores, claimsVerifiers, logger };
+/**
+ * Imports each plugin and calls its `export default function register(runtime)` (or its
+ * `register` export). The old form, registering in @jwtproxy/core's module-level registries on
+ * import, still works for now: what it registered is moved into `runtime`, with a deprecation warning.
+ */
+export async function loadPlugins(specifiers: readonly string[], runtime: Runtime, cwd = process.cwd()): Promise<void> {
+  const { logger } = runtime;
   for (const specifier of specifiers) {
     let loaded: Record<string, unknown>;
     try {
@@ -49,9 +40,16 @@ export async function loadPlugins(specifiers: readonly string[], logger: Logger,
     } catch (error) {
       throw new PluginError(`cannot load plugin ${JSON.stringify(specifier)}: ${(error as Error)?.message ?? String(error)}`);
     }
-    const register = typeof loaded.register === 'function' ? loaded.register : loaded.default;
+    const register = typeof loaded.default === 'function' ? loaded.default : loaded.register;
     try {
-      if (typeof register === 'function') await (register as (api: PluginApi) => unknown)(api);
+      if (typeof register === 'function') await (register as (runtime: Runtime) => unknown)(runtime);
+      adoptLegacyRegistrations(runtime, (kind, type) =>
+        logger.warn("deprecated plugin form: registered in @jwtproxy/core's module-level registries on import; export default function register(runtime) instead", {
+          plugin: specifier,
+          kind,
+          type,
+        }),
+      );
     } catch (error) {
       throw new PluginError(`plugin ${JSON.stringify(specifier)} failed to register: ${(error as Error)?.message ?? String(error)}`);
     }

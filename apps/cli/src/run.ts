@@ -10,27 +10,23 @@
  */
 import {
   ConfigError,
+  ListenError,
+  childLogger,
   RequestSigner,
   RequestVerifier,
-  claimsVerifiers,
-  keyServers,
-  nonceStores,
-  privateKeySources,
   systemClock,
   type ComponentContext,
   type Logger,
   type RunningProxy,
+  type Runtime,
   type Stoppable,
 } from '@jwtproxy/core';
 import { createComponent, placeConfigError, type LoadedConfig } from '@jwtproxy/config';
 import { startSignerProxy } from '@jwtproxy/forward-proxy';
+import { accessLog, type AccessRecord } from '@jwtproxy/proxy-engine';
 import { startVerifierProxy } from '@jwtproxy/reverse-proxy';
+import { createJwtProxyRuntime } from './builtins.js';
 import { startKeyRegistryFromConfig } from './keyregistry-command.js';
-// Built-in component types register themselves in core's registries on import.
-import '@jwtproxy/key-sources';
-import '@jwtproxy/nonce-stores';
-import '@jwtproxy/nonce-store-redis';
-import '@jwtproxy/keyregistry';
 
 /** A server the CLI started: its key path in the configuration and where it listens. */
 export interface StartedServer {
@@ -55,30 +51,50 @@ interface Listening {
 /** Something that may hold resources: stopped at shutdown when it can be. */
 type Component = Partial<Stoppable>;
 
-/** An error a listener gives when it cannot bind (port in use, no permission, no such address). */
+/** System error codes of a bind failure (port in use, no permission, no such address). */
 const listenErrorCodes = new Set(['EADDRINUSE', 'EACCES', 'EADDRNOTAVAIL', 'ENOENT', 'EPERM']);
+
+/** The ListenError in an error's cause chain; or one made from a bind failure's system error that a server wrapped. */
+function listenErrorIn(error: unknown, listenAddr: string): ListenError | undefined {
+  for (let current = error, depth = 0; current instanceof Error && depth < 5; current = current.cause, depth++) {
+    if (current instanceof ListenError) return current;
+    const systemCode = (current as NodeJS.ErrnoException).code;
+    if (systemCode && listenErrorCodes.has(systemCode) && (current as NodeJS.ErrnoException).syscall !== undefined) {
+      return ListenError.fromSystemError(listenAddr, current as NodeJS.ErrnoException);
+    }
+  }
+  return undefined;
+}
 
 /** One clear ConfigError for a proxy that could not start, naming its key. */
 function startFailure(error: unknown, at: string, listenAddr: string, config: LoadedConfig): ConfigError {
   if (error instanceof ConfigError) return placeConfigError(error, at, config);
-  // The proxies wrap the listen error in one of their own, keeping it as the cause.
-  const cause = (error as { cause?: unknown })?.cause as NodeJS.ErrnoException | undefined;
-  const code = (error as NodeJS.ErrnoException)?.code ?? cause?.code;
-  const message = (error as Error)?.message ?? String(error);
-  if (code && listenErrorCodes.has(code)) {
-    const problem = message.includes('cannot listen on') ? message.replace(/^.*?(cannot listen on)/, '$1') : `cannot listen on ${listenAddr}: ${message}`;
-    return config.errorAt(`${at}.listen_addr`, problem);
-  }
-  return config.errorAt(at, `cannot start: ${message}`);
+  const listen = listenErrorIn(error, listenAddr);
+  if (listen) return config.errorAt(`${at}.listen_addr`, listen.message);
+  return config.errorAt(at, `cannot start: ${(error as Error)?.message ?? String(error)}`);
+}
+
+/**
+ * A proxy's logger names it (`component=verifier_proxies[1]`), and its access log (unless
+ * `log.access_log` is false) writes through that logger.
+ */
+function proxyLogging(logger: Logger, path: string, config: LoadedConfig): { logger: Logger; onAccess?: (record: AccessRecord) => void } {
+  const named = childLogger(logger, { component: path });
+  if (!config.log.accessLog) return { logger: named };
+  return { logger: named, onAccess: accessLog(named, { sample: config.log.accessLogSample }) };
 }
 
 export interface StartOptions {
   /** Aborted (a signal came) while starting: what was built is stopped and nothing more listens. */
   signal?: AbortSignal;
+  /** The registries to build components from (with plugins' types); default: the built-ins only. */
+  runtime?: Runtime;
 }
 
 export async function startJwtProxy(config: LoadedConfig, logger: Logger, options: StartOptions = {}): Promise<RunningJwtProxy> {
-  const context: ComponentContext = { logger, clock: systemClock, baseDir: config.baseDir };
+  const runtime = options.runtime ?? createJwtProxyRuntime(logger);
+  const { privateKeySources, keyServers, nonceStores, claimsVerifiers } = runtime;
+  const context: ComponentContext = { logger, clock: systemClock, baseDir: config.baseDir, runtime };
   const components: Component[] = [];
   const listening: Listening[] = [];
   // Stopped last, with its own shutdown_timeout: a verifier in this process may still ask it for keys.
@@ -172,7 +188,7 @@ export async function startJwtProxy(config: LoadedConfig, logger: Logger, option
           trustedCertificates: signerProxy.trustedCertificates,
           insecureSkipVerify: signerProxy.insecureSkipVerify,
           limits: signerProxy.limits,
-          logger,
+          ...proxyLogging(logger, signerProxy.path, config),
         });
         listening.push({ name: signerProxy.path, server, shutdownTimeout: signerProxy.shutdownTimeout });
       } catch (error) {
@@ -190,7 +206,7 @@ export async function startJwtProxy(config: LoadedConfig, logger: Logger, option
           verifier: verifiers[i]!,
           shutdownTimeout: proxy.shutdownTimeout,
           limits: proxy.limits,
-          logger,
+          ...proxyLogging(logger, proxy.path, config),
         });
         listening.push({ name: proxy.path, server, shutdownTimeout: proxy.shutdownTimeout });
       } catch (error) {

@@ -203,6 +203,9 @@ describe('--plugin', () => {
       ]);
       expect(cli.stderr()).toMatch(/msg="test-keys plugin: key server created"/);
       expect(cli.stderr()).toMatch(/msg="register-api plugin: nonce store created" label=from-yaml/);
+      // The old form (registering in core's module-level registries on import) still works, with a warning.
+      expect(cli.stderr()).toMatch(/level=warn msg="deprecated plugin form: .*" plugin=\S*test-keys-plugin\.mjs kind="key server" type=test-keys\n/);
+      expect(cli.stderr()).not.toMatch(/deprecated.*register-api-plugin/);
       expect(Object.keys(cli.servers)).toEqual(['verifier_proxies[0]']);
 
       // A token signed with the interop key: only the plugin's key server knows its public half.

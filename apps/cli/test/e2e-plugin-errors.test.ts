@@ -65,7 +65,7 @@ beforeAll(async () => {
       '    listen_addr: 127.0.0.1:0',
       '    signer:',
       `      issuer: ${interop.issuer}`,
-      `      private_key: {type: reloading-pem, options: {key_id: ${interop.keyId}, path: signing.key, reload_seconds: 0.2}}`,
+      `      private_key: {type: reloading-pem, options: {key_id: ${interop.keyId}, path: signing.key, reload_interval: 200ms}}`,
       '  verifier_proxies:',
       ...verifier(ports.claims, 'keys', ['      claims_verifiers:', '      - {type: allowed-issuers, options: {issuers: [jwtproxy]}}']),
       ...verifier(ports.brokenKeyServer, notADirectory, []),

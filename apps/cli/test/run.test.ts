@@ -294,7 +294,7 @@ describe('shutdown', () => {
         '      audience: http://billing.internal',
         '      key_server:',
         '        type: slow-start',
-        '        options: {delay_ms: 1500}',
+        '        options: {delay: 1500ms}',
         '',
       ].join('\n'),
     );

@@ -13,6 +13,8 @@ export {
   unknownOptionProblem,
   v,
   type DurationMetadata,
+  type InferInput,
+  type InferOutput,
   type DurationRule,
   type OptionsSchema,
   type SchemaKit,

@@ -260,11 +260,16 @@ function withoutEmpty(value: unknown): unknown {
   return copy;
 }
 
-/** Reads options with their schema; throws a ConfigError whose path is relative to the options. */
-export function parseOptions<S extends OptionsSchema>(schema: S, options: unknown): v.InferOutput<S> {
+/**
+ * Reads options with their schema; throws a ConfigError whose path is relative to the options, or
+ * under `at` (`cache.options`) for a mapping inside them that a component reads itself.
+ */
+export function parseOptions<S extends OptionsSchema>(schema: S, options: unknown, at = ''): v.InferOutput<S> {
   const result = v.safeParse(schema, withoutEmpty(options ?? {}));
-  if (!result.success) throw configErrorFrom(result.issues, schema);
-  return result.output;
+  if (result.success) return result.output;
+  const error = configErrorFrom(result.issues, schema);
+  if (!at) throw error;
+  throw new ConfigError(error.path ? `${at}.${error.path}` : at, error.problem);
 }
 
 /**
@@ -296,3 +301,4 @@ export function lenientObjectIn(schema: OptionsSchema, at = ''): string | undefi
 export const schema = Object.freeze({ ...v, duration });
 export type SchemaKit = typeof schema;
 export { v };
+export type { InferInput, InferOutput } from 'valibot';

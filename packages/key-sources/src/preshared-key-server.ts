@@ -1,14 +1,15 @@
 import type { KeyObject } from 'node:crypto';
+import path from 'node:path';
 import {
   ConfigError,
   KeyNotFoundError,
+  defineComponent,
+  schema as s,
   verificationKeyFrom,
-  type ComponentContext,
   type PublicKeyResolver,
   type VerificationKey,
 } from '@jwtproxy/core';
 import { readPublicKeyFile } from './pem.js';
-import { rejectUnknownOptions, requiredString, resolvePath } from './options.js';
 
 export interface PresharedKeyServerOptions {
   /** The only issuer accepted (compared case-insensitively, as the Go tool). */
@@ -59,13 +60,23 @@ export class PresharedKeyServer implements PublicKeyResolver {
   }
 }
 
-/** The registry factory: options `issuer`, `key_id` and `public_key_path` (relative to the configuration file). */
-export function createPresharedKeyServer(options: Record<string, unknown>, context: ComponentContext): PresharedKeyServer {
-  rejectUnknownOptions(options, ['issuer', 'key_id', 'public_key_path']);
-  const issuer = requiredString(options, 'issuer');
-  const keyId = requiredString(options, 'key_id');
-  const file = resolvePath(context.baseDir, requiredString(options, 'public_key_path'));
-  const server = PresharedKeyServer.fromFile(issuer, keyId, file);
-  context.logger.info('preshared public key loaded', { issuer, key_id: keyId, path: file });
-  return server;
-}
+/** `key_server: {type: preshared, options: {issuer, key_id, public_key_path}}`. */
+export const presharedKeyServer = defineComponent({
+  type: 'preshared',
+  description: 'One issuer, one key id, one public key (issuer and key id compared case-insensitively, as the Go tool).',
+  options: s.strictObject({
+    issuer: s.pipe(s.string(), s.minLength(1), s.description('The only issuer accepted.')),
+    key_id: s.pipe(s.string(), s.minLength(1), s.description('The only key id accepted.')),
+    public_key_path: s.pipe(
+      s.string(),
+      s.minLength(1),
+      s.description('PEM `PUBLIC KEY`, `RSA PUBLIC KEY` or `CERTIFICATE`, relative to the configuration file.'),
+    ),
+  }),
+  create(options, context): PresharedKeyServer {
+    const file = path.resolve(context.baseDir, options.public_key_path);
+    const server = PresharedKeyServer.fromFile(options.issuer, options.key_id, file);
+    context.logger.info('preshared public key loaded', { issuer: options.issuer, key_id: options.key_id, path: file });
+    return server;
+  },
+});

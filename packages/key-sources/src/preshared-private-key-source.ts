@@ -1,13 +1,7 @@
 import type { KeyObject } from 'node:crypto';
-import {
-  ConfigError,
-  signingKeyFromKeyObject,
-  type ComponentContext,
-  type PrivateKeySource,
-  type SigningKey,
-} from '@jwtproxy/core';
+import path from 'node:path';
+import { ConfigError, defineComponent, schema as s, signingKeyFromKeyObject, type PrivateKeySource, type SigningKey } from '@jwtproxy/core';
 import { readPrivateKeyFile } from './pem.js';
-import { rejectUnknownOptions, requiredString, resolvePath } from './options.js';
 
 export interface PresharedPrivateKeySourceOptions {
   /** The `kid` put in every token's header. */
@@ -48,13 +42,23 @@ export class PresharedPrivateKeySource implements PrivateKeySource {
   }
 }
 
-/** The registry factory: options `key_id` and `private_key_path` (relative to the configuration file). */
-export function createPresharedPrivateKeySource(options: Record<string, unknown>, context: ComponentContext): PresharedPrivateKeySource {
-  rejectUnknownOptions(options, ['key_id', 'private_key_path']);
-  const keyId = requiredString(options, 'key_id');
-  const file = resolvePath(context.baseDir, requiredString(options, 'private_key_path'));
-  const source = PresharedPrivateKeySource.fromFile(keyId, file);
-  // The path and key id only; never anything read from the file.
-  context.logger.info('preshared private key loaded', { key_id: keyId, alg: source.activeKey().alg, path: file });
-  return source;
-}
+/** `private_key: {type: preshared, options: {key_id, private_key_path}}`. */
+export const presharedPrivateKeySource = defineComponent({
+  type: 'preshared',
+  description: 'One private key, read once at start, signs every token.',
+  options: s.strictObject({
+    key_id: s.pipe(s.string(), s.minLength(1), s.description("The `kid` put in every token's header.")),
+    private_key_path: s.pipe(
+      s.string(),
+      s.minLength(1),
+      s.description('PEM private key (`RSA PRIVATE KEY`, `PRIVATE KEY` or `EC PRIVATE KEY`; RSA signs RS256, EC P-256 ES256), relative to the configuration file.'),
+    ),
+  }),
+  create(options, context): PresharedPrivateKeySource {
+    const file = path.resolve(context.baseDir, options.private_key_path);
+    const source = PresharedPrivateKeySource.fromFile(options.key_id, file);
+    // The path and key id only; never anything read from the file.
+    context.logger.info('preshared private key loaded', { key_id: options.key_id, alg: source.activeKey().alg, path: file });
+    return source;
+  },
+});

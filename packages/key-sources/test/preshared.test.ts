@@ -5,8 +5,7 @@ import path from 'node:path';
 import {
   ConfigError,
   KeyNotFoundError,
-  keyServers,
-  privateKeySources,
+  createRuntime,
   silentLogger,
   systemClock,
   type ComponentContext,
@@ -16,7 +15,12 @@ import {
 } from '@jwtproxy/core';
 import { interop, makeServerCertificate } from '@jwtproxy/testkit';
 import { afterAll, describe, expect, it } from 'vitest';
-import { PresharedKeyServer, PresharedPrivateKeySource, registerKeySources } from '../src/index.js';
+import { PresharedKeyServer, PresharedPrivateKeySource, presharedKeyServer, presharedPrivateKeySource } from '../src/index.js';
+
+/** The registries as the CLI fills them. */
+const { privateKeySources, keyServers } = createRuntime();
+privateKeySources.register(presharedPrivateKeySource);
+keyServers.register(presharedKeyServer);
 
 const dir = mkdtempSync(path.join(tmpdir(), 'jwtproxy-key-sources-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -67,13 +71,10 @@ async function configError(promise: Promise<unknown>): Promise<ConfigError> {
 }
 
 describe('registration', () => {
-  it('importing the package registers preshared in privateKeySources and keyServers', () => {
-    expect(privateKeySources.types()).toContain('preshared');
-    expect(keyServers.types()).toContain('preshared');
-  });
-
-  it('registerKeySources can run again (plugins re-registering built-ins) without breaking them', async () => {
-    registerKeySources();
+  it('exports the preshared definitions; importing the package registers nothing', async () => {
+    expect(createRuntime().privateKeySources.types()).toEqual([]);
+    expect(presharedPrivateKeySource.type).toBe('preshared');
+    expect(presharedKeyServer.type).toBe('preshared');
     const source = await privateKeySources.create(
       { type: 'preshared', options: { key_id: 'mykey', private_key_path: interop.privateKeyPath } },
       contextFor(dir),

@@ -1,4 +1,4 @@
-import { ConfigError, DurationParseError, keyCaches, toDuration, type ComponentContext, type KeyCacheComponent } from '@jwtproxy/core';
+import { ConfigError, defineComponent, parseOptions, schema as s, type Clock, type InferOutput, type KeyCacheComponent } from '@jwtproxy/core';
 import { MemoryKeyCache } from './cache.js';
 import { parseRegistryUrl } from './endpoint.js';
 
@@ -23,50 +23,50 @@ export const keyRegistryDefaults = {
   maxSkew: 60_000,
 } as const;
 
-const isRecord = (value: unknown): value is Record<string, unknown> =>
-  typeof value === 'object' && value !== null && !Array.isArray(value);
+const registry = s.pipe(
+  s.string(),
+  s.check((url) => parseRegistryUrl(url) !== undefined, (issue) => `must be an absolute http or https URL without credentials, got ${JSON.stringify(issue.input)}`),
+  s.description('Base URL of the key registry; its path is kept (`https://quay.example.com/keys/`).'),
+);
+const count = (fallback: number, description: string) => s.optional(s.pipe(s.number(), s.integer(), s.minValue(1), s.description(description)), fallback);
+const timeout = s.optional(s.pipe(s.duration('positive'), s.description('Whole-request timeout.')), '5s');
 
-export function registryOption(options: Record<string, unknown>): string {
-  const registry = options.registry;
-  if (registry === undefined || registry === null || registry === '') throw new ConfigError('registry', 'is required (the base URL of the key registry)');
-  if (typeof registry !== 'string' || !parseRegistryUrl(registry)) {
-    throw new ConfigError('registry', `must be an absolute http or https URL without credentials, got ${JSON.stringify(registry)}`);
-  }
-  return registry;
-}
+const cacheDuration = s.pipe(s.duration('non-negative'), s.description("Longest time a key is kept, whatever the answer's max-age says; 0: no caching (default 10m)."));
+const purgeInterval = s.pipe(s.duration('non-negative'), s.description('How often expired keys leave memory; 0: only when met (default 1m).'));
 
-export function durationOption(value: unknown, path: string, fallback: number, { allowZero = true } = {}): number {
-  if (value === undefined || value === null) return fallback;
-  let ms: number;
-  try {
-    ms = toDuration(value);
-  } catch (error) {
-    if (error instanceof DurationParseError) throw new ConfigError(path, `must be a duration such as "10m" or "1.5s", got ${JSON.stringify(value)}`);
-    throw error;
-  }
-  if (ms < 0 || (!allowZero && ms === 0)) throw new ConfigError(path, `must be ${allowZero ? 'zero or positive' : 'positive'}, got ${JSON.stringify(value)}`);
-  return ms;
-}
+/** The memory cache's settings under `cache.options` in the Go code's component form. */
+const memoryCacheSettings = s.strictObject({ duration: s.optional(cacheDuration, '10m'), purge_interval: s.optional(purgeInterval, '1m') });
 
-export function countOption(value: unknown, path: string, fallback: number): number {
-  if (value === undefined || value === null) return fallback;
-  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1) throw new ConfigError(path, `must be a whole number of at least 1, got ${JSON.stringify(value)}`);
-  return value;
-}
+/** The verifier's `key_server: {type: keyregistry, options}`. */
+export const keyRegistryReaderOptions = s.strictObject({
+  registry,
+  cache: s.optional(
+    s.pipe(
+      s.strictObject({
+        duration: s.optional(cacheDuration),
+        purge_interval: s.optional(purgeInterval),
+        type: s.optional(s.pipe(s.string(), s.minLength(1), s.description("The Go code's component form: `memory` (its `duration` and `purge_interval` then go under `options`), or a key cache type from a plugin."))),
+        options: s.optional(s.pipe(s.record(s.string(), s.unknown()), s.description('Options of the cache `type`.'))),
+      }),
+      s.description('The key cache: `{duration, purge_interval}`, or `{type, options}`.'),
+    ),
+    {},
+  ),
+  timeout,
+  max_cached_keys: count(keyRegistryDefaults.maxCachedKeys, 'Most keys in memory; the least recently used go first.'),
+  not_found_cache_duration: s.optional(s.pipe(s.duration('non-negative'), s.description('How long a 404/409/403 answer is remembered; 0: not at all.')), '2s'),
+  max_cached_not_found: count(keyRegistryDefaults.maxCachedNotFound, 'Most 404/409/403 answers remembered, apart from keys.'),
+  unknown_kid_rate: s.optional(s.pipe(s.number(), s.gtValue(0), s.description('Lookups a second of keys not cached, per issuer (fractions allowed).')), keyRegistryDefaults.unknownKidRate),
+  unknown_kid_burst: count(keyRegistryDefaults.unknownKidBurst, 'Largest burst of those lookups, per issuer.'),
+  max_tracked_issuers: count(keyRegistryDefaults.maxTrackedIssuers, 'Most issuers with a lookup limit of their own.'),
+});
 
-/** A rate per second: a positive number, fractions allowed (`0.5`: one lookup every 2 s). */
-export function rateOption(value: unknown, path: string, fallback: number): number {
-  if (value === undefined || value === null) return fallback;
-  if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) throw new ConfigError(path, `must be a positive number (per second), got ${JSON.stringify(value)}`);
-  return value;
-}
-
-/** Warns about option names we do not know (Go ignores them silently; a typo should not be silent). */
-export function warnUnknown(options: Record<string, unknown>, known: readonly string[], prefix: string, context: Pick<ComponentContext, 'logger'>): void {
-  for (const name of Object.keys(options)) {
-    if (!known.includes(name)) context.logger.warn('ignoring unknown key registry option', { option: `${prefix}${name}` });
-  }
-}
+/** The signer's `private_key.options.key_server.options` (autogenerated keys). */
+export const keyRegistryPublisherOptions = s.strictObject({
+  registry,
+  timeout,
+  poll_interval: s.optional(s.pipe(s.duration('positive'), s.description('How often a key awaiting approval is asked about.')), '1s'),
+});
 
 export interface ReaderSettings {
   registry: string;
@@ -83,72 +83,47 @@ export interface ReaderSettings {
 }
 
 /**
- * The verifier's options as written in YAML (`key_server: {type: keyregistry, options: …}`):
- * `registry`, `cache: {duration, purge_interval}` (also accepted in the Go code's component form
- * `cache: {type: memory, options: {duration, purge_interval}}`), `timeout`, `max_cached_keys`,
- * `not_found_cache_duration`, `max_cached_not_found`, `unknown_kid_rate`, `unknown_kid_burst`,
- * `max_tracked_issuers`.
+ * The reader's settings from its checked options. The cache is the memory cache, or (`cache.type`
+ * other than memory) one built by `buildCache` from a plugin's key cache type.
  */
-export async function readerSettingsFromConfig(options: Record<string, unknown>, context: ComponentContext): Promise<ReaderSettings> {
-  warnUnknown(
-    options,
-    ['registry', 'cache', 'timeout', 'max_cached_keys', 'not_found_cache_duration', 'max_cached_not_found', 'unknown_kid_rate', 'unknown_kid_burst', 'max_tracked_issuers'],
-    '',
-    context,
-  );
-  const registry = registryOption(options);
-  const timeout = durationOption(options.timeout, 'timeout', keyRegistryDefaults.timeout, { allowZero: false });
-  const maxCachedKeys = countOption(options.max_cached_keys, 'max_cached_keys', keyRegistryDefaults.maxCachedKeys);
-
-  const cacheOption = options.cache ?? {};
-  if (!isRecord(cacheOption)) throw new ConfigError('cache', 'must be a mapping such as {duration: 10m, purge_interval: 1m}');
-  const componentForm = cacheOption.type !== undefined;
-  const cacheType = componentForm ? cacheOption.type : 'memory';
-  if (typeof cacheType !== 'string' || cacheType === '') throw new ConfigError('cache.type', 'must be a cache type name');
-  const cacheSettings = componentForm ? (cacheOption.options ?? {}) : cacheOption;
-  const prefix = componentForm ? 'cache.options.' : 'cache.';
-  if (!isRecord(cacheSettings)) throw new ConfigError('cache.options', 'must be a mapping');
-  if (componentForm) warnUnknown(cacheOption, ['type', 'options'], 'cache.', context);
-  if (cacheType === 'memory') warnUnknown(cacheSettings, ['duration', 'purge_interval'], prefix, context);
-  const cacheDuration = durationOption(cacheSettings.duration, `${prefix}duration`, keyRegistryDefaults.cacheDuration);
-  const purgeInterval = durationOption(cacheSettings.purge_interval, `${prefix}purge_interval`, keyRegistryDefaults.purgeInterval);
-  const notFoundCacheDuration = durationOption(options.not_found_cache_duration, 'not_found_cache_duration', keyRegistryDefaults.notFoundCacheDuration);
-  const maxCachedNotFound = countOption(options.max_cached_not_found, 'max_cached_not_found', keyRegistryDefaults.maxCachedNotFound);
-  const unknownKidRate = rateOption(options.unknown_kid_rate, 'unknown_kid_rate', keyRegistryDefaults.unknownKidRate);
-  const unknownKidBurst = countOption(options.unknown_kid_burst, 'unknown_kid_burst', keyRegistryDefaults.unknownKidBurst);
-  const maxTrackedIssuers = countOption(options.max_tracked_issuers, 'max_tracked_issuers', keyRegistryDefaults.maxTrackedIssuers);
-
-  const cache =
-    cacheType === 'memory'
-      ? new MemoryKeyCache({ maxEntries: maxCachedKeys, purgeInterval, clock: context.clock })
-      : await keyCaches.create({ type: cacheType, options: cacheSettings }, context);
+export async function readerSettings(
+  options: InferOutput<typeof keyRegistryReaderOptions>,
+  clock: Clock,
+  buildCache: (type: string, options: Record<string, unknown>) => Promise<KeyCacheComponent>,
+): Promise<ReaderSettings> {
+  const { type, options: cacheOptions } = options.cache;
+  let { duration = keyRegistryDefaults.cacheDuration, purge_interval: purgeInterval = keyRegistryDefaults.purgeInterval } = options.cache;
+  let cache: KeyCacheComponent | undefined;
+  if (type === undefined) {
+    if (cacheOptions !== undefined) throw new ConfigError('cache.options', 'needs cache.type');
+  } else {
+    const misplaced = (['duration', 'purge_interval'] as const).find((key) => options.cache[key] !== undefined);
+    if (misplaced) throw new ConfigError(`cache.${misplaced}`, 'goes under cache.options when cache.type is given');
+    if (type === 'memory') ({ duration, purge_interval: purgeInterval } = parseOptions(memoryCacheSettings, cacheOptions, 'cache.options'));
+    else cache = await buildCache(type, cacheOptions ?? {});
+  }
   return {
-    registry,
-    cacheDuration,
+    registry: options.registry,
+    cacheDuration: duration,
     purgeInterval,
-    timeout,
-    maxCachedKeys,
-    notFoundCacheDuration,
-    maxCachedNotFound,
-    unknownKidRate,
-    unknownKidBurst,
-    maxTrackedIssuers,
-    cache,
+    timeout: options.timeout,
+    maxCachedKeys: options.max_cached_keys,
+    notFoundCacheDuration: options.not_found_cache_duration,
+    maxCachedNotFound: options.max_cached_not_found,
+    unknownKidRate: options.unknown_kid_rate,
+    unknownKidBurst: options.unknown_kid_burst,
+    maxTrackedIssuers: options.max_tracked_issuers,
+    cache: cache ?? new MemoryKeyCache({ maxEntries: options.max_cached_keys, purgeInterval, clock }),
   };
 }
 
-export interface PublisherSettings {
-  registry: string;
-  timeout: number;
-  pollInterval: number;
-}
-
-/** The signer's key server options (`private_key.options.key_server.options`): `registry`, `timeout`, `poll_interval`. */
-export function publisherSettingsFromConfig(options: Record<string, unknown>, context: Pick<ComponentContext, 'logger'>): PublisherSettings {
-  warnUnknown(options, ['registry', 'timeout', 'poll_interval'], '', context);
-  return {
-    registry: registryOption(options),
-    timeout: durationOption(options.timeout, 'timeout', keyRegistryDefaults.timeout, { allowZero: false }),
-    pollInterval: durationOption(options.poll_interval, 'poll_interval', keyRegistryDefaults.pollInterval, { allowZero: false }),
-  };
-}
+/** `cache: {type: memory, options: {purge_interval, max_entries}}` as a key cache component of its own. */
+export const memoryKeyCache = defineComponent({
+  type: 'memory',
+  description: 'Keys in this process, least recently used out first.',
+  options: s.strictObject({
+    purge_interval: s.optional(purgeInterval, '1m'),
+    max_entries: count(keyRegistryDefaults.maxCachedKeys, 'Most entries kept.'),
+  }),
+  create: (options, context): KeyCacheComponent => new MemoryKeyCache({ maxEntries: options.max_entries, purgeInterval: options.purge_interval, clock: context.clock }),
+});

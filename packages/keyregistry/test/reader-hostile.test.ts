@@ -12,7 +12,7 @@ import {
   KeyNotFoundError,
   KeyServerUnavailableError,
   httpAnswerFor,
-  keyServers,
+  createRuntime,
   signingKeyFromKeyObject,
   silentLogger,
 } from '@jwtproxy/core';
@@ -21,11 +21,16 @@ import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import {
   KeyRegistryClient,
   RegistryAnswerTooLargeError,
+  keyRegistryKeyServer,
   UnknownKeyLookupsLimitedError,
   verificationKeyFromJwk,
   type KeyRegistryClientOptions,
 } from '../src/index.js';
 import { manualClock, recordingLogger, rsaKey, signAndVerify, type TestKey } from './helpers.js';
+
+/** The key server as the CLI registers it. */
+const { keyServers } = createRuntime();
+keyServers.register(keyRegistryKeyServer);
 
 const ISSUER = 'billing';
 const notFoundAnswer = { status: 403, body: 'jwtproxy: unable to verify request: Could not find any matching public key' };

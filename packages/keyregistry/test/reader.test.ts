@@ -8,13 +8,17 @@ import {
   KeyNotFoundError,
   KeyServerUnavailableError,
   httpAnswerFor,
-  keyServers,
+  createRuntime,
   silentLogger,
 } from '@jwtproxy/core';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { KeyRegistryClient, cacheLifetime, verificationKeyFromJwk } from '../src/index.js';
+import { KeyRegistryClient, cacheLifetime, keyRegistryKeyServer, verificationKeyFromJwk } from '../src/index.js';
 import { manualClock, recordingLogger, rsaKey, signAndVerify, type TestKey } from './helpers.js';
 import { startQuayLikeRegistry, type QuayLikeRegistry } from '@jwtproxy/testkit';
+
+/** The key server as the CLI registers it. */
+const { keyServers } = createRuntime();
+keyServers.register(keyRegistryKeyServer);
 
 const ISSUER = 'billing';
 let key: TestKey;
@@ -240,7 +244,7 @@ describe('the key cache', () => {
 describe('configuration (key_server type keyregistry)', () => {
   const context = () => ({ logger: silentLogger, clock: Date.now, baseDir: process.cwd() });
 
-  it('is registered in core keyServers and reads the Go options', async () => {
+  it('is the key server type keyregistry and reads the Go options', async () => {
     const clock = manualClock();
     const made = await keyServers.create(
       { type: 'keyregistry', options: { registry: registry.url, cache: { duration: '5s', purge_interval: '1s' }, timeout: '2s', max_cached_keys: 100 } },
@@ -285,15 +289,23 @@ describe('configuration (key_server type keyregistry)', () => {
     }
   });
 
-  it('warns about option names it does not know', async () => {
+  it('refuses option names it does not know, as every component does (it used to only warn)', async () => {
     const logger = recordingLogger();
-    const made = (await keyServers.create(
-      { type: 'keyregistry', options: { registry: registry.url, cache: { duration: '1m', purge_intervall: '1m' } } },
-      { ...context(), logger },
-    )) as KeyRegistryClient;
-    clients.push(made);
-    expect(logger.lines).toEqual([expect.objectContaining({ level: 'warn', fields: { option: 'cache.purge_intervall' } })]);
+    const error = await keyServers
+      .create({ type: 'keyregistry', options: { registry: registry.url, cache: { duration: '1m', purge_intervall: '1m' } } }, { ...context(), logger })
+      .catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ConfigError);
+    expect(error).toMatchObject({ path: 'cache.purge_intervall', problem: expect.stringContaining('did you mean purge_interval?') });
+    const misplaced = await keyServers
+      .create({ type: 'keyregistry', options: { registry: registry.url, cache: { type: 'memory', duration: '1m' } } }, context())
+      .catch((e: unknown) => e);
+    expect(misplaced).toMatchObject({ path: 'cache.duration', problem: 'goes under cache.options when cache.type is given' });
+    const nested = await keyServers
+      .create({ type: 'keyregistry', options: { registry: registry.url, cache: { type: 'memory', options: { duration: 'long' } } } }, context())
+      .catch((e: unknown) => e);
+    expect(nested).toMatchObject({ path: 'cache.options.duration', problem: '"long" is not a duration' });
   });
+
 });
 
 describe('helpers', () => {

@@ -1,14 +1,15 @@
 /**
  * @jwtproxy/nonce-store-redis: `nonce_storage: {type: redis}` — replay protection shared by
- * verifier replicas. Importing this module registers the type in core's `nonceStores`.
+ * verifier replicas. `redisNonceStore` is its definition: `runtime.nonceStores.register(redisNonceStore)`.
  */
-import { nonceStores, type ComponentContext, type NonceStore } from '@jwtproxy/core';
-import { parseRedisNonceStoreOptions } from './options.js';
+import { defineComponent } from '@jwtproxy/core';
+import { redisNonceStoreOptions, redisOptionsFrom } from './options.js';
 import { RedisNonceStore } from './store.js';
 
 export { RedisNonceStore, type RedisNonceStoreEnvironment } from './store.js';
 export {
   parseRedisNonceStoreOptions,
+  redisNonceStoreOptions,
   validateRedisNonceStoreOptions,
   DEFAULT_KEY_PREFIX,
   DEFAULT_COMMAND_TIMEOUT_MS,
@@ -22,18 +23,18 @@ export {
 /** The type name in `nonce_storage.type`. */
 export const REDIS_NONCE_STORE_TYPE = 'redis';
 
-/** Builds a store from YAML options (throws ConfigError naming a bad option) and waits briefly for the first connection. */
-export async function createRedisNonceStore(options: Record<string, unknown>, context: ComponentContext): Promise<RedisNonceStore> {
-  const store = new RedisNonceStore(parseRedisNonceStoreOptions(options, context), { logger: context.logger, clock: context.clock });
-  // Start serving even when Redis is down (claims then fail closed with 503 until it answers),
-  // but give the first connection its chance so the first requests are not refused.
-  await store.ready();
-  return store;
-}
-
-/** Registers `redis` in core's `nonceStores`. Idempotent; done on import. */
-export function registerRedisNonceStore(): void {
-  nonceStores.register(REDIS_NONCE_STORE_TYPE, (options, context): Promise<NonceStore> => createRedisNonceStore(options, context));
-}
-
-registerRedisNonceStore();
+/**
+ * `nonce_storage: {type: redis}`. Building waits briefly for the first connection: it starts
+ * serving even when Redis is down (claims then fail closed with 503 until it answers), but gives
+ * the first connection its chance so the first requests are not refused.
+ */
+export const redisNonceStore = defineComponent({
+  type: REDIS_NONCE_STORE_TYPE,
+  description: 'Nonces in Redis, shared by verifier replicas: standalone, Sentinel or Cluster, with TLS; fails closed (503) while Redis cannot answer.',
+  options: redisNonceStoreOptions,
+  async create(options, context): Promise<RedisNonceStore> {
+    const store = new RedisNonceStore(redisOptionsFrom(options, context), { logger: context.logger, clock: context.clock });
+    await store.ready();
+    return store;
+  },
+});

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { ConfigError, toDuration, type ComponentContext } from '@jwtproxy/core';
+import { ConfigError, describeValue, parseOptions, schema as s, type ComponentContext, type InferOutput } from '@jwtproxy/core';
 
 /** A Redis node, Sentinel or cluster seed. */
 export interface RedisEndpoint {
@@ -55,124 +55,88 @@ export const DEFAULT_COMMAND_TIMEOUT_MS = 250;
 export const DEFAULT_CONNECT_TIMEOUT_MS = 2000;
 export const DEFAULT_RECONNECT_MAX_DELAY_MS = 1000;
 
-const knownYamlOptions = new Set([
-  'url',
-  'host',
-  'port',
-  'username',
-  'password',
-  'db',
-  'tls',
-  'key_prefix',
-  'command_timeout',
-  'connect_timeout',
-  'reconnect_max_delay',
-  'sentinels',
-  'name',
-  'sentinel_username',
-  'sentinel_password',
-  'cluster',
-]);
+/** A whole number written as a number or a string of digits (as in a URL), checked by `ok`. */
+const digits = (ok: (value: unknown) => boolean, problem: string, description: string) =>
+  s.pipe(
+    s.union([s.number(), s.string()], (issue) => `${problem}, got ${describeValue(issue.input)}`),
+    s.rawTransform<number | string, number>(({ dataset, addIssue, NEVER }) => {
+      const value = typeof dataset.value === 'string' && /^\d+$/.test(dataset.value) ? Number(dataset.value) : dataset.value;
+      if (ok(value)) return value as number;
+      addIssue({ message: `${problem}, got ${describeValue(dataset.value)}` });
+      return NEVER;
+    }),
+    s.description(description),
+  );
+const portNumber = (description: string) => digits(isPort, 'must be a port number (1-65535)', description);
 
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
+function isPort(value: unknown): boolean {
+  return typeof value === 'number' && Number.isInteger(value) && value >= 1 && value <= 65535;
 }
 
-function describe(value: unknown): string {
-  if (value === null) return 'null';
-  if (Array.isArray(value)) return 'a list';
-  return typeof value === 'string' ? JSON.stringify(value) : typeof value;
+function isDatabase(value: unknown): boolean {
+  return typeof value === 'number' && Number.isInteger(value) && value >= 0;
 }
 
-function optionalString(options: Record<string, unknown>, key: string, where = key): string | undefined {
-  const value = options[key];
-  if (value === undefined || value === null) return undefined;
-  if (typeof value !== 'string') throw new ConfigError(where, `must be a string, got ${describe(value)}`);
-  return value;
-}
+const nonEmpty = (description: string) => s.optional(s.pipe(s.string(), s.minLength(1), s.description(description)));
+const text = (description: string) => s.optional(s.pipe(s.string(), s.description(description)));
+const timeout = (description: string) => s.optional(s.pipe(s.duration('positive'), s.description(description)));
+const endpoints = (defaultPort: number, description: string) =>
+  s.optional(
+    s.pipe(
+      s.array(s.strictObject({ host: s.pipe(s.string(), s.minLength(1)), port: s.optional(portNumber(`Default ${defaultPort}.`), defaultPort) })),
+      s.minLength(1, (issue) => `must be a non-empty list of {host, port}, got ${describeValue(issue.input)}`),
+      s.description(description),
+    ),
+  );
 
-function nonEmptyString(options: Record<string, unknown>, key: string, where = key): string | undefined {
-  const value = optionalString(options, key, where);
-  if (value === '') throw new ConfigError(where, 'must not be empty');
-  return value;
-}
-
-function port(value: unknown, where: string): number {
-  if (typeof value === 'string' && /^\d+$/.test(value)) value = Number(value);
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > 65535) {
-    throw new ConfigError(where, `must be a port number (1-65535), got ${describe(value)}`);
-  }
-  return value;
-}
-
-function database(value: unknown, where: string): number {
-  if (typeof value === 'string' && /^\d+$/.test(value)) value = Number(value);
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0) {
-    throw new ConfigError(where, `must be a database number (0 or more), got ${describe(value)}`);
-  }
-  return value;
-}
-
-function positiveDuration(options: Record<string, unknown>, key: string): number | undefined {
-  const value = options[key];
-  if (value === undefined || value === null) return undefined;
-  let ms: number;
-  try {
-    ms = toDuration(value);
-  } catch {
-    throw new ConfigError(key, `must be a duration such as "250ms" or "2s", got ${describe(value)}`);
-  }
-  if (!(ms > 0)) throw new ConfigError(key, `must be longer than 0, got ${describe(value)}`);
-  return ms;
-}
-
-function endpoints(value: unknown, where: string, defaultPort: number): RedisEndpoint[] {
-  if (!Array.isArray(value) || value.length === 0) {
-    throw new ConfigError(where, `must be a non-empty list of {host, port}, got ${describe(value)}`);
-  }
-  return value.map((entry: unknown, index) => {
-    const at = `${where}[${index}]`;
-    if (!isRecord(entry)) throw new ConfigError(at, `must be {host, port}, got ${describe(entry)}`);
-    for (const key of Object.keys(entry)) {
-      if (key !== 'host' && key !== 'port') throw new ConfigError(`${at}.${key}`, 'unknown option (expected host, port)');
-    }
-    const host = nonEmptyString(entry, 'host', `${at}.host`);
-    if (host === undefined) throw new ConfigError(`${at}.host`, 'is required');
-    return { host, port: entry.port === undefined ? defaultPort : port(entry.port, `${at}.port`) };
-  });
-}
-
-function tlsOptions(value: unknown, baseDir: string): boolean | RedisTlsOptions | undefined {
-  if (value === undefined || value === null) return undefined;
-  if (typeof value === 'boolean') return value;
-  if (!isRecord(value)) throw new ConfigError('tls', `must be true, false or {ca_file, insecure_skip_verify, server_name}, got ${describe(value)}`);
-  for (const key of Object.keys(value)) {
-    if (!['ca_file', 'insecure_skip_verify', 'server_name'].includes(key)) {
-      throw new ConfigError(`tls.${key}`, 'unknown option (expected ca_file, insecure_skip_verify, server_name)');
-    }
-  }
-  const tls: RedisTlsOptions = {};
-  const caFile = nonEmptyString(value, 'ca_file', 'tls.ca_file');
-  if (caFile !== undefined) {
-    const file = path.resolve(baseDir, caFile);
-    let pem: string;
-    try {
-      pem = readFileSync(file, 'utf8');
-    } catch (error) {
-      throw new ConfigError('tls.ca_file', `cannot read ${file}: ${(error as Error).message}`);
-    }
-    if (!pem.includes('-----BEGIN CERTIFICATE-----')) throw new ConfigError('tls.ca_file', `${file} holds no PEM certificate`);
-    tls.ca = pem;
-  }
-  const skip = value.insecure_skip_verify;
-  if (skip !== undefined && skip !== null) {
-    if (typeof skip !== 'boolean') throw new ConfigError('tls.insecure_skip_verify', `must be true or false, got ${describe(skip)}`);
-    tls.insecureSkipVerify = skip;
-  }
-  const serverName = nonEmptyString(value, 'server_name', 'tls.server_name');
-  if (serverName !== undefined) tls.serverName = serverName;
-  return tls;
-}
+/** `nonce_storage: {type: redis, options}` as YAML writes it. */
+export const redisNonceStoreOptions = s.strictObject({
+  url: s.optional(
+    s.pipe(
+      s.string(),
+      s.minLength(1),
+      s.rawCheck(({ dataset, addIssue }) => {
+        if (!dataset.typed) return;
+        try {
+          parseRedisUrl(dataset.value);
+        } catch (error) {
+          addIssue({ message: (error as ConfigError).problem });
+        }
+      }),
+      s.description('`redis://[[username]:password@]host[:port][/db]`, or `rediss://…` for TLS. Not with `host`/`port`, `sentinels` or `cluster`.'),
+    ),
+  ),
+  host: nonEmpty('Default 127.0.0.1 when neither url, sentinels nor cluster is given.'),
+  port: s.optional(portNumber('Default 6379.')),
+  username: text('ACL user name.'),
+  password: text('Password; never repeated in errors or logs.'),
+  db: s.optional(digits(isDatabase, 'must be a database number (0 or more)', 'Database number, default 0; must be 0 with `cluster`.')),
+  tls: s.optional(
+    s.pipe(
+      s.union(
+        [
+          s.boolean(),
+          s.strictObject({
+            ca_file: nonEmpty('PEM file of the CA(s) to trust instead of the system roots, relative to the configuration file.'),
+            insecure_skip_verify: s.optional(s.pipe(s.boolean(), s.description('Skip certificate verification (test set-ups only).'))),
+            server_name: nonEmpty('Name to check the certificate against, when it differs from the host.'),
+          }),
+        ],
+        (issue) => `must be true, false or {ca_file, insecure_skip_verify, server_name}, got ${describeValue(issue.input)}`,
+      ),
+      s.description('`true` for TLS with the system roots, or a mapping. On for `rediss://`.'),
+    ),
+  ),
+  key_prefix: s.optional(s.pipe(s.string(), s.description('Prepended to every `jti`.')), DEFAULT_KEY_PREFIX),
+  command_timeout: timeout('Longest a claim waits for Redis before it is refused (503). Default 250ms.'),
+  connect_timeout: timeout('Longest one connection attempt waits. Default 2s.'),
+  reconnect_max_delay: timeout('Reconnection attempts back off from 50 ms up to this, and never stop. Default 1s.'),
+  sentinels: endpoints(26379, 'Sentinels to ask for the master `name`.'),
+  name: nonEmpty('The master name the Sentinels monitor.'),
+  sentinel_username: text('When the Sentinels require authentication.'),
+  sentinel_password: text('When the Sentinels require authentication.'),
+  cluster: endpoints(6379, 'Seed nodes of a Redis Cluster.'),
+});
 
 /** What a `redis://` or `rediss://` URL says. */
 interface ParsedUrl {
@@ -213,62 +177,58 @@ function parseRedisUrl(text: string): ParsedUrl {
   return parsed;
 }
 
+/** The YAML names of the options, for the cross-option checks. */
+const yamlNames: OptionNames = {
+  sentinelUsername: 'sentinel_username',
+  sentinelPassword: 'sentinel_password',
+  commandTimeoutMs: 'command_timeout',
+  connectTimeoutMs: 'connect_timeout',
+  reconnectMaxDelayMs: 'reconnect_max_delay',
+  keyPrefix: 'key_prefix',
+};
+
 /**
- * Turns the YAML `nonce_storage.options` of type `redis` into typed options.
- * Every mistake is a ConfigError naming the option (relative to `options`).
+ * Turns the YAML `nonce_storage.options` of type `redis` into typed options (`ca_file` read,
+ * relative to `baseDir`). Every mistake is a ConfigError naming the option (relative to `options`).
  */
-export function parseRedisNonceStoreOptions(options: Record<string, unknown>, context: Pick<ComponentContext, 'baseDir'>): RedisNonceStoreOptions {
-  if (!isRecord(options)) throw new ConfigError('', `options must be a mapping, got ${describe(options)}`);
-  for (const key of Object.keys(options)) {
-    if (!knownYamlOptions.has(key)) throw new ConfigError(key, `unknown option (known: ${[...knownYamlOptions].join(', ')})`);
+export function parseRedisNonceStoreOptions(options: unknown, context: Pick<ComponentContext, 'baseDir'>): RedisNonceStoreOptions {
+  return redisOptionsFrom(parseOptions(redisNonceStoreOptions, options), context);
+}
+
+/** The typed options from the checked YAML ones. */
+export function redisOptionsFrom(yaml: InferOutput<typeof redisNonceStoreOptions>, context: Pick<ComponentContext, 'baseDir'>): RedisNonceStoreOptions {
+  const { tls, key_prefix: keyPrefix, command_timeout, connect_timeout, reconnect_max_delay, sentinel_username, sentinel_password, ...same } = yaml;
+  const result: RedisNonceStoreOptions = {
+    ...same,
+    ...(keyPrefix !== DEFAULT_KEY_PREFIX ? { keyPrefix } : {}),
+    ...(command_timeout !== undefined ? { commandTimeoutMs: command_timeout } : {}),
+    ...(connect_timeout !== undefined ? { connectTimeoutMs: connect_timeout } : {}),
+    ...(reconnect_max_delay !== undefined ? { reconnectMaxDelayMs: reconnect_max_delay } : {}),
+    ...(sentinel_username !== undefined ? { sentinelUsername: sentinel_username } : {}),
+    ...(sentinel_password !== undefined ? { sentinelPassword: sentinel_password } : {}),
+  };
+  if (typeof tls === 'boolean') result.tls = tls;
+  else if (tls) {
+    result.tls = {
+      ...(tls.ca_file !== undefined ? { ca: readCaFile(path.resolve(context.baseDir, tls.ca_file)) } : {}),
+      ...(tls.insecure_skip_verify !== undefined ? { insecureSkipVerify: tls.insecure_skip_verify } : {}),
+      ...(tls.server_name !== undefined ? { serverName: tls.server_name } : {}),
+    };
   }
-  const result: RedisNonceStoreOptions = {};
-  const url = nonEmptyString(options, 'url');
-  if (url !== undefined) result.url = url;
-  const host = nonEmptyString(options, 'host');
-  if (host !== undefined) result.host = host;
-  if (options.port !== undefined && options.port !== null) result.port = port(options.port, 'port');
-  const username = optionalString(options, 'username');
-  if (username !== undefined) result.username = username;
-  const password = optionalString(options, 'password');
-  if (password !== undefined) result.password = password;
-  if (options.db !== undefined && options.db !== null) result.db = database(options.db, 'db');
-  const tls = tlsOptions(options.tls, context.baseDir);
-  if (tls !== undefined) result.tls = tls;
-  const keyPrefix = optionalString(options, 'key_prefix');
-  if (keyPrefix !== undefined) result.keyPrefix = keyPrefix;
-  const commandTimeout = positiveDuration(options, 'command_timeout');
-  if (commandTimeout !== undefined) result.commandTimeoutMs = commandTimeout;
-  const connectTimeout = positiveDuration(options, 'connect_timeout');
-  if (connectTimeout !== undefined) result.connectTimeoutMs = connectTimeout;
-  const reconnectMaxDelay = positiveDuration(options, 'reconnect_max_delay');
-  if (reconnectMaxDelay !== undefined) result.reconnectMaxDelayMs = reconnectMaxDelay;
-  if (options.sentinels !== undefined && options.sentinels !== null) result.sentinels = endpoints(options.sentinels, 'sentinels', 26379);
-  const name = nonEmptyString(options, 'name');
-  if (name !== undefined) result.name = name;
-  const sentinelUsername = optionalString(options, 'sentinel_username');
-  if (sentinelUsername !== undefined) result.sentinelUsername = sentinelUsername;
-  const sentinelPassword = optionalString(options, 'sentinel_password');
-  if (sentinelPassword !== undefined) result.sentinelPassword = sentinelPassword;
-  if (options.cluster !== undefined && options.cluster !== null) result.cluster = endpoints(options.cluster, 'cluster', 6379);
-  validateRedisNonceStoreOptions(result, {
-    url: 'url',
-    host: 'host',
-    port: 'port',
-    username: 'username',
-    password: 'password',
-    db: 'db',
-    tls: 'tls',
-    name: 'name',
-    sentinels: 'sentinels',
-    sentinelUsername: 'sentinel_username',
-    sentinelPassword: 'sentinel_password',
-    cluster: 'cluster',
-    commandTimeoutMs: 'command_timeout',
-    connectTimeoutMs: 'connect_timeout',
-    reconnectMaxDelayMs: 'reconnect_max_delay',
-  });
+  for (const key of Object.keys(result) as Array<keyof RedisNonceStoreOptions>) if (result[key] === undefined) delete result[key];
+  validateRedisNonceStoreOptions(result, yamlNames);
   return result;
+}
+
+function readCaFile(file: string): string {
+  let pem: string;
+  try {
+    pem = readFileSync(file, 'utf8');
+  } catch (error) {
+    throw new ConfigError('tls.ca_file', `cannot read ${file}: ${(error as Error).message}`);
+  }
+  if (!pem.includes('-----BEGIN CERTIFICATE-----')) throw new ConfigError('tls.ca_file', `${file} holds no PEM certificate`);
+  return pem;
 }
 
 type OptionNames = Partial<Record<keyof RedisNonceStoreOptions, string>>;
@@ -305,14 +265,14 @@ export function validateRedisNonceStoreOptions(options: RedisNonceStoreOptions, 
   const checkPositive = (key: 'commandTimeoutMs' | 'connectTimeoutMs' | 'reconnectMaxDelayMs'): void => {
     const value = options[key];
     if (value !== undefined && !(typeof value === 'number' && Number.isFinite(value) && value > 0)) {
-      throw new ConfigError(n(key), `must be longer than 0, got ${describe(value)}`);
+      throw new ConfigError(n(key), `must be greater than 0, got ${describeValue(value)}`);
     }
   };
   checkPositive('commandTimeoutMs');
   checkPositive('connectTimeoutMs');
   checkPositive('reconnectMaxDelayMs');
-  if (options.port !== undefined) port(options.port, n('port'));
-  if (options.db !== undefined) database(options.db, n('db'));
+  if (options.port !== undefined && !isPort(options.port)) throw new ConfigError(n('port'), `must be a port number (1-65535), got ${describeValue(options.port)}`);
+  if (options.db !== undefined && !isDatabase(options.db)) throw new ConfigError(n('db'), `must be a database number (0 or more), got ${describeValue(options.db)}`);
 }
 
 /** Where the store connects, with the URL folded in; internal to the package. */

@@ -1,9 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { nonceStores, silentLogger, type Logger, type NonceStore } from '@jwtproxy/core';
+import { createRuntime, silentLogger, type Logger, type NonceStore } from '@jwtproxy/core';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { DEFAULT_KEY_PREFIX, RedisNonceStore, registerRedisNonceStore } from '../src/index.js';
+import { DEFAULT_KEY_PREFIX, RedisNonceStore, redisNonceStore } from '../src/index.js';
+
+/** The registry as the CLI fills it. */
+const { nonceStores } = createRuntime();
+nonceStores.register(redisNonceStore);
 
 // The shared Redis of the test environment; every test works under a random prefix and cleans it up.
 const REDIS_URL = 'redis://127.0.0.1:6379';
@@ -162,8 +166,7 @@ describe('RedisNonceStore against the real Redis', () => {
   });
 
   it('is registered as nonce_storage type "redis" and built from YAML options', async () => {
-    registerRedisNonceStore();
-    expect(nonceStores.types()).toContain('redis');
+    expect(nonceStores.types()).toEqual(['redis']);
     const logger = recordingLogger();
     const prefix = newPrefix();
     const built = await nonceStores.create(

@@ -4,11 +4,15 @@
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { nonceStores, NonceStoreUnavailableError, type Logger } from '@jwtproxy/core';
+import { createRuntime, NonceStoreUnavailableError, type Logger } from '@jwtproxy/core';
 import { freeLoopbackPort, makeCa, makeServerCertificate, startOwnRedis, type OwnRedis } from '@jwtproxy/testkit';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
-import { RedisNonceStore } from '../src/index.js';
+import { RedisNonceStore, redisNonceStore } from '../src/index.js';
+
+/** The registry as the CLI fills it. */
+const { nonceStores } = createRuntime();
+nonceStores.register(redisNonceStore);
 
 const nowSeconds = (): number => Math.floor(Date.now() / 1000);
 const cleanups: Array<() => Promise<void>> = [];

@@ -1,16 +1,10 @@
-import { registerNonceStores } from './register.js';
-
-export { registerNonceStores } from './register.js';
 export {
   LocalNonceStore,
-  createLocalNonceStore,
+  localNonceStore,
   DEFAULT_MAX_ENTRIES,
   DEFAULT_PURGE_INTERVAL_MS,
   FULL_PURGE_SPACING_MS,
   MIN_NONCE_TTL_MS,
   type LocalNonceStoreOptions,
 } from './local.js';
-export { NoNonceStore, createNoNonceStore } from './none.js';
-
-// `import '@jwtproxy/nonce-stores'` is enough to make `local` and `none` known to the registry.
-registerNonceStores();
+export { NoNonceStore, noNonceStore } from './none.js';

@@ -1,15 +1,15 @@
 import {
   NonceStoreFullError,
+  defineComponent,
+  schema as s,
   silentLogger,
   systemClock,
   type Clock,
-  type ComponentContext,
   type Logger,
   type NonceStore,
   type UnixSeconds,
 } from '@jwtproxy/core';
 import { LRUCache } from 'lru-cache';
-import { durationOption, positiveIntegerOption, rejectUnknownOptions } from './options.js';
 
 /** Go's default purge interval for `local` (the Go README says 0; the Go code uses 1m). */
 export const DEFAULT_PURGE_INTERVAL_MS = 60_000;
@@ -218,13 +218,20 @@ export class LocalNonceStore implements NonceStore {
   }
 }
 
-/** The registry factory: options `purge_interval` (Go duration, default 1m, 0 disables) and `max_entries`. */
-export function createLocalNonceStore(options: Record<string, unknown>, context: ComponentContext): LocalNonceStore {
-  rejectUnknownOptions(options, ['purge_interval', 'max_entries']);
-  return new LocalNonceStore({
-    purgeIntervalMs: durationOption(options, 'purge_interval', DEFAULT_PURGE_INTERVAL_MS),
-    maxEntries: positiveIntegerOption(options, 'max_entries', DEFAULT_MAX_ENTRIES),
-    clock: context.clock,
-    logger: context.logger,
-  });
-}
+/** `nonce_storage: {type: local, options: {purge_interval, max_entries}}`, the Go default. */
+export const localNonceStore = defineComponent({
+  type: 'local',
+  description: 'The nonces of this process, in memory (the default). Replicas need a shared store such as `redis`.',
+  options: s.strictObject({
+    purge_interval: s.optional(
+      s.pipe(s.duration('any'), s.description('How often expired nonces leave memory; 0 or negative (as in Go): only when the store is full.')),
+      '1m',
+    ),
+    max_entries: s.optional(
+      s.pipe(s.number(), s.integer(), s.minValue(1), s.description('Most nonces kept; when all are unexpired, tokens are refused (503) rather than one forgotten.')),
+      DEFAULT_MAX_ENTRIES,
+    ),
+  }),
+  create: (options, context): LocalNonceStore =>
+    new LocalNonceStore({ purgeIntervalMs: options.purge_interval, maxEntries: options.max_entries, clock: context.clock, logger: context.logger }),
+});

@@ -1,5 +1,4 @@
-import { silentLogger, type ComponentContext, type Logger, type NonceStore, type UnixSeconds } from '@jwtproxy/core';
-import { rejectUnknownOptions } from './options.js';
+import { defineComponent, schema as s, silentLogger, type Logger, type NonceStore, type UnixSeconds } from '@jwtproxy/core';
 
 /**
  * `nonce_storage: {type: none}` (asked for in quay/jwtproxy#103): every jti is accepted, so a
@@ -18,8 +17,10 @@ export class NoNonceStore implements NonceStore {
   }
 }
 
-/** The registry factory; `none` takes no options. */
-export function createNoNonceStore(options: Record<string, unknown>, context: ComponentContext): NoNonceStore {
-  rejectUnknownOptions(options, []);
-  return new NoNonceStore({ logger: context.logger });
-}
+/** `nonce_storage: {type: none}`: no options. */
+export const noNonceStore = defineComponent({
+  type: 'none',
+  description: 'Replay protection OFF: every jti is accepted (quay/jwtproxy#103); warned about at start.',
+  options: s.strictObject({}),
+  create: (_options, context): NoNonceStore => new NoNonceStore({ logger: context.logger }),
+});

@@ -1,6 +1,9 @@
-import { ConfigError, nonceStores, type Logger } from '@jwtproxy/core';
+import { ConfigError, createRuntime, type Logger } from '@jwtproxy/core';
 import { describe, expect, it } from 'vitest';
-import { NoNonceStore } from '../src/index.js';
+import { NoNonceStore, noNonceStore } from '../src/index.js';
+
+const { nonceStores } = createRuntime();
+nonceStores.register(noNonceStore);
 
 describe('none nonce store', () => {
   it('accepts every jti, replays included, and warns at start-up that replay protection is off', async () => {
