@@ -415,7 +415,12 @@ export class ProxyEngine {
       status = answer.status;
       writeRawAnswer(socket, answer);
     };
-    if (this.#stopping) return refuse(new ShuttingDownError());
+    if (this.#stopping) {
+      // The engine's own 503, as for a CONNECT: through httpAnswerFor an UpstreamError is a 502.
+      failure = new ShuttingDownError();
+      status = SHUTTING_DOWN.status;
+      return writeRawAnswer(socket, SHUTTING_DOWN);
+    }
     try {
       const malformed = checkRequestHead(req, this.limits);
       if (malformed) throw malformed;

@@ -9,6 +9,12 @@ export const CLIENT_GONE = new Error('client closed the connection');
 /** What the engine does when the upstream cannot answer before the response started. */
 export type UpstreamFailed = (error: Error) => void;
 
+/**
+ * A status text Node writes as it came: printable ASCII. Node throws on others (undici decodes the
+ * text as UTF-8), and RFC 9112 §4 lets a client ignore it: they get the status code's standard one.
+ */
+const RELAYED_STATUS_TEXT = /^[\t\x20-\x7e]+$/;
+
 const kRelay = Symbol('jwtproxy.relay');
 type RelayedResponse = ServerResponse & { [kRelay]?: ResponseRelay };
 
@@ -48,7 +54,7 @@ export class ResponseRelay implements Dispatcher.DispatchHandler {
   onResponseStart(_controller: Dispatcher.DispatchController, statusCode: number, headers: UpstreamHeaders, statusMessage?: string): void {
     if (statusCode < 200 || this.#clientGone) return;
     this.exchange?.upstreamAnswered(statusCode);
-    if (statusMessage) this.res.writeHead(statusCode, statusMessage, responseHeaders(headers));
+    if (statusMessage && RELAYED_STATUS_TEXT.test(statusMessage)) this.res.writeHead(statusCode, statusMessage, responseHeaders(headers));
     else this.res.writeHead(statusCode, responseHeaders(headers));
   }
 

@@ -182,6 +182,24 @@ describe('streaming relay', () => {
     expect(client.text).toContain('\r\n\r\nokHTTP/1.1 404 Nicht Gefunden\r\n');
   });
 
+  it.each([
+    ['a non-ASCII one', Buffer.from('HTTP/1.1 200 Tr\xe8s Bien', 'latin1')],
+    ['a UTF-8 one', Buffer.from('HTTP/1.1 200 Très Bien', 'utf8')],
+    ['a control character', Buffer.from('HTTP/1.1 201 O\x01K', 'latin1')],
+  ])('relays the answer with the standard status text when the upstream status text is one Node cannot write (%s)', async (_kind, statusLine) => {
+    const upstream = await startRawUpstream((_head, socket) => {
+      socket.write(Buffer.concat([statusLine, Buffer.from('\r\nContent-Length: 2\r\nX-From: upstream\r\n\r\nok')]));
+    }, cleanups);
+    const proxy = await startEngine({ upstream: upstream.origin }, cleanups);
+    const client = await RawClient.connect(proxy.port);
+    cleanups.push(async () => client.destroy());
+    client.write('GET / HTTP/1.1\r\nHost: svc\r\n\r\n');
+    expect(await client.waitFor(/\r\n\r\nok$/)).toBe(true);
+    expect(client.text).toMatch(/^HTTP\/1\.1 20[01] (OK|Created)\r\n/);
+    expect(client.text).toMatch(/\r\nx-from: upstream\r\n/i);
+    expect(proxy.logger.lines).toEqual([]);
+  });
+
   it('does not relay 1xx answers (102 Processing, 103 Early Hints): the client sees the final answer only', async () => {
     const upstream = await startUpstream((_req, res) => {
       res.writeProcessing();
