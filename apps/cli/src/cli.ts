@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { ConfigError, createLogger, type Logger } from '@jwtproxy/core';
+import { ConfigError, childLogger, createLogger, type Logger } from '@jwtproxy/core';
 import { loadConfig, type LoadedConfig } from '@jwtproxy/config';
 import { parseArguments, usage, UsageError } from './args.js';
 import { loadPlugins, PluginError } from './plugins.js';
@@ -38,7 +38,15 @@ export async function main(argv: readonly string[]): Promise<number> {
     process.stdout.write(`jwtproxy ${version()}\n`);
     return 0;
   }
-  const logger = createLogger({ level: args.logLevel });
+  // The configuration may set the level and format; until it is read, the flags' (or defaults).
+  let current = createLogger({ level: args.logLevel ?? 'info', format: args.logFormat ?? 'text' });
+  const logger: Logger = {
+    debug: (message, fields) => current.debug(message, fields),
+    info: (message, fields) => current.info(message, fields),
+    warn: (message, fields) => current.warn(message, fields),
+    error: (message, fields) => current.error(message, fields),
+    child: (bindings) => childLogger(current, bindings),
+  };
   // Listen for signals from the start: one that comes while components are being built is
   // honoured as soon as the start is over (so a component that started is still stopped).
   const shutdown = shutdownSignals(logger);
@@ -51,6 +59,9 @@ export async function main(argv: readonly string[]): Promise<number> {
     const runtime = createJwtProxyRuntime(logger);
     await loadPlugins(args.plugins, runtime);
     config = await loadConfig(args.configFile!, { logger });
+    if ((args.logLevel === undefined && config.log.level) || (args.logFormat === undefined && config.log.format)) {
+      current = createLogger({ level: args.logLevel ?? config.log.level ?? 'info', format: args.logFormat ?? config.log.format ?? 'text' });
+    }
     const nothingEnabled =
       !config.signerProxy?.enabled && !config.verifierProxies.some((p) => p.enabled) && !config.keyregistry?.enabled;
     if (nothingEnabled) {
