@@ -83,3 +83,50 @@ it('a busy port is one line on stderr and exit 1', async () => {
     await new Promise((resolve) => squatter.close(resolve));
   }
 });
+
+/** `pnpm -w jwtproxy -config config.yaml` from this example's folder, in a process group of its own, until `ready`. */
+async function startDevShortcut(): Promise<{ child: ReturnType<typeof spawn>; output: () => string; exited: Promise<number | null> }> {
+  const child = spawn('pnpm', ['-w', 'jwtproxy', '-config', 'config.yaml'], { cwd: path.join(here, '..'), env: cleanEnv, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  let output = '';
+  child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (output += chunk));
+  child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (output += chunk));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  const deadline = Date.now() + 30_000;
+  while (!output.includes('msg="ready"')) {
+    if (child.exitCode !== null) throw new Error(`pnpm jwtproxy exited (${child.exitCode}):\n${output}`);
+    if (Date.now() > deadline) {
+      process.kill(-child.pid!, 'SIGKILL');
+      throw new Error(`pnpm jwtproxy did not get ready within 30 s:\n${output}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return { child, output: () => output, exited };
+}
+
+async function jwtproxyStopped(output: () => string): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  while (!output().includes('msg="stopped"') && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+  for (const port of [3128, 8081]) {
+    for (let i = 0; i < 100 && !(await refused(port)); i++) await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(await refused(port), `port ${port} is free again`).toBe(true);
+  }
+}
+
+it('pnpm jwtproxy (the development shortcut) reads a relative -config from the folder it runs in; Ctrl-C stops it once, gracefully, exit 0', async () => {
+  const dev = await startDevShortcut();
+  process.kill(-dev.child.pid!, 'SIGINT'); // the terminal's Ctrl-C: pnpm, the launcher and (not) jwtproxy
+  expect(await dev.exited, dev.output()).toBe(0);
+  await jwtproxyStopped(dev.output);
+  expect(dev.output().match(/msg="shutting down"/g), 'one signal reached jwtproxy').toHaveLength(1);
+  expect(dev.output()).not.toMatch(/second signal|ELIFECYCLE/);
+}, 60_000);
+
+it('pnpm jwtproxy: kill of the pnpm process alone stops jwtproxy too (it is not left running on its ports)', async () => {
+  const dev = await startDevShortcut();
+  process.kill(dev.child.pid!, 'SIGTERM');
+  await jwtproxyStopped(dev.output);
+  expect(dev.output()).toMatch(/msg="shutting down" signal=SIGTERM[\s\S]*msg="stopped"/);
+  const timer = setTimeout(() => process.kill(-dev.child.pid!, 'SIGKILL'), 10_000);
+  await dev.exited;
+  clearTimeout(timer);
+}, 60_000);
