@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { ConfigError, parseListenAddress, toDuration } from '@jwtproxy/core';
+import { ConfigError, parseListenAddress, parseOptions, schema as s, type InferOutput } from '@jwtproxy/core';
 import { isValidName } from './names.js';
 import { defaultStoragePath, keyRegistryDefaults, type KeyRegistryServerOptions, type StorageSpec } from './server.js';
 
@@ -8,42 +8,89 @@ import { defaultStoragePath, keyRegistryDefaults, type KeyRegistryServerOptions,
 export const adminTokenEnvVar = 'JWTPROXY_REGISTRY_TOKEN';
 export const minAdminTokenLength = 16;
 
-const knownOptions = [
-  'enabled', 'listen_addr', 'public_url', 'key_file', 'crt_file', 'shutdown_timeout', 'storage', 'admin_token', 'admin_token_file',
-  'auto_approve', 'max_skew', 'max_ttl', 'pending_ttl', 'expired_retention', 'max_body_bytes',
-  'max_pending_keys', 'max_pending_keys_per_service', 'read_header_timeout', 'request_timeout', 'body_idle_timeout', 'idle_timeout',
-  'max_connections',
-];
+const nonEmpty = (description: string) => s.optional(s.pipe(s.string(), s.minLength(1), s.description(description)));
+const duration = (rule: 'positive' | 'non-negative', description: string) => s.optional(s.pipe(s.duration(rule), s.description(description)));
+const count = (max: number, description: string) => s.optional(s.pipe(s.number(), s.integer(), s.minValue(1), s.maxValue(max), s.description(description)));
 
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
-
-function rejectUnknown(block: Record<string, unknown>, known: readonly string[], prefix: string): void {
-  for (const key of Object.keys(block)) {
-    if (!known.includes(key)) throw new ConfigError(`${prefix}${key}`, `unknown option (known: ${known.join(', ')})`);
-  }
-}
-
-function optionalString(block: Record<string, unknown>, key: string, at: string): string | undefined {
-  const value = block[key];
-  if (value === undefined || value === null) return undefined;
-  if (typeof value !== 'string' || value === '') throw new ConfigError(at, 'must be a non-empty string');
-  return value;
-}
-
-function duration(block: Record<string, unknown>, key: string): number | undefined {
-  const value = block[key];
-  if (value === undefined || value === null) return undefined;
-  let ms: number;
+function isHttpUrl(text: string): boolean {
   try {
-    ms = toDuration(value);
+    return /^https?:$/.test(new URL(text).protocol);
   } catch {
-    throw new ConfigError(key, `${JSON.stringify(value)} is not a duration (examples: 30s, 5m, 24h, 0)`);
+    return false;
   }
-  if (ms < 0) throw new ConfigError(key, 'must not be negative');
-  return ms;
 }
+
+/** Where keys are kept: `storage: {type, options}`, the options by type. */
+const storageOptions = {
+  file: s.strictObject({ path: nonEmpty('The JSON file; default `$XDG_CONFIG_HOME/jwtproxy/keyregistry.json`.') }),
+  redis: s.strictObject({
+    url: s.optional(s.pipe(s.string(), s.regex(/^rediss?:\/\//, 'must start with redis:// or rediss://'))),
+    key_prefix: s.optional(s.string()),
+    command_timeout: s.optional(s.duration('positive')),
+  }),
+  memory: s.strictObject({}),
+};
+const storageTypes = Object.keys(storageOptions) as Array<keyof typeof storageOptions>;
+
+/** The YAML block `jwtproxy.keyregistry`. */
+export const keyRegistryBlockOptions = s.strictObject({
+  enabled: s.optional(s.pipe(s.boolean(), s.description('Run the key registry in this process.')), true),
+  listen_addr: s.optional(
+    s.pipe(
+      s.string(),
+      s.rawCheck(({ dataset, addIssue }) => {
+        if (!dataset.typed) return;
+        try {
+          parseListenAddress(dataset.value);
+        } catch (error) {
+          addIssue({ message: (error as ConfigError).problem });
+        }
+      }),
+      s.description('`host:port`, `:port` or `unix:/path`; default `:8081`.'),
+    ),
+  ),
+  public_url: s.optional(
+    s.pipe(
+      s.string(),
+      s.check(isHttpUrl, 'must be an absolute http:// or https:// URL, e.g. https://keys.example.com'),
+      s.description('The audience of publishing tokens; default from listen_addr.'),
+    ),
+  ),
+  key_file: nonEmpty('TLS key (with crt_file).'),
+  crt_file: nonEmpty('TLS certificate (with key_file).'),
+  shutdown_timeout: duration('non-negative', 'How long requests in flight may finish at stop; default 5s.'),
+  storage: s.optional(
+    s.strictObject({
+      type: s.picklist(storageTypes, (issue) => `unknown storage type ${JSON.stringify(issue.input)} (known: ${storageTypes.join(', ')})`),
+      options: s.optional(s.record(s.string(), s.unknown()), {}),
+    }),
+  ),
+  admin_token: nonEmpty(`Bearer token of the admin API (at least ${minAdminTokenLength} characters); default $${adminTokenEnvVar}.`),
+  admin_token_file: nonEmpty('A file holding the admin token.'),
+  auto_approve: s.optional(
+    s.pipe(
+      s.union(
+        [s.string(), s.array(s.string())],
+        (issue) => `must be a service name or glob, or a list of them, got ${JSON.stringify(issue.input)}`,
+      ),
+      s.transform((value) => (typeof value === 'string' ? [value] : value)),
+      s.checkItems((pattern) => isValidName(pattern.replace(/[*?]/g, 'x')), 'must be a service name, optionally with * and ? wildcards'),
+      s.description('Service names or globs whose new keys are approved at once (development).'),
+    ),
+  ),
+  max_skew: duration('non-negative', 'Clock difference allowed on publishing tokens; default 5m.'),
+  max_ttl: duration('positive', 'Longest lifetime of a publishing token; default 1h.'),
+  pending_ttl: duration('non-negative', 'How long a key awaits approval before it is dropped.'),
+  expired_retention: duration('non-negative', 'How long expired keys are kept.'),
+  max_body_bytes: s.optional(s.pipe(s.number(), s.integer(), s.minValue(1024), s.maxValue(16 * 1024 * 1024), s.description('Largest request body; default 64 KiB.'))),
+  max_pending_keys: count(10_000_000, 'Keys awaiting approval in the whole registry; default 10,000.'),
+  max_pending_keys_per_service: count(10_000_000, 'Keys awaiting approval per service; default 100.'),
+  read_header_timeout: duration('positive', "A request's head must arrive within this; default 10s."),
+  request_timeout: duration('positive', 'A whole request must arrive within this; default 30s.'),
+  body_idle_timeout: duration('positive', 'A request body silent this long is answered 408; default 10s.'),
+  idle_timeout: duration('positive', 'A kept-alive connection without a request is closed after this; default 30s.'),
+  max_connections: count(1_000_000, 'Connections open at once; default from the open-file limit.'),
+});
 
 function readFileOption(file: string, baseDir: string, at: string): string {
   try {
@@ -53,151 +100,67 @@ function readFileOption(file: string, baseDir: string, at: string): string {
   }
 }
 
-function storageFrom(value: unknown, baseDir: string, env: NodeJS.ProcessEnv): StorageSpec {
-  if (value === undefined || value === null) return { type: 'file', path: defaultStoragePath(env) };
-  if (!isRecord(value)) throw new ConfigError('storage', 'must be a mapping with type and options');
-  rejectUnknown(value, ['type', 'options'], 'storage.');
-  const options = value.options ?? {};
-  if (!isRecord(options)) throw new ConfigError('storage.options', 'must be a mapping');
-  switch (value.type) {
+function storageFrom(storage: InferOutput<typeof keyRegistryBlockOptions>['storage'], baseDir: string, env: NodeJS.ProcessEnv): StorageSpec {
+  switch (storage?.type) {
+    case undefined:
+      return { type: 'file', path: defaultStoragePath(env) };
     case 'file': {
-      rejectUnknown(options, ['path'], 'storage.options.');
-      const file = optionalString(options, 'path', 'storage.options.path');
+      const file = parseOptions(storageOptions.file, storage.options, 'storage.options').path;
       return { type: 'file', path: file ? path.resolve(baseDir, file) : defaultStoragePath(env) };
     }
     case 'redis': {
-      rejectUnknown(options, ['url', 'key_prefix', 'command_timeout'], 'storage.options.');
-      const url = optionalString(options, 'url', 'storage.options.url');
-      if (url !== undefined && !/^rediss?:\/\//.test(url)) throw new ConfigError('storage.options.url', 'must start with redis:// or rediss://');
-      const keyPrefix = options.key_prefix;
-      if (keyPrefix !== undefined && typeof keyPrefix !== 'string') throw new ConfigError('storage.options.key_prefix', 'must be a string');
-      let commandTimeoutMs: number | undefined;
-      try {
-        commandTimeoutMs = duration(options, 'command_timeout');
-      } catch (error) {
-        throw new ConfigError('storage.options.command_timeout', (error as ConfigError).message.replace(/^command_timeout: /, ''));
-      }
-      if (commandTimeoutMs === 0) throw new ConfigError('storage.options.command_timeout', 'must be more than 0');
+      const { url, key_prefix: keyPrefix, command_timeout: commandTimeoutMs } = parseOptions(storageOptions.redis, storage.options, 'storage.options');
       return { type: 'redis', ...(url && { url }), ...(keyPrefix !== undefined && { keyPrefix }), ...(commandTimeoutMs !== undefined && { commandTimeoutMs }) };
     }
     case 'memory':
-      rejectUnknown(options, [], 'storage.options.');
+      parseOptions(storageOptions.memory, storage.options, 'storage.options');
       return { type: 'memory' };
-    default:
-      throw new ConfigError('storage.type', `unknown storage type ${JSON.stringify(value.type)} (known: file, redis, memory)`);
   }
 }
 
 /**
- * Turns the YAML block `jwtproxy.keyregistry` into server options, checking every value.
- * Relative paths are resolved against `baseDir` (the configuration file's directory). A
- * mistake throws ConfigError whose path is relative to the block (e.g. `storage.options.url`).
+ * Turns the YAML block `jwtproxy.keyregistry` into server options, checking every value with
+ * `keyRegistryBlockOptions`. Relative paths are resolved against `baseDir` (the configuration
+ * file's directory). A mistake throws ConfigError whose path is relative to the block (e.g. `storage.options.url`).
  */
 export function keyRegistryOptionsFrom(raw: Record<string, unknown>, baseDir: string, env: NodeJS.ProcessEnv = process.env): KeyRegistryServerOptions {
-  if (!isRecord(raw)) throw new ConfigError('', 'the keyregistry block must be a mapping');
-  rejectUnknown(raw, knownOptions, '');
-  const options: KeyRegistryServerOptions = {};
-
-  if (raw.enabled !== undefined && raw.enabled !== null) {
-    if (typeof raw.enabled !== 'boolean') throw new ConfigError('enabled', 'must be true or false');
-    options.enabled = raw.enabled;
-  } else {
-    options.enabled = true;
-  }
-
-  const listenAddr = optionalString(raw, 'listen_addr', 'listen_addr');
-  if (listenAddr !== undefined) {
-    parseListenAddress(listenAddr, 'listen_addr');
-    options.listenAddr = listenAddr;
-  }
-
-  const publicUrl = optionalString(raw, 'public_url', 'public_url');
-  if (publicUrl !== undefined) {
-    let parsed: URL | undefined;
-    try {
-      parsed = new URL(publicUrl);
-    } catch {
-      parsed = undefined;
-    }
-    if (!parsed || (parsed.protocol !== 'http:' && parsed.protocol !== 'https:')) {
-      throw new ConfigError('public_url', 'must be an absolute http:// or https:// URL, e.g. https://keys.example.com');
-    }
-    options.publicUrl = publicUrl;
-  }
-
-  const keyFile = optionalString(raw, 'key_file', 'key_file');
-  const crtFile = optionalString(raw, 'crt_file', 'crt_file');
+  const block = parseOptions(keyRegistryBlockOptions, raw);
+  const { key_file: keyFile, crt_file: crtFile, admin_token: adminToken, admin_token_file: adminTokenFile } = block;
   if ((keyFile === undefined) !== (crtFile === undefined)) throw new ConfigError(keyFile ? 'crt_file' : 'key_file', 'key_file and crt_file go together');
-  if (keyFile && crtFile) {
-    if (listenAddr?.startsWith('unix:')) throw new ConfigError('key_file', 'TLS cannot be used on a unix socket listener');
-    options.tls = { key: readFileOption(keyFile, baseDir, 'key_file'), cert: readFileOption(crtFile, baseDir, 'crt_file') };
-  }
-
-  options.storage = storageFrom(raw.storage, baseDir, env);
-
-  const adminToken = optionalString(raw, 'admin_token', 'admin_token');
-  const adminTokenFile = optionalString(raw, 'admin_token_file', 'admin_token_file');
+  if (keyFile && block.listen_addr?.startsWith('unix:')) throw new ConfigError('key_file', 'TLS cannot be used on a unix socket listener');
   if (adminToken !== undefined && adminTokenFile !== undefined) throw new ConfigError('admin_token_file', 'give admin_token or admin_token_file, not both');
   const token = adminToken ?? (adminTokenFile !== undefined ? readFileOption(adminTokenFile, baseDir, 'admin_token_file').trim() : env[adminTokenEnvVar] || undefined);
   if (token !== undefined) {
     const at = adminToken !== undefined ? 'admin_token' : adminTokenFile !== undefined ? 'admin_token_file' : `$${adminTokenEnvVar}`;
     if (token.length < minAdminTokenLength) throw new ConfigError(at, `the admin token must be at least ${minAdminTokenLength} characters`);
     if (/\s/.test(token)) throw new ConfigError(at, 'the admin token must not contain white space');
-    options.adminToken = token;
   }
-
-  const autoApprove = raw.auto_approve;
-  if (autoApprove !== undefined && autoApprove !== null) {
-    const patterns = typeof autoApprove === 'string' ? [autoApprove] : autoApprove;
-    if (!Array.isArray(patterns)) throw new ConfigError('auto_approve', 'must be a service name or glob, or a list of them');
-    options.autoApprove = patterns.map((pattern, index) => {
-      if (typeof pattern !== 'string' || !isValidName(pattern.replace(/[*?]/g, 'x'))) {
-        throw new ConfigError(`auto_approve[${index}]`, 'must be a service name, optionally with * and ? wildcards');
-      }
-      return pattern;
-    });
+  const headerTimeout = block.read_header_timeout ?? keyRegistryDefaults.readHeaderTimeoutMs;
+  if ((block.request_timeout ?? keyRegistryDefaults.requestTimeoutMs) < headerTimeout) {
+    throw new ConfigError(block.request_timeout !== undefined ? 'request_timeout' : 'read_header_timeout', 'request_timeout must be at least read_header_timeout');
   }
-
-  type DurationField =
-    | 'maxSkewMs' | 'maxTtlMs' | 'pendingTtlMs' | 'expiredRetentionMs' | 'shutdownTimeoutMs'
-    | 'readHeaderTimeoutMs' | 'requestTimeoutMs' | 'bodyIdleTimeoutMs' | 'idleTimeoutMs';
-  const durations: Array<[string, DurationField]> = [
-    ['max_skew', 'maxSkewMs'], ['max_ttl', 'maxTtlMs'], ['pending_ttl', 'pendingTtlMs'], ['expired_retention', 'expiredRetentionMs'], ['shutdown_timeout', 'shutdownTimeoutMs'],
-    ['read_header_timeout', 'readHeaderTimeoutMs'], ['request_timeout', 'requestTimeoutMs'], ['body_idle_timeout', 'bodyIdleTimeoutMs'], ['idle_timeout', 'idleTimeoutMs'],
-  ];
-  for (const [key, field] of durations) {
-    const ms = duration(raw, key);
-    if (ms !== undefined) options[field] = ms;
-  }
-  // No way to turn these off: every stage of a request is bounded.
-  for (const [key, ms] of [
-    ['max_ttl', options.maxTtlMs], ['read_header_timeout', options.readHeaderTimeoutMs], ['request_timeout', options.requestTimeoutMs],
-    ['body_idle_timeout', options.bodyIdleTimeoutMs], ['idle_timeout', options.idleTimeoutMs],
-  ] as const) {
-    if (ms === 0) throw new ConfigError(key, 'must be more than 0');
-  }
-  const headerTimeout = options.readHeaderTimeoutMs ?? keyRegistryDefaults.readHeaderTimeoutMs;
-  const requestTimeout = options.requestTimeoutMs ?? keyRegistryDefaults.requestTimeoutMs;
-  if (requestTimeout < headerTimeout) {
-    throw new ConfigError(options.requestTimeoutMs !== undefined ? 'request_timeout' : 'read_header_timeout', 'request_timeout must be at least read_header_timeout');
-  }
-
-  const counts: Array<[string, 'maxPendingKeys' | 'maxPendingKeysPerService' | 'maxConnections', number]> = [
-    ['max_pending_keys', 'maxPendingKeys', 10_000_000], ['max_pending_keys_per_service', 'maxPendingKeysPerService', 10_000_000], ['max_connections', 'maxConnections', 1_000_000],
-  ];
-  for (const [key, field, max] of counts) {
-    const value = raw[key];
-    if (value === undefined || value === null) continue;
-    if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > max) throw new ConfigError(key, `must be a whole number from 1 to ${max}`);
-    options[field] = value;
-  }
-
-  const maxBody = raw.max_body_bytes;
-  if (maxBody !== undefined && maxBody !== null) {
-    if (typeof maxBody !== 'number' || !Number.isInteger(maxBody) || maxBody < 1024 || maxBody > 16 * 1024 * 1024) {
-      throw new ConfigError('max_body_bytes', 'must be a whole number of bytes from 1024 to 16777216');
-    }
-    options.maxBodyBytes = maxBody;
-  }
+  const options: KeyRegistryServerOptions = {
+    enabled: block.enabled,
+    listenAddr: block.listen_addr,
+    publicUrl: block.public_url,
+    ...(keyFile && crtFile ? { tls: { key: readFileOption(keyFile, baseDir, 'key_file'), cert: readFileOption(crtFile, baseDir, 'crt_file') } } : {}),
+    storage: storageFrom(block.storage, baseDir, env),
+    adminToken: token,
+    autoApprove: block.auto_approve,
+    maxSkewMs: block.max_skew,
+    maxTtlMs: block.max_ttl,
+    pendingTtlMs: block.pending_ttl,
+    expiredRetentionMs: block.expired_retention,
+    shutdownTimeoutMs: block.shutdown_timeout,
+    readHeaderTimeoutMs: block.read_header_timeout,
+    requestTimeoutMs: block.request_timeout,
+    bodyIdleTimeoutMs: block.body_idle_timeout,
+    idleTimeoutMs: block.idle_timeout,
+    maxBodyBytes: block.max_body_bytes,
+    maxPendingKeys: block.max_pending_keys,
+    maxPendingKeysPerService: block.max_pending_keys_per_service,
+    maxConnections: block.max_connections,
+  };
+  for (const key of Object.keys(options) as Array<keyof KeyRegistryServerOptions>) if (options[key] === undefined) delete options[key];
   return options;
 }
