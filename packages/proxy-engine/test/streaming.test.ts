@@ -254,6 +254,24 @@ describe('either side leaving', () => {
     expect(proxy.logger.lines.filter((line) => line.level === 'warn' || line.level === 'error')).toEqual([]);
   });
 
+  it('a client that goes away mid-upload cancels the upstream request: the upstream sees its body cut short', async () => {
+    let received = 0;
+    let upstreamAborted = false;
+    const upstream = await startUpstream((req) => {
+      req.on('data', (chunk: Buffer) => (received += chunk.length));
+      req.once('close', () => (upstreamAborted = !req.complete));
+    }, cleanups);
+    const proxy = await startEngine({ upstream: upstream.origin }, cleanups);
+    const client = await RawClient.connect(proxy.port);
+    client.write(`PUT /upload HTTP/1.1\r\nHost: svc\r\nContent-Length: ${10 * MiB}\r\n\r\n`);
+    client.write(Buffer.alloc(256 * 1024, 0x62));
+    expect(await eventually(() => received >= 256 * 1024, 2_000)).toBe(true);
+    client.destroy();
+    expect(await eventually(() => upstreamAborted, 2_000)).toBe(true);
+    expect(received).toBeLessThan(10 * MiB);
+    expect(proxy.logger.lines.filter((line) => line.level === 'warn' || line.level === 'error')).toEqual([]);
+  });
+
   it('an upstream that dies mid-response (Content-Length) cuts the client response: the client sees it incomplete, never a clean end', async () => {
     const upstream = await startRawUpstream((_head, socket) => {
       socket.write('HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n' + 'x'.repeat(100));
