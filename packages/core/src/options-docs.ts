@@ -17,6 +17,7 @@ export interface OptionRow {
 }
 
 type Node = OptionsSchema & {
+  kind: string;
   type: string;
   wrapped?: Node;
   entries?: Record<string, Node>;
@@ -27,10 +28,14 @@ type Node = OptionsSchema & {
   default?: unknown;
 };
 
-/** Every layer of a schema, outside in (optional → pipe → …), to read actions and descriptions from. */
+/** Every layer of a schema, outside in (optional → pipe → the pipe's own schema → …), to read actions and descriptions from. */
 function layers(schema: Node): Node[] {
   const all: Node[] = [];
-  for (let current: Node | undefined = schema; current; current = current.wrapped) all.push(current);
+  for (let current: Node | undefined = schema; current && all.length < 16; ) {
+    all.push(current);
+    const root = current.pipe?.[0] as Node | undefined;
+    current = current.wrapped ?? (root && root !== current && root.kind === 'schema' && root.pipe ? root : undefined);
+  }
   return all;
 }
 
@@ -38,13 +43,16 @@ function actions(schema: Node) {
   return layers(schema).flatMap((layer) => layer.pipe?.filter((item) => item.kind !== 'schema') ?? []);
 }
 
+/** The metadata of a schema's layers, merged (the outer layer wins): `{duration}`, or `{typeText}` for the docs. */
+function metadataOf(schema: Node): Record<string, unknown> | undefined {
+  const found = actions(schema)
+    .filter((action) => action.type === 'metadata' && action.metadata && typeof action.metadata === 'object')
+    .map((action) => action.metadata as Record<string, unknown>);
+  return found.length ? Object.assign({}, ...found.reverse()) : undefined;
+}
+
 function durationRuleOf(schema: Node): DurationMetadata['duration'] | undefined {
-  for (const action of actions(schema)) {
-    if (action.type === 'metadata' && action.metadata && typeof action.metadata === 'object' && 'duration' in action.metadata) {
-      return (action.metadata as DurationMetadata).duration;
-    }
-  }
-  return undefined;
+  return metadataOf(schema)?.duration as DurationMetadata['duration'] | undefined;
 }
 
 const ruleText = { positive: '> 0', 'non-negative': '≥ 0', any: 'may be negative' } as const;
@@ -54,6 +62,8 @@ export function typeText(schema: OptionsSchema): string {
   const node = schema as Node;
   const rule = durationRuleOf(node);
   if (rule) return `duration ${ruleText[rule]}`;
+  const named = metadataOf(node)?.typeText;
+  if (typeof named === 'string') return named;
   const inner = unwrapSchema(node) as Node;
   const bounds = actions(node)
     .map((a) => (a.type === 'min_value' ? `≥ ${String(a.requirement)}` : a.type === 'max_value' ? `≤ ${String(a.requirement)}` : a.type === 'gt_value' ? `> ${String(a.requirement)}` : ''))

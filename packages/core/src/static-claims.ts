@@ -43,6 +43,7 @@ export const staticClaimsVerifier = defineComponent({
   options: s.pipe(
     s.record(s.string(), s.unknown()),
     s.check((claims) => Object.keys(claims).length > 0, 'the static claims verifier needs at least one claim'),
+    s.description('The required claims themselves: `{sub: billing}` requires a `sub` claim equal to "billing" (any YAML value; at least one).'),
   ),
   create: (claims) => new StaticClaimsVerifier(claims),
 });

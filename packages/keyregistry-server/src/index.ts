@@ -7,7 +7,7 @@ export {
   type RunningKeyRegistry,
   type StorageSpec,
 } from './server.js';
-export { keyRegistryOptionsFrom, adminTokenEnvVar, minAdminTokenLength } from './options.js';
+export { keyRegistryOptionsFrom, keyRegistryBlockOptions, adminTokenEnvVar, minAdminTokenLength } from './options.js';
 export { KeyRegistry, type KeyInfo, type LiveState, type KeyRegistryPolicy, type PublishRequest, type PublishResult } from './registry.js';
 export type { KeyStore, StoredKey, KeyChange, KeyState } from './store.js';
 export { MemoryKeyStore } from './store.js';

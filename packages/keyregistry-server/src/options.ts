@@ -60,10 +60,15 @@ export const keyRegistryBlockOptions = s.strictObject({
   crt_file: nonEmpty('TLS certificate (with key_file).'),
   shutdown_timeout: duration('non-negative', 'How long requests in flight may finish at stop; default 5s.'),
   storage: s.optional(
-    s.strictObject({
-      type: s.picklist(storageTypes, (issue) => `unknown storage type ${JSON.stringify(issue.input)} (known: ${storageTypes.join(', ')})`),
-      options: s.optional(s.record(s.string(), s.unknown()), {}),
-    }),
+    s.pipe(
+      s.strictObject({
+        type: s.picklist(storageTypes, (issue) => `unknown storage type ${JSON.stringify(issue.input)} (known: ${storageTypes.join(', ')})`),
+        options: s.optional(s.record(s.string(), s.unknown()), {}),
+      }),
+      s.description(
+        'Where keys are kept: `{type: file, options: {path}}` (the default, under `$XDG_CONFIG_HOME/jwtproxy/`), `{type: redis, options: {url, key_prefix, command_timeout}}` (shared by replicas) or `{type: memory}`.',
+      ),
+    ),
   ),
   admin_token: nonEmpty(`Bearer token of the admin API (at least ${minAdminTokenLength} characters); default $${adminTokenEnvVar}.`),
   admin_token_file: nonEmpty('A file holding the admin token.'),

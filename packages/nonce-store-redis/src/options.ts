@@ -56,7 +56,7 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 2000;
 export const DEFAULT_RECONNECT_MAX_DELAY_MS = 1000;
 
 /** A whole number written as a number or a string of digits (as in a URL), checked by `ok`. */
-const digits = (ok: (value: unknown) => boolean, problem: string, description: string) =>
+const digits = (ok: (value: unknown) => boolean, problem: string, description: string, typeText: string) =>
   s.pipe(
     s.union([s.number(), s.string()], (issue) => `${problem}, got ${describeValue(issue.input)}`),
     s.rawTransform<number | string, number>(({ dataset, addIssue, NEVER }) => {
@@ -66,8 +66,9 @@ const digits = (ok: (value: unknown) => boolean, problem: string, description: s
       return NEVER;
     }),
     s.description(description),
+    s.metadata({ typeText }),
   );
-const portNumber = (description: string) => digits(isPort, 'must be a port number (1-65535)', description);
+const portNumber = (description: string) => digits(isPort, 'must be a port number (1-65535)', description, 'port (1-65535)');
 
 function isPort(value: unknown): boolean {
   return typeof value === 'number' && Number.isInteger(value) && value >= 1 && value <= 65535;
@@ -110,7 +111,7 @@ export const redisNonceStoreOptions = s.strictObject({
   port: s.optional(portNumber('Default 6379.')),
   username: text('ACL user name.'),
   password: text('Password; never repeated in errors or logs.'),
-  db: s.optional(digits(isDatabase, 'must be a database number (0 or more)', 'Database number, default 0; must be 0 with `cluster`.')),
+  db: s.optional(digits(isDatabase, 'must be a database number (0 or more)', 'Database number, default 0; must be 0 with `cluster`.', 'integer ≥ 0')),
   tls: s.optional(
     s.pipe(
       s.union(
