@@ -183,6 +183,11 @@ export class RequestTracker {
     return this.#inFlight.size;
   }
 
+  /** HTTP connections of the watched servers open now (upgraded and tunnelled ones are let go). */
+  get openConnections(): number {
+    return this.#connections.size;
+  }
+
   get stopping(): boolean {
     return this.#stopping;
   }

@@ -74,6 +74,11 @@ export interface NonceStore extends Partial<Stoppable> {
    * NonceStoreUnavailableError or NonceStoreFullError when it cannot answer: fail closed.
    */
   claim(jti: string, expiresAt: UnixSeconds): Promise<boolean>;
+  /**
+   * Resolves when the store answers now (a Redis PING within its command timeout), rejects when
+   * it cannot: the readiness probe's question. A store without it is taken to always answer.
+   */
+  ping?(): Promise<void>;
 }
 
 /** Extra checks on verified claims; throws ClaimsVerificationError to refuse. */
@@ -95,6 +100,10 @@ export interface Logger {
 export interface RunningProxy {
   /** Where it listens: `http://127.0.0.1:8080`, `https://…` or `unix:/path`. */
   readonly address: string;
+  /** HTTP connections open now, for metrics; absent when the server does not count them. */
+  readonly openConnections?: number;
+  /** Upgraded (WebSocket) and CONNECT-tunnelled connections open now, for metrics. */
+  readonly openTunnels?: number;
   /**
    * Stops accepting connections at once, lets requests in flight finish until `deadline`
    * (Date.now() value; default now + its shutdown_timeout), then closes what is left.

@@ -20,6 +20,11 @@ interface ForgeTbs {
   getTBSCertificate(cert: forge.pki.Certificate): forge.asn1.Asn1;
 }
 
+/** Told of each certificate forged (metrics): how long it took, whether it failed, the cache's size after it. */
+export interface CertificateForgingObserver {
+  forged(event: { durationMs: number; failed: boolean; cachedHosts: number }): void;
+}
+
 const DAY = 24 * 3600_000;
 /** Forged certificates live a year at most (and never beyond the CA's own expiry). */
 const LEAF_LIFETIME = 365 * DAY;
@@ -49,8 +54,18 @@ export class CertificateForger {
   readonly #leafPublicKey: forge.pki.PublicKey;
   readonly #leafKeyPem: string;
   readonly #contexts: LRUCache<string, Promise<SecureContext>>;
+  readonly #observer: CertificateForgingObserver | undefined;
 
-  private constructor(caKey: KeyObject, caCert: forge.pki.Certificate, caNotAfter: number, leafPublicKey: forge.pki.PublicKey, leafKeyPem: string, cacheSize: number) {
+  private constructor(
+    caKey: KeyObject,
+    caCert: forge.pki.Certificate,
+    caNotAfter: number,
+    leafPublicKey: forge.pki.PublicKey,
+    leafKeyPem: string,
+    cacheSize: number,
+    observer: CertificateForgingObserver | undefined,
+  ) {
+    this.#observer = observer;
     this.#caKey = caKey;
     this.#issuer = caCert.subject.attributes;
     this.#caNotAfter = caNotAfter;
@@ -64,7 +79,10 @@ export class CertificateForger {
    * Reads and checks the CA key and certificate; every problem is a ConfigError naming the file.
    * Then makes the shared leaf key pair.
    */
-  static async load(files: CertificateAuthorityFiles, options: { cacheSize?: number } = {}): Promise<CertificateForger> {
+  static async load(
+    files: CertificateAuthorityFiles,
+    options: { cacheSize?: number; observer?: CertificateForgingObserver | undefined } = {},
+  ): Promise<CertificateForger> {
     const keyKey = 'signer_proxy.ca_key_file';
     const certKey = 'signer_proxy.ca_crt_file';
     const [keyPem, certPem] = await Promise.all([
@@ -102,7 +120,7 @@ export class CertificateForger {
     const leaf = await generateKeyPairAsync('rsa', { modulusLength: 2048 });
     const leafPublicKey = forge.pki.publicKeyFromPem(leaf.publicKey.export({ type: 'spki', format: 'pem' }) as string);
     const leafKeyPem = leaf.privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
-    return new CertificateForger(caKey, caCert, caNotAfter, leafPublicKey, leafKeyPem, options.cacheSize ?? 1000);
+    return new CertificateForger(caKey, caCert, caNotAfter, leafPublicKey, leafKeyPem, options.cacheSize ?? 1000, options.observer);
   }
 
   /** How many hosts have a forged certificate cached. */
@@ -115,12 +133,19 @@ export class CertificateForger {
     const name = host.toLowerCase();
     let context = this.#contexts.get(name);
     if (!context) {
-      context = this.#forge(name);
-      this.#contexts.set(name, context);
-      // A failed forging must not stay cached.
-      context.catch(() => {
-        if (this.#contexts.get(name) === context) this.#contexts.delete(name);
-      });
+      const started = performance.now();
+      const forging = this.#forge(name);
+      context = forging;
+      this.#contexts.set(name, forging);
+      const told = (failed: boolean): void => this.#observer?.forged({ durationMs: performance.now() - started, failed, cachedHosts: this.#contexts.size });
+      forging.then(
+        () => told(false),
+        () => {
+          // A failed forging must not stay cached.
+          if (this.#contexts.get(name) === forging) this.#contexts.delete(name);
+          told(true);
+        },
+      );
     }
     return context;
   }

@@ -15,7 +15,7 @@ import {
   type ServerLimits,
 } from '@jwtproxy/core';
 import { ProxyEngine, type AccessRecord, type ProxyHooks } from '@jwtproxy/proxy-engine';
-import { CertificateForger } from './certificates.js';
+import { CertificateForger, type CertificateForgingObserver } from './certificates.js';
 import { TlsInterceptor } from './interception.js';
 import { absoluteTarget, isAbsoluteForm, tunnelTarget, type RequestTarget } from './targets.js';
 import { ConnectTunnels } from './tunnels.js';
@@ -46,6 +46,8 @@ export interface SignerProxyOptions {
   limits?: Partial<ServerLimits>;
   /** Called as each request and tunnel ends (access log, metrics). */
   onAccess?: (record: AccessRecord) => void;
+  /** Told of each certificate forged for an intercepted tunnel (metrics). */
+  certificateObserver?: CertificateForgingObserver;
 }
 
 const LISTEN_ADDR_KEY = 'signer_proxy.listen_addr';
@@ -127,7 +129,7 @@ export async function startSignerProxy(options: SignerProxyOptions): Promise<Run
     throw new ConfigError(options.caKeyFile ? 'signer_proxy.ca_crt_file' : 'signer_proxy.ca_key_file', 'ca_key_file and ca_crt_file must be given together');
   }
   const forger =
-    options.caKeyFile && options.caCertFile ? await CertificateForger.load({ caKeyFile: options.caKeyFile, caCertFile: options.caCertFile }) : undefined;
+    options.caKeyFile && options.caCertFile ? await CertificateForger.load({ caKeyFile: options.caKeyFile, caCertFile: options.caCertFile }, { observer: options.certificateObserver }) : undefined;
   const trustedCertificates = options.trustedCertificates?.length ? await readTrustedCertificates(options.trustedCertificates) : undefined;
   const pools = new UpstreamPools({ trustedCertificates, insecureSkipVerify: options.insecureSkipVerify ?? false });
 
@@ -180,6 +182,12 @@ export async function startSignerProxy(options: SignerProxyOptions): Promise<Run
   let stopped: Promise<void> | undefined;
   return {
     address,
+    get openConnections() {
+      return engine.openConnections;
+    },
+    get openTunnels() {
+      return engine.openTunnels;
+    },
     stop(deadline = Date.now() + options.shutdownTimeout) {
       stopped ??= stop(deadline);
       return stopped;

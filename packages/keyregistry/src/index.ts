@@ -3,7 +3,7 @@ import { keyRegistryDefaults, keyRegistryPublisherOptions, keyRegistryReaderOpti
 import { KeyRegistryClient } from './reader.js';
 import { KeyRegistryPublisher } from './publisher.js';
 
-export { KeyRegistryClient, verificationKeyFromJwk, cacheLifetime, type KeyRegistryClientOptions } from './reader.js';
+export { KeyRegistryClient, verificationKeyFromJwk, cacheLifetime, type KeyRegistryClientOptions, type KeyRegistryObserver, type KeyFetchOutcome } from './reader.js';
 export {
   KeyRegistryPublisher,
   type KeyRegistryPublisherOptions,

@@ -48,6 +48,21 @@ export interface KeyRegistryClientOptions {
   connections?: number;
   logger?: Logger;
   clock?: Clock;
+  /** Told of cache hits, limited lookups and registry fetches (metrics); see also `observe`. */
+  observer?: KeyRegistryObserver;
+}
+
+/** How a registry GET ended: a key, a "no usable key" answer, or a failure (`unavailable`: 5xx or any other status; `error`: no answer). */
+export type KeyFetchOutcome = 'key' | 'not_found' | 'expired' | 'pending' | 'unusable' | 'unavailable' | 'error';
+
+/** What a KeyRegistryClient tells its observer (metrics). Called synchronously on the lookup path: keep each call cheap. */
+export interface KeyRegistryObserver {
+  /** A lookup answered from memory: a cached key, or a remembered 404/409/403. */
+  cacheHit?(kind: 'key' | 'negative'): void;
+  /** A lookup of a key not in the cache refused by its issuer's limit, without asking the registry. */
+  limited?(): void;
+  /** A registry GET ended, after `durationMs`. */
+  fetched?(outcome: KeyFetchOutcome, durationMs: number): void;
 }
 
 /** What the key cache holds for an (issuer, kid): only keys the registry served. */
@@ -141,8 +156,10 @@ export class KeyRegistryClient implements PublicKeyResolver {
   readonly #inFlight = new Map<string, Promise<VerificationKey>>();
   readonly #recentlyLogged: LRUCache<string, true>;
   readonly #logger: Logger;
+  #observer: KeyRegistryObserver | undefined;
 
   constructor(options: KeyRegistryClientOptions) {
+    this.#observer = options.observer;
     const clock = options.clock ?? systemClock;
     const timeout = options.timeout ?? keyRegistryDefaults.timeout;
     this.endpoint = new RegistryEndpoint(options.registry, {
@@ -188,23 +205,47 @@ export class KeyRegistryClient implements PublicKeyResolver {
     // Length-prefixed, so that no two (issuer, kid) pairs share a cache key.
     const cacheKey = `${issuer.length}:${issuer}${kid}`;
     const cached = this.#cache.get(cacheKey) as CachedKey | undefined;
-    if (cached?.kind === 'key') return Promise.resolve(cached.key);
+    if (cached?.kind === 'key') {
+      this.#observer?.cacheHit?.('key');
+      return Promise.resolve(cached.key);
+    }
     const negative = this.#negative?.get(cacheKey);
-    if (negative) return Promise.reject(errorFor(negative.answer));
+    if (negative) {
+      this.#observer?.cacheHit?.('negative');
+      return Promise.reject(errorFor(negative.answer));
+    }
     const pending = this.#inFlight.get(cacheKey);
     if (pending) return pending;
 
     let charge: LookupCharge | undefined;
     if (!this.#servedBefore.has(cacheKey)) {
       charge = this.#limiter.take(issuer);
-      if (!charge) return Promise.reject(this.#limited(issuer));
+      if (!charge) {
+        this.#observer?.limited?.();
+        return Promise.reject(this.#limited(issuer));
+      }
     }
     const fetching = this.#fetch(issuer, kid, cacheKey, charge).finally(() => this.#inFlight.delete(cacheKey));
     this.#inFlight.set(cacheKey, fetching);
     return fetching;
   }
 
+  /** Observes registry fetches and cache hits from now on (metrics); one observer at a time, undefined to stop. */
+  observe(observer: KeyRegistryObserver | undefined): void {
+    this.#observer = observer;
+  }
+
   async #fetch(issuer: string, kid: string, cacheKey: string, charge: LookupCharge | undefined): Promise<VerificationKey> {
+    const started = this.#observer ? performance.now() : 0;
+    let outcome: KeyFetchOutcome = 'error';
+    try {
+      return await this.#fetchOnce(issuer, kid, cacheKey, charge, (ended) => (outcome = ended));
+    } finally {
+      this.#observer?.fetched?.(outcome, performance.now() - started);
+    }
+  }
+
+  async #fetchOnce(issuer: string, kid: string, cacheKey: string, charge: LookupCharge | undefined, ended: (outcome: KeyFetchOutcome) => void): Promise<VerificationKey> {
     const path = this.endpoint.pathFor(issuer, kid);
     let response;
     try {
@@ -213,12 +254,14 @@ export class KeyRegistryClient implements PublicKeyResolver {
       this.#logFailure(cacheKey, issuer, kid, { error });
       throw new KeyServerUnavailableError({ cause: error });
     }
+    ended(outcomeOf(response.status));
     switch (response.status) {
       case 200: {
         let key: VerificationKey;
         try {
           key = verificationKeyFromJwk(JSON.parse(response.body ?? ''));
         } catch (error) {
+          ended('unusable');
           this.#logFailure(cacheKey, issuer, kid, { error: `unusable key: ${(error as Error).message}` });
           throw new KeyServerUnavailableError({ cause: error });
         }
@@ -307,6 +350,21 @@ export class KeyRegistryClient implements PublicKeyResolver {
  */
 function usableName(name: string): boolean {
   return name.length > 0 && name.length <= MAX_NAME_LENGTH && name !== '.' && name !== '..';
+}
+
+function outcomeOf(status: number): KeyFetchOutcome {
+  switch (status) {
+    case 200:
+      return 'key';
+    case 404:
+      return 'not_found';
+    case 403:
+      return 'expired';
+    case 409:
+      return 'pending';
+    default:
+      return 'unavailable';
+  }
 }
 
 function errorFor(answer: NegativeAnswer): Error {

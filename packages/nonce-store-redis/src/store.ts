@@ -198,6 +198,21 @@ export class RedisNonceStore implements NonceStore {
     return answer === 'OK';
   }
 
+  /**
+   * Resolves when Redis answers a PING within the command timeout (the readiness probe); rejects
+   * with NonceStoreUnavailableError when it does not, at once while the connection is down.
+   */
+  async ping(): Promise<void> {
+    if (this.#availability === 'stopped') throw new NonceStoreUnavailableError({ cause: new Error('nonce store stopped') });
+    try {
+      await withCommandTimeout(this.#client.ping(), this.#commandTimeoutMs);
+    } catch (error) {
+      this.#markUnavailable(error);
+      throw new NonceStoreUnavailableError({ cause: error });
+    }
+    this.#markAvailable();
+  }
+
   /** Closes the connection: QUIT (letting claims in flight finish) until `deadline`, then drops it. */
   async stop(deadline?: number): Promise<void> {
     if (this.#availability === 'stopped') return;

@@ -263,6 +263,16 @@ export class ProxyEngine {
     return this.#stopping;
   }
 
+  /** HTTP connections open now: the listeners' and those handed to an unbound server (inside CONNECT tunnels). */
+  get openConnections(): number {
+    return this.#requests.openConnections;
+  }
+
+  /** Connections switched to another protocol (WebSocket upgrades) or tunnelled (CONNECT) open now. */
+  get openTunnels(): number {
+    return this.#raw.size;
+  }
+
   /** An HTTP server, or HTTPS with `tls`, with the engine's limits and handlers (not yet listening). */
   createServer(tls?: { key: Buffer | string; cert: Buffer | string }): Server {
     const options = httpServerOptions(this.limits);

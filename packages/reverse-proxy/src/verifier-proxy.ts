@@ -116,6 +116,12 @@ export async function startVerifierProxy(options: VerifierProxyOptions): Promise
   let stopped: Promise<void> | undefined;
   return {
     address,
+    get openConnections() {
+      return engine.openConnections;
+    },
+    get openTunnels() {
+      return engine.openTunnels;
+    },
     stop(deadline = Date.now() + options.shutdownTimeout) {
       stopped ??= engine.stop(deadline).then(() => removeSocketFile(listenAddress));
       return stopped;
