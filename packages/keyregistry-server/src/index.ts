@@ -8,6 +8,7 @@ export {
   type StorageSpec,
 } from './server.js';
 export { keyRegistryOptionsFrom, keyRegistryBlockOptions, adminTokenEnvVar, minAdminTokenLength } from './options.js';
+export { keyRegistryStorageAnswers } from './readiness.js';
 export { KeyRegistry, type KeyInfo, type LiveState, type KeyRegistryPolicy, type PublishRequest, type PublishResult } from './registry.js';
 export type { KeyStore, StoredKey, KeyChange, KeyState } from './store.js';
 export { MemoryKeyStore } from './store.js';
