@@ -4,6 +4,11 @@
  * stale keys while the source is down (bounded), issuers and algorithms, OIDC discovery.
  */
 import { randomBytes } from 'node:crypto';
+import { writeFile, mkdtemp, rm } from 'node:fs/promises';
+import https from 'node:https';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { listenOnLoopback, makeCa, makeServerCertificate } from '@jwtproxy/testkit';
 import { ConfigError, KeyNotFoundError, KeyServerUnavailableError, createRuntime, silentLogger } from '@jwtproxy/core';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { JwksKeyServer, jwksKeyServer, type JwksKeyServerOptions } from '../src/index.js';
@@ -263,6 +268,45 @@ describe('OIDC discovery', () => {
       expect(String(error.facts!.last_error)).toMatch(/^ERR_JWKS_DISCOVERY/);
     }
     expect(source.setGets).toBe(0);
+  });
+});
+
+describe('https sources', () => {
+  it('reads a set over https from a CA of ca_file; without it the unknown CA fails closed', async () => {
+    const ca = makeCa();
+    const certificate = makeServerCertificate(['127.0.0.1'], ca);
+    const server = https.createServer(certificate, (_req, res) => res.writeHead(200, { 'cache-control': 'max-age=300' }).end(JSON.stringify({ keys: [a.jwk] })));
+    const running = await listenOnLoopback(server, 'https');
+    cleanups.push(() => running.close());
+    const dir = await mkdtemp(path.join(tmpdir(), 'jwks-ca-'));
+    cleanups.push(() => rm(dir, { recursive: true, force: true }));
+    await writeFile(path.join(dir, 'ca.pem'), ca.cert);
+
+    const runtime = createRuntime();
+    runtime.keyServers.register(jwksKeyServer);
+    const context = { logger: silentLogger, clock: Date.now, baseDir: dir };
+    const trusted = (await runtime.keyServers.create({ type: 'jwks', options: { url: `${running.url}/jwks.json`, issuer: ISSUER, ca_file: 'ca.pem' } }, context)) as JwksKeyServer;
+    cleanups.push(() => trusted.stop());
+    expect((await trusted.resolve(ISSUER, 'a')).algorithms).toContain('RS256');
+
+    const untrusted = new JwksKeyServer({ url: `${running.url}/jwks.json`, issuers: [ISSUER] });
+    cleanups.push(() => untrusted.stop());
+    const error = (await failureOf(untrusted.resolve(ISSUER, 'a'))) as KeyServerUnavailableError;
+    expect(error).toBeInstanceOf(KeyServerUnavailableError);
+    expect(String(error.facts!.last_error)).toMatch(/^ERR_JWKS_UNAVAILABLE: no answer: (UNABLE_TO_VERIFY_LEAF_SIGNATURE|SELF_SIGNED_CERT_IN_CHAIN|UNABLE_TO_GET_ISSUER_CERT_LOCALLY)$/);
+  });
+
+  it('warns at start that a set read over plain http from another host can be swapped', () => {
+    const logger = recordingLogger();
+    const server = new JwksKeyServer({ url: 'http://keys.example.invalid/jwks.json?token=secret', issuers: [ISSUER], logger });
+    cleanups.push(() => server.stop());
+    const warning = logger.lines.find((line) => line.level === 'warn');
+    expect(warning?.message).toMatch(/^the JWK set is read over plain http: anyone on the path can swap its keys/);
+    // Its address without the query, which may carry a secret.
+    expect(warning?.fields.jwks).toBe('http://keys.example.invalid/jwks.json');
+    const quiet = recordingLogger();
+    cleanups.push(() => new JwksKeyServer({ url: 'http://127.0.0.1:1/jwks.json', issuers: [ISSUER], logger: quiet }).stop());
+    expect(quiet.lines).toEqual([]);
   });
 });
 
