@@ -165,7 +165,13 @@ export async function startKeyRegistryServer(options: KeyRegistryServerOptions =
       // Node checks the two deadlines above only this often (default 30 s): a fraction of the shorter.
       connectionsCheckingInterval: Math.max(250, Math.min(30_000, Math.floor(readHeaderTimeoutMs / 4))),
     };
-    const server = options.tls ? https.createServer({ ...serverOptions, key: options.tls.key, cert: options.tls.cert }) : http.createServer(serverOptions);
+    const server = options.tls
+      ? https.createServer({ ...serverOptions, key: options.tls.key, cert: options.tls.cert, handshakeTimeout: readHeaderTimeoutMs })
+      : http.createServer(serverOptions);
+    // Node's head timer does not reliably cover a connection that has sent nothing yet (20 silent
+    // connections stayed open past a 1 s limit): each connection's idle timer runs until its first
+    // request starts (Node then resets it), and when it fires, Node closes the connection.
+    server.on(options.tls ? 'secureConnection' : 'connection', (socket: Socket) => socket.setTimeout(readHeaderTimeoutMs));
     const maxConnections = options.maxConnections ?? defaultMaxConnections();
     server.maxConnections = maxConnections;
     let droppedLoggedAt = Number.NEGATIVE_INFINITY;

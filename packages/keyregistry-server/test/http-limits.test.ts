@@ -175,14 +175,29 @@ describe('request bodies and connections', () => {
     expect(slow.received).toMatch(/invalid_jwk/);
   });
 
-  it('closes a connection whose request head does not arrive within read_header_timeout', async () => {
+  it('closes connections that send nothing, or an unfinished head, within read_header_timeout', async () => {
+    // In a process of its own. Node's own head timer does not reliably cover a connection that
+    // has sent nothing (seen: silent connections open for seconds past a 500 ms limit); the
+    // registry arms its own timer until the first request starts.
+    const child = await spawnRegistry({ listenAddr: '127.0.0.1:0', publicUrl: aud, storage: { type: 'memory' }, readHeaderTimeoutMs: 500 });
+    try {
+      const silent = await Promise.all(Array.from({ length: 3 }, () => exchange(child.address, () => undefined, 4000)));
+      for (const connection of silent) {
+        expect(connection.ending).toBe('end');
+        expect(connection.elapsedMs).toBeGreaterThanOrEqual(450);
+        expect(connection.elapsedMs).toBeLessThan(2500);
+      }
+    } finally {
+      await child.stop();
+    }
     const running = await start({ readHeaderTimeoutMs: 500 });
     const answer = await exchange(running.address, (socket) => socket.write('GET /healthz HTTP/1.1\r\nHost: registry.test\r\nX-Slow: '));
     expect(['end', 'reset']).toContain(answer.ending);
     expect(answer.elapsedMs).toBeLessThan(2500);
-    const silent = await exchange(running.address, () => undefined);
-    expect(['end', 'reset']).toContain(silent.ending);
-    expect(silent.elapsedMs).toBeLessThan(2500);
+    // A kept-alive connection is not cut by that timer once it has sent a request.
+    const kept = await exchange(running.address, (socket) => socket.write('GET /healthz HTTP/1.1\r\nHost: registry.test\r\n\r\n'), 1500);
+    expect(statusOf(kept.received)).toEqual([200]);
+    expect(kept.ending).toBe('timeout');
   });
 
   it('closes connections beyond max_connections at once, logs it once, and serves again when they are gone', async () => {
