@@ -9,7 +9,7 @@ import {
   type PublicKeyResolver,
   type VerificationKey,
 } from '@jwtproxy/core';
-import { JwksDiscoveryError, JwksError } from './errors.js';
+import { JwksDiscoveryError, JwksError, JwksInvalidError, JwksUnavailableError } from './errors.js';
 import { HttpSource, isLoopback, parseSourceUrl, urlForLogs } from './http-source.js';
 import { MAX_KID_LENGTH, readKeySet, supportedAlgorithms, type KeySetContents } from './jwk.js';
 import { freshnessLifetime, type LifetimeRules } from './lifetime.js';
@@ -79,6 +79,22 @@ export interface JwksStatus {
   lastError: JwksError | undefined;
 }
 
+/** How a read of the set ended: a usable set, an unusable one, an answer other than 200, or no answer (timeout, refused, too large). */
+export type JwksReadOutcome = 'key' | 'unusable' | 'unavailable' | 'error';
+
+/**
+ * What a JwksKeyServer tells its observer (metrics; the shape of the keyregistry key server's, so
+ * @jwtproxy/admin counts both). Called synchronously: keep each call cheap.
+ */
+export interface JwksObserver {
+  /** A lookup answered from the set held. */
+  cacheHit?(kind: 'key'): void;
+  /** A lookup of a kid the set lacks refused without a read (unknown_kid_refetch_interval). */
+  limited?(): void;
+  /** A read of the set ended, after `durationMs`. */
+  fetched?(outcome: JwksReadOutcome, durationMs: number): void;
+}
+
 /** A set as held: its contents and its times (ms, the key server's clock). */
 interface HeldSet extends KeySetContents {
   fetchedAt: number;
@@ -136,6 +152,7 @@ export class JwksKeyServer implements PublicKeyResolver {
   #timer: NodeJS.Timeout | undefined;
   #setFetches = 0;
   #discoveryFetches = 0;
+  #observer: JwksObserver | undefined;
 
   /** Throws TypeError for options that cannot work (no source, no issuer, an unknown algorithm). */
   constructor(options: JwksKeyServerOptions) {
@@ -185,9 +202,17 @@ export class JwksKeyServer implements PublicKeyResolver {
     const set = this.#set;
     if (set !== undefined && this.#clock() < set.expiresAt) {
       const held = set.keys.get(kid);
-      if (held !== undefined) return held.resolved;
+      if (held !== undefined) {
+        this.#observer?.cacheHit?.('key');
+        return held.resolved;
+      }
     }
     return this.#resolveSlowly(kid);
+  }
+
+  /** Observes lookups and reads from now on (metrics); one observer at a time, undefined to stop. */
+  observe(observer: JwksObserver | undefined): void {
+    this.#observer = observer;
   }
 
   /** An unknown kid, or no fresh set: read the set if allowed, then look again. */
@@ -221,6 +246,7 @@ export class JwksKeyServer implements PublicKeyResolver {
         await this.#refresh().catch(() => {});
         refetch = this.#failures === 0 ? 'read again: not in it' : 'read failed';
       } else {
+        this.#observer?.limited?.();
         refetch = `not read again: at most one read for unknown kids every ${this.#unknownKidRefetchInterval / 1000} s, next in ${Math.ceil((this.#unknownKidRefetchAt - at) / 1000)} s`;
       }
       const held = this.#set?.keys.get(kid);
@@ -247,8 +273,17 @@ export class JwksKeyServer implements PublicKeyResolver {
     try {
       url = await this.#setUrl();
       this.#setFetches++;
-      const answer = await this.#http.get(url, this.#stopping.signal);
-      const contents = readKeySet(answer.body, { algorithms: this.#algorithms }, this.#maxKeys);
+      const started = performance.now();
+      let contents: KeySetContents;
+      let answer;
+      try {
+        answer = await this.#http.get(url, this.#stopping.signal);
+        contents = readKeySet(answer.body, { algorithms: this.#algorithms }, this.#maxKeys);
+      } catch (error) {
+        this.#observer?.fetched?.(readOutcomeOf(error), performance.now() - started);
+        throw error;
+      }
+      this.#observer?.fetched?.('key', performance.now() - started);
       const lifetime = freshnessLifetime(answer.headers, this.#lifetimes);
       const fetchedAt = this.#clock();
       const previous = this.#set;
@@ -420,6 +455,12 @@ export function jwksUrlFromDiscovery(text: string, issuer: string, documentUrl: 
   if (!jwksUrl) throw new JwksDiscoveryError('the discovery document has no jwks_uri that is an http(s) URL without credentials');
   if (jwksUrl.protocol === 'http:' && documentUrl.protocol === 'https:') throw new JwksDiscoveryError('the discovery document of an https issuer names a plain http jwks_uri');
   return jwksUrl;
+}
+
+function readOutcomeOf(error: unknown): JwksReadOutcome {
+  if (error instanceof JwksInvalidError) return 'unusable';
+  if (error instanceof JwksUnavailableError && error.status !== undefined) return 'unavailable';
+  return 'error';
 }
 
 /** A token's or source's name for a log line: not too long. */

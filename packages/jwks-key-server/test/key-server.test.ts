@@ -155,6 +155,23 @@ describe('reading and keeping the set', () => {
   });
 });
 
+describe('observed (metrics)', () => {
+  it('tells its observer of hits, limited lookups and how each read ended', async () => {
+    const source = await publisher([a.jwk]);
+    const server = keyServer(source);
+    const seen = { hits: 0, limited: 0, reads: [] as string[] };
+    server.observe({ cacheHit: () => seen.hits++, limited: () => seen.limited++, fetched: (outcome) => seen.reads.push(outcome) });
+    for (let i = 0; i < 10; i++) await server.resolve(ISSUER, 'a');
+    await failureOf(server.resolve(ISSUER, 'x'));
+    await failureOf(server.resolve(ISSUER, 'y'));
+    source.mode = { kind: 'raw', body: 'not json' };
+    await failureOf(server.refresh());
+    source.mode = { kind: 'down' };
+    await failureOf(server.refresh());
+    expect(seen).toEqual({ hits: 9, limited: 1, reads: ['key', 'key', 'unusable', 'unavailable'] });
+  });
+});
+
 describe('while the source is down', () => {
   it('keys held keep verifying past expiry until max_stale, unknown kids are refused with why; then it fails closed; then recovers', async () => {
     const source = await publisher([a.jwk], 'max-age=1');
