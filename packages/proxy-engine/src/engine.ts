@@ -8,6 +8,7 @@ import {
   RepeatedLogLimiter,
   RequestTracker,
   SigningError,
+  VerificationError,
   UpstreamError,
   applyServerLimits,
   checkRequestHead,
@@ -137,11 +138,19 @@ function verdictOf(error: unknown): Pick<AccessRecord, 'verdict' | 'reason' | 'f
   return { verdict: status >= 500 ? 'failed' : 'refused', reason: typed?.code ?? 'ERR_INTERNAL', facts: typed?.facts };
 }
 
-/** Path of a request target without its query. */
+/** Path of a request target without its query (an absolute-form target without its scheme and host too). */
 function pathOf(url: string | undefined): string {
   if (url === undefined) return '';
-  const question = url.indexOf('?');
-  return question < 0 ? url : url.slice(0, question);
+  let start = 0;
+  if (url.charCodeAt(0) !== 47 /* '/' */) {
+    const authority = url.indexOf('://');
+    if (authority >= 0) {
+      const slash = url.indexOf('/', authority + 3);
+      start = slash < 0 ? url.length : slash;
+    }
+  }
+  const question = url.indexOf('?', start);
+  return url.slice(start, question < 0 ? url.length : question) || '/';
 }
 
 /** The record of an upgrade or tunnel, from its raw socket's counters. */
@@ -179,11 +188,15 @@ export class Exchange {
   token: TokenFacts | undefined;
   #ending: Pick<AccessRecord, 'verdict' | 'reason' | 'facts'> | undefined;
 
+  /** Kept from the start: by the time the response closes, `req.socket` may already be null. */
+  readonly #socket: Socket;
+
   constructor(
     private readonly req: IncomingMessage,
     private readonly res: ServerResponse,
     private readonly onAccess: (record: AccessRecord) => void,
   ) {
+    this.#socket = req.socket;
     this.#socketBytesRead = req.socket.bytesRead;
     res.once('close', () => this.#end());
   }
@@ -203,21 +216,31 @@ export class Exchange {
 
   #end(): void {
     const { req, res } = this;
-    this.onAccess({
+    const record: AccessRecord = {
       kind: 'request',
       method: req.method ?? '',
       host: req.headers.host,
       path: pathOf(req.url),
-      client: req.socket.remoteAddress,
+      client: this.#socket.remoteAddress,
       status: res.headersSent ? res.statusCode : 0,
       upstreamStatus: this.upstreamStatus,
-      bytesIn: Math.max(0, req.socket.bytesRead - this.#socketBytesRead),
+      bytesIn: Math.max(0, this.#socket.bytesRead - this.#socketBytesRead),
       bytesOut: this.bytesOut,
       durationMs: performance.now() - this.#started,
       upstreamMs: this.upstreamMs,
       ...(this.#ending ?? { verdict: 'passed' as const, reason: undefined, facts: undefined }),
       token: this.token,
-    });
+    };
+    notify(this.onAccess, record);
+  }
+}
+
+/** An observer's failure (access log, metrics) must never reach the process: it is dropped. */
+function notify(onAccess: (record: AccessRecord) => void, record: AccessRecord): void {
+  try {
+    onAccess(record);
+  } catch {
+    // Observability must not take the proxy down; a broken observer loses its record.
   }
 }
 
@@ -237,13 +260,13 @@ export function serverLimits(limits: Partial<ServerLimits> | undefined): ServerL
  * listen → check the head → `route` (verify or sign) → relay to the upstream and back.
  */
 export class ProxyEngine {
-  readonly limits: ServerLimits;
+  #limits: ServerLimits;
   readonly #hooks: ProxyHooks;
   readonly #logger: Logger;
   /** While a dependency is down every request fails the same way: one line per kind and interval. */
   readonly #repeats: RepeatedLogLimiter;
   readonly #requests = new RequestTracker();
-  readonly #onAccess: ((record: AccessRecord) => void) | undefined;
+  #onAccess: ((record: AccessRecord) => void) | undefined;
   readonly #servers: Server[] = [];
   readonly #listening: Server[] = [];
   /** Connections switched to another protocol (upgrades) or tunnelled (CONNECT): cut at the deadline. */
@@ -254,9 +277,32 @@ export class ProxyEngine {
   constructor(options: ProxyEngineOptions) {
     this.#hooks = options.hooks;
     this.#logger = options.logger;
-    this.limits = serverLimits(options.limits);
+    this.#limits = serverLimits(options.limits);
     this.#repeats = new RepeatedLogLimiter(options.logger, { intervalMs: options.repeatedLogIntervalMs });
     this.#onAccess = options.onAccess;
+  }
+
+  /** The limits in force (a reload may change them). */
+  get limits(): ServerLimits {
+    return this.#limits;
+  }
+
+  /**
+   * New limits for every server of the engine, in force for the next connections and requests
+   * (a reload): Node reads its timeouts and caps from the server object as it goes.
+   */
+  updateLimits(limits: Partial<ServerLimits> | undefined): void {
+    this.#limits = serverLimits(limits);
+    for (const server of this.#servers) {
+      server.headersTimeout = this.#limits.readHeaderTimeoutMs;
+      server.keepAliveTimeout = this.#limits.idleTimeoutMs;
+      applyServerLimits(server, this.#limits);
+    }
+  }
+
+  /** Who is told as each request ends, from now on (a reload may turn the access log on or off). */
+  setOnAccess(onAccess: ((record: AccessRecord) => void) | undefined): void {
+    this.#onAccess = onAccess;
   }
 
   get stopping(): boolean {
@@ -298,7 +344,10 @@ export class ProxyEngine {
       let status = SHUTTING_DOWN.status;
       if (this.#stopping) writeRawAnswer(socket, SHUTTING_DOWN);
       else status = this.#hooks.connect(req, socket, head);
-      if (this.#onAccess) socket.once('close', () => this.#onAccess!(rawRecord('tunnel', req, socket as Socket, status, started)));
+      if (this.#onAccess) {
+        const onAccess = this.#onAccess;
+        socket.once('close', () => notify(onAccess, rawRecord('tunnel', req, socket as Socket, status, started)));
+      }
     });
   }
 
@@ -340,9 +389,11 @@ export class ProxyEngine {
   answerFor(error: unknown, context: Record<string, unknown> = {}): HttpAnswer {
     const answer = httpAnswerFor(error);
     if (!(error instanceof JwtProxyError)) this.#logger.error('request failed unexpectedly', { ...context, error });
-    else if (answer.status >= 500) {
+    else if (answer.status >= 500 || (error instanceof VerificationError && error.dependencyFailure)) {
+      // A dependency failed (a key server answers 403 with the Go body, yet it is an outage): warn.
       const message = error instanceof SigningError ? 'unable to sign request' : 'request refused';
-      this.#repeats.write('warn', answer.body, message, { ...context, status: answer.status, reason: answer.body });
+      const cause = error.cause instanceof Error ? error.cause.message : undefined;
+      this.#repeats.write('warn', `${answer.body} ${cause ?? ''}`, message, { ...context, status: answer.status, reason: answer.body, cause });
     }
     else this.#logger.debug('request refused', { ...context, status: answer.status, reason: answer.body });
     return answer;
@@ -416,7 +467,7 @@ export class ProxyEngine {
         const record = rawRecord('upgrade', req, socket as Socket, status, started);
         record.token = token;
         if (failure !== undefined) Object.assign(record, verdictOf(failure));
-        this.#onAccess!(record);
+        if (this.#onAccess) notify(this.#onAccess, record);
       });
     }
     const refuse = (error: unknown): void => {

@@ -1,1 +1,1 @@
-export { startVerifierProxy, type VerifierProxyOptions } from './verifier-proxy.js';
+export { startVerifierProxy, type RunningVerifierProxy, type VerifierProxyOptions, type VerifierProxyUpdate } from './verifier-proxy.js';

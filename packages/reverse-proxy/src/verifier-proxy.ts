@@ -10,6 +10,7 @@ import {
   type RunningProxy,
   type ServerLimits,
 } from '@jwtproxy/core';
+import type https from 'node:https';
 import { ProxyEngine, type AccessRecord, type ProxyHooks } from '@jwtproxy/proxy-engine';
 import { readListenerTls } from './server.js';
 import { openUpstream, parseUpstream, type Upstream } from './upstream.js';
@@ -45,14 +46,36 @@ function isProxyRequest(target: string): boolean {
   return target.charCodeAt(0) !== 47 /* '/' */ && target !== '*';
 }
 
+/** What a reload may swap in a running verifier: everything but where it listens. */
+export interface VerifierProxyUpdate {
+  verifier: RequestVerifier;
+  upstream: string;
+  upstreamCaFile?: string;
+  tls?: { keyFile: string; certFile: string };
+  limits?: Partial<ServerLimits>;
+  onAccess?: (record: AccessRecord) => void;
+}
+
+/** A running verifier, which a reload can update in place. */
+export interface RunningVerifierProxy extends RunningProxy {
+  update(next: VerifierProxyUpdate): Promise<void>;
+}
+
+/** What the hooks read on every request: swapped whole by a reload. */
+interface VerifierState {
+  verifier: RequestVerifier;
+  upstream: Upstream;
+}
+
 /** The verifier's hooks into the engine: a request passes only with exactly one valid token. */
-function verifierHooks(verifier: RequestVerifier, upstream: Upstream): ProxyHooks {
+function verifierHooks(state: { current: VerifierState }): ProxyHooks {
   return {
     keepConnectionAfterRefusal: true,
     async route(req, head) {
       if (isProxyRequest(req.url!)) throw new WrongProxyKindError(NOT_A_PROXY);
       // With more than one Authorization header, the service might read another one than the one verified.
       if (Array.isArray(head.authorization)) throw new MultipleCredentialsError();
+      const { verifier, upstream } = state.current;
       const { header, claims } = await verifier.verifyRequest(head.authorization);
       // The client's Host and Authorization go on as sent (as Go's verifier): the token verified is the one the service gets.
       return {
@@ -68,13 +91,16 @@ function verifierHooks(verifier: RequestVerifier, upstream: Upstream): ProxyHook
       writeRawAnswer(socket, answer);
       return answer.status;
     },
-    async closeUpstreams(deadline) {
-      let timer: NodeJS.Timeout | undefined;
-      const late = new Promise<true>((resolve) => (timer = setTimeout(() => resolve(true), Math.max(0, deadline - Date.now()))));
-      if (await Promise.race([upstream.pool.close().then(() => false as const), late])) await upstream.pool.destroy();
-      clearTimeout(timer);
-    },
+    closeUpstreams: (deadline) => closePool(state.current.upstream, deadline),
   };
+}
+
+/** Closes an upstream's pool: requests in flight finish until `deadline`, then it is cut. */
+async function closePool(upstream: Upstream, deadline: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<true>((resolve) => (timer = setTimeout(() => resolve(true), Math.max(0, deadline - Date.now()))));
+  if (await Promise.race([upstream.pool.close().then(() => false as const), late])) await upstream.pool.destroy();
+  clearTimeout(timer);
 }
 
 /**
@@ -82,14 +108,15 @@ function verifierHooks(verifier: RequestVerifier, upstream: Upstream): ProxyHook
  * what passes to the upstream (the proxy engine does the rest). Rejects with a message naming the
  * file or address when it cannot start.
  */
-export async function startVerifierProxy(options: VerifierProxyOptions): Promise<RunningProxy> {
+export async function startVerifierProxy(options: VerifierProxyOptions): Promise<RunningVerifierProxy> {
   const { logger } = options;
   const listenAddress = parseListenAddress(options.listenAddr);
   parseUpstream(options.upstream);
   const tls = await readListenerTls(options.tls, options.listenAddr, listenAddress);
   const upstream = await openUpstream(options.upstream, options.upstreamCaFile);
+  const state = { current: { verifier: options.verifier, upstream } };
   const engine = new ProxyEngine({
-    hooks: verifierHooks(options.verifier, upstream),
+    hooks: verifierHooks(state),
     limits: options.limits,
     logger,
     repeatedLogIntervalMs: options.repeatedLogIntervalMs,
@@ -125,6 +152,24 @@ export async function startVerifierProxy(options: VerifierProxyOptions): Promise
     stop(deadline = Date.now() + options.shutdownTimeout) {
       stopped ??= engine.stop(deadline).then(() => removeSocketFile(listenAddress));
       return stopped;
+    },
+    /**
+     * Swaps the verifier, upstream, TLS certificate, limits and access observer without closing a
+     * connection: requests already routed finish on what they started with; the old upstream pool
+     * is closed once its requests are done. Rejects (changing nothing) when a new file cannot be read.
+     */
+    async update(next: VerifierProxyUpdate) {
+      const tls = await readListenerTls(next.tls, options.listenAddr, listenAddress);
+      if (Boolean(tls) !== Boolean(options.tls)) throw new Error('TLS cannot be turned on or off by a reload: the listener must be restarted');
+      const previous = state.current.upstream;
+      const upstreamChanged = next.upstream !== options.upstream || next.upstreamCaFile !== options.upstreamCaFile;
+      const upstream = upstreamChanged ? await openUpstream(next.upstream, next.upstreamCaFile) : previous;
+      if (tls) (server as https.Server).setSecureContext(tls);
+      state.current = { verifier: next.verifier, upstream };
+      engine.updateLimits(next.limits);
+      engine.setOnAccess(next.onAccess);
+      Object.assign(options, { upstream: next.upstream, upstreamCaFile: next.upstreamCaFile, tls: next.tls });
+      if (upstreamChanged) void closePool(previous, Date.now() + options.shutdownTimeout);
     },
   };
 }
