@@ -1,12 +1,15 @@
 /**
  * Assembly: from a loaded configuration to listening proxies.
  *
+ *   0. the admin listener, if configured (`/readyz` answers 503 while the rest starts);
  *   1. the key registry server, if configured (a signer in this process may publish to it);
  *   2. every component (key sources, key servers, nonce stores, claims verifiers), so that any
  *      mistake is a ConfigError naming its key before a proxy listens;
  *   3. the proxies, signer first, then each verifier.
  *
- * Anything that fails stops what already started, and the error goes to the caller.
+ * Anything that fails stops what already started, and the error goes to the caller. With an
+ * admin listener, each proxy counts its requests into one metrics collector and its components
+ * are wrapped to count their calls; readiness checks are registered for each part.
  */
 import {
   ConfigError,
@@ -21,9 +24,20 @@ import {
   type Runtime,
   type Stoppable,
 } from '@jwtproxy/core';
+import {
+  JwtProxyMetrics,
+  Readiness,
+  certificateObserver,
+  instrumentKeyServer,
+  instrumentNonceStore,
+  instrumentPrivateKeySource,
+  startAdminServer,
+  type RunningAdminServer,
+} from '@jwtproxy/admin';
 import { createComponent, placeConfigError, type LoadedConfig } from '@jwtproxy/config';
 import { startSignerProxy } from '@jwtproxy/forward-proxy';
 import { accessLog, type AccessRecord } from '@jwtproxy/proxy-engine';
+import { keyRegistryStorageAnswers } from '@jwtproxy/keyregistry-server';
 import { startVerifierProxy } from '@jwtproxy/reverse-proxy';
 import { createJwtProxyRuntime } from './builtins.js';
 import { startKeyRegistryFromConfig } from './keyregistry-command.js';
@@ -84,6 +98,26 @@ function proxyLogging(logger: Logger, path: string, config: LoadedConfig): { log
   return { logger: named, onAccess: accessLog(named, { sample: config.log.accessLogSample }) };
 }
 
+/** The access log's consumer and the metrics' in one (metrics first: they never throw). */
+function withMetrics(
+  logging: { logger: Logger; onAccess?: (record: AccessRecord) => void },
+  metrics: JwtProxyMetrics | undefined,
+  path: string,
+): { logger: Logger; onAccess?: (record: AccessRecord) => void } {
+  if (!metrics) return logging;
+  const count = metrics.onAccess(path);
+  const log = logging.onAccess;
+  return {
+    logger: logging.logger,
+    onAccess: log
+      ? (record) => {
+          count(record);
+          log(record);
+        }
+      : count,
+  };
+}
+
 export interface StartOptions {
   /** Aborted (a signal came) while starting: what was built is stopped and nothing more listens. */
   signal?: AbortSignal;
@@ -99,8 +133,20 @@ export async function startJwtProxy(config: LoadedConfig, logger: Logger, option
   const listening: Listening[] = [];
   // Stopped last, with its own shutdown_timeout: a verifier in this process may still ask it for keys.
   let registry: { name: string; server: RunningProxy } | undefined;
+  // With `admin.listen_addr`: started first, stopped after everything else.
+  const metrics = config.admin ? new JwtProxyMetrics() : undefined;
+  const readiness = new Readiness();
+  let admin: RunningAdminServer | undefined;
+  /** Proxies listening now, for their readiness checks. */
+  const listeningNow = new Set<string>();
+  const whenListening = (path: string) => () => {
+    if (!listeningNow.has(path)) throw new Error('not listening');
+  };
 
   const stop = async (): Promise<void> => {
+    // Not ready from now on: load balancers stop sending while requests drain.
+    readiness.markStopping();
+    listeningNow.clear();
     const settle = async (what: string, work: Promise<void> | undefined): Promise<void> => {
       try {
         await work;
@@ -112,6 +158,7 @@ export async function startJwtProxy(config: LoadedConfig, logger: Logger, option
     const componentDeadline = Date.now() + Math.max(5_000, ...listening.map((l) => l.shutdownTimeout));
     await Promise.all(components.map((c) => settle('component', c.stop?.(componentDeadline))));
     if (registry) await settle(registry.name, registry.server.stop());
+    if (admin) await settle('admin', admin.stop());
   };
 
   const build = <T extends Component>(made: T): T => {
@@ -120,13 +167,28 @@ export async function startJwtProxy(config: LoadedConfig, logger: Logger, option
   };
 
   try {
+    // 0. The admin listener, and a readiness check for each proxy to come.
+    if (config.admin) {
+      const { path: at, listenAddr } = config.admin;
+      try {
+        admin = await startAdminServer({ listenAddr, metrics, readiness, logger: childLogger(logger, { component: at }) });
+      } catch (error) {
+        throw startFailure(error, at, listenAddr, config);
+      }
+    }
+    if (config.signerProxy?.enabled) readiness.register(`${config.signerProxy.path}: listening`, whenListening(config.signerProxy.path));
+    for (const proxy of config.verifierProxies) if (proxy.enabled) readiness.register(`${proxy.path}: listening`, whenListening(proxy.path));
+
     // 1. The key registry server.
     if (config.keyregistry?.enabled) {
       const at = config.keyregistry.path;
       const listenAddr = typeof config.keyregistry.options.listen_addr === 'string' ? config.keyregistry.options.listen_addr : ':8081';
       try {
         const server = await startKeyRegistryFromConfig(config.keyregistry.options, config.baseDir, logger);
-        if (server) registry = { name: at, server };
+        if (server) {
+          registry = { name: at, server };
+          readiness.register(`${at}: storage`, () => keyRegistryStorageAnswers(server.registry));
+        }
       } catch (error) {
         throw startFailure(error, at, listenAddr, config);
       }
@@ -138,7 +200,10 @@ export async function startJwtProxy(config: LoadedConfig, logger: Logger, option
     if (signerProxy) {
       const { signer: settings } = signerProxy;
       // Private key sources learn the signer's issuer from their context (autogenerated keys are published under it).
-      const keySource = build(await createComponent(privateKeySources, settings.privateKey, `${signerProxy.path}.signer.private_key`, { ...context, issuer: settings.issuer }, config));
+      const builtSource = build(await createComponent(privateKeySources, settings.privateKey, `${signerProxy.path}.signer.private_key`, { ...context, issuer: settings.issuer }, config));
+      // An autogenerated key awaiting approval: not ready (NoActiveKeyError, `No key is yet active`).
+      readiness.register(`${signerProxy.path}: active key`, () => builtSource.activeKey());
+      const keySource = metrics ? instrumentPrivateKeySource(metrics, builtSource, { proxy: signerProxy.path }) : builtSource;
       signer = new RequestSigner({
         issuer: settings.issuer,
         expirationTime: settings.expirationTime,
@@ -152,8 +217,11 @@ export async function startJwtProxy(config: LoadedConfig, logger: Logger, option
     for (const proxy of verifierProxies) {
       const at = `${proxy.path}.verifier`;
       const settings = proxy.verifier;
-      const keyResolver = build(await createComponent(keyServers, settings.keyServer, `${at}.key_server`, context, config));
-      const nonceStore = build(await createComponent(nonceStores, settings.nonceStorage, `${at}.nonce_storage`, context, config));
+      const builtResolver = build(await createComponent(keyServers, settings.keyServer, `${at}.key_server`, context, config));
+      const builtStore = build(await createComponent(nonceStores, settings.nonceStorage, `${at}.nonce_storage`, context, config));
+      const keyResolver = metrics ? instrumentKeyServer(metrics, builtResolver, { proxy: proxy.path, type: settings.keyServer.type }) : builtResolver;
+      const nonceStore = metrics ? instrumentNonceStore(metrics, builtStore, { proxy: proxy.path, type: settings.nonceStorage.type }) : builtStore;
+      readiness.register(`${proxy.path}: nonce store`, () => nonceStore.ping?.());
       const checks = [];
       for (const [i, claimsVerifier] of settings.claimsVerifiers.entries()) {
         checks.push(build(await createComponent(claimsVerifiers, claimsVerifier, `${at}.claims_verifiers[${i}]`, context, config)));
@@ -188,9 +256,12 @@ export async function startJwtProxy(config: LoadedConfig, logger: Logger, option
           trustedCertificates: signerProxy.trustedCertificates,
           insecureSkipVerify: signerProxy.insecureSkipVerify,
           limits: signerProxy.limits,
-          ...proxyLogging(logger, signerProxy.path, config),
+          ...withMetrics(proxyLogging(logger, signerProxy.path, config), metrics, signerProxy.path),
+          ...(metrics ? { certificateObserver: certificateObserver(metrics, { proxy: signerProxy.path }) } : {}),
         });
         listening.push({ name: signerProxy.path, server, shutdownTimeout: signerProxy.shutdownTimeout });
+        metrics?.watchConnections(signerProxy.path, server);
+        listeningNow.add(signerProxy.path);
       } catch (error) {
         throw startFailure(error, signerProxy.path, signerProxy.listenAddr, config);
       }
@@ -206,9 +277,11 @@ export async function startJwtProxy(config: LoadedConfig, logger: Logger, option
           verifier: verifiers[i]!,
           shutdownTimeout: proxy.shutdownTimeout,
           limits: proxy.limits,
-          ...proxyLogging(logger, proxy.path, config),
+          ...withMetrics(proxyLogging(logger, proxy.path, config), metrics, proxy.path),
         });
         listening.push({ name: proxy.path, server, shutdownTimeout: proxy.shutdownTimeout });
+        metrics?.watchConnections(proxy.path, server);
+        listeningNow.add(proxy.path);
       } catch (error) {
         throw startFailure(error, proxy.path, proxy.listenAddr, config);
       }
@@ -218,6 +291,9 @@ export async function startJwtProxy(config: LoadedConfig, logger: Logger, option
     throw error;
   }
 
-  const servers = [...(registry ? [registry] : []), ...listening].map((l) => ({ name: l.name, address: l.server.address }));
+  const servers = [...(admin && config.admin ? [{ name: config.admin.path, server: admin }] : []), ...(registry ? [registry] : []), ...listening].map((l) => ({
+    name: l.name,
+    address: l.server.address,
+  }));
   return { servers, stop };
 }

@@ -2,6 +2,7 @@ export { loadConfig, parseConfig, defaults, type LoadConfigOptions } from './loa
 export { createComponent, placeConfigError } from './component.js';
 export { expandEnv } from './expand-env.js';
 export type {
+  AdminConfig,
   LoadedConfig,
   SignerProxyConfig,
   SignerConfig,

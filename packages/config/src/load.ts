@@ -5,6 +5,7 @@ import { isMap, LineCounter, parseDocument } from 'yaml';
 import { expandEnv } from './expand-env.js';
 import { describe, MapReader, readComponent, YamlSource } from './reader.js';
 import type {
+  AdminConfig,
   KeyRegistryConfig,
   LogConfig,
   LoadedConfig,
@@ -82,7 +83,7 @@ export function parseConfig(text: string, fileName: string, options: Pick<LoadCo
   if (block && !isMap(block)) throw src.error('jwtproxy', top.lineOf('jwtproxy'), `must be a mapping, got ${describe(block, doc)}`);
   // A path is written from the top of the `jwtproxy:` block, as users read errors against the file.
   const jwtproxy = top.node('jwtproxy')
-    ? new MapReader(src, '', top.node('jwtproxy')!, top.lineOf('jwtproxy'), ['signer_proxy', 'verifier_proxies', 'keyregistry', 'log'])
+    ? new MapReader(src, '', top.node('jwtproxy')!, top.lineOf('jwtproxy'), ['signer_proxy', 'verifier_proxies', 'keyregistry', 'log', 'admin'])
     : undefined;
 
   const filePath = (value: string | undefined): string | undefined => (value === undefined ? undefined : path.resolve(baseDir, value));
@@ -100,6 +101,7 @@ export function parseConfig(text: string, fileName: string, options: Pick<LoadCo
   };
 
   const log = readLog(jwtproxy?.optionalMap('log', ['level', 'format', 'access_log', 'access_log_sample']));
+  const admin = readAdmin(jwtproxy?.optionalMap('admin', ['listen_addr']));
 
   const lineOf = (keyPath: string): number | undefined => {
     // The nearest ancestor in the file: `a.b[0].c` → `a.b[0]` → `a.b` → `a`.
@@ -117,6 +119,7 @@ export function parseConfig(text: string, fileName: string, options: Pick<LoadCo
     verifierProxies,
     ...(keyregistry ? { keyregistry } : {}),
     log,
+    ...(admin ? { admin } : {}),
     lineOf,
     errorAt: (keyPath, problem) => {
       const line = lineOf(keyPath);
@@ -280,6 +283,13 @@ function readLog(block: MapReader | undefined): LogConfig {
     accessLog: block.bool('access_log', true),
     accessLogSample: sample,
   };
+}
+
+/** `admin: {listen_addr}`: where the admin listener listens; the block without it is a mistake. */
+function readAdmin(block: MapReader | undefined): AdminConfig | undefined {
+  if (!block) return undefined;
+  if (block.optionalString('listen_addr') === undefined) block.failMissing('listen_addr', 'is required: where /metrics, /healthz and /readyz listen (host:port, :port or unix:/path)');
+  return { path: block.path, listenAddr: listenAddress(block, '') };
 }
 
 /** The listener's timeouts and caps; what is absent keeps core's default. */

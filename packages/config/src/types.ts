@@ -90,6 +90,14 @@ export interface LogConfig {
   accessLogSample: number;
 }
 
+/** `jwtproxy.admin` (our addition): the admin listener with /metrics, /healthz and /readyz. */
+export interface AdminConfig {
+  /** `admin`. */
+  path: string;
+  /** `host:port`, `:port` or `unix:/path`. */
+  listenAddr: string;
+}
+
 export interface LoadedConfig {
   /** The configuration file as opened (after environment expansion), as shown in error messages. */
   file: string;
@@ -100,6 +108,8 @@ export interface LoadedConfig {
   verifierProxies: VerifierProxyConfig[];
   keyregistry?: KeyRegistryConfig;
   log: LogConfig;
+  /** Present when the file has an `admin:` block. */
+  admin?: AdminConfig;
   /**
    * The line of a key path inside `jwtproxy:` (`verifier_proxies[0].verifier.key_server.options.registry`);
    * for a path not in the file, the line of its nearest ancestor that is.

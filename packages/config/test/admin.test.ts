@@ -1,0 +1,48 @@
+import { ConfigError, type Logger } from '@jwtproxy/core';
+import { describe, expect, it } from 'vitest';
+import { parseConfig } from '../src/index.js';
+
+const verifier = [
+  '  verifier_proxies:',
+  '  - listen_addr: 127.0.0.1:0',
+  '    verifier:',
+  '      upstream: http://127.0.0.1:9000',
+  '      audience: http://localhost:8082',
+  '      key_server:',
+  '        type: preshared',
+  '        options: {issuer: a, key_id: k, public_key_path: k.pub}',
+  '',
+].join('\n');
+
+function errorOf(text: string): ConfigError {
+  try {
+    parseConfig(text, 'config.yaml');
+  } catch (error) {
+    expect(error).toBeInstanceOf(ConfigError);
+    return error as ConfigError;
+  }
+  throw new Error('expected a ConfigError');
+}
+
+describe('jwtproxy.admin (the admin listener)', () => {
+  it('reads admin.listen_addr; without an admin block there is no admin listener', () => {
+    expect(parseConfig(`jwtproxy:\n  admin:\n    listen_addr: 127.0.0.1:9090\n${verifier}`, 'c.yaml').admin).toEqual({ path: 'admin', listenAddr: '127.0.0.1:9090' });
+    expect(parseConfig(`jwtproxy:\n  admin:\n    listen_addr: unix:/run/jwtproxy-admin.sock\n${verifier}`, 'c.yaml').admin?.listenAddr).toBe('unix:/run/jwtproxy-admin.sock');
+    expect(parseConfig(`jwtproxy:\n${verifier}`, 'c.yaml').admin).toBeUndefined();
+  });
+
+  it('an admin block without listen_addr, or with one that is not an address, is an error at its key and line', () => {
+    expect(errorOf(`jwtproxy:\n  admin: {}\n${verifier}`).message).toMatch(/^admin\.listen_addr: is required: where \/metrics, \/healthz and \/readyz listen .*\(config\.yaml:2\)$/);
+    const bad = errorOf(`jwtproxy:\n  admin:\n    listen_addr: localhost\n${verifier}`);
+    expect(bad.path).toBe('admin.listen_addr');
+    expect(bad.message).toContain('"localhost" is not a listen address');
+    expect(bad.line).toBe(3);
+  });
+
+  it('admin is a known top-level key: no "unknown key" warning for it', () => {
+    const warnings: string[] = [];
+    const logger: Logger = { debug() {}, info() {}, warn: (message) => void warnings.push(message), error() {} };
+    parseConfig(`jwtproxy:\n  admin:\n    listen_addr: :9090\n${verifier}`, 'c.yaml', { logger });
+    expect(warnings).toEqual([]);
+  });
+});
