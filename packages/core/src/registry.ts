@@ -20,6 +20,27 @@ export interface ComponentContext {
   issuer?: string;
   /** The runtime building the component: for components that build others (a key server's cache). Set by the registry. */
   runtime?: Runtime;
+  /**
+   * Key path of the component's block in the configuration (`verifier_proxies[0].verifier.nonce_storage`),
+   * when the caller knows it: a name that stays the same in every worker and across reloads.
+   */
+  path?: string;
+  /** State shared by the worker threads of one process; absent when this thread works alone. */
+  sharedState?: SharedState;
+}
+
+/**
+ * What the worker threads of one process share, filled by the runtime that starts them (the CLI's
+ * primary). Coordination goes through this context, never through module-level state.
+ */
+export interface SharedState {
+  /**
+   * The SharedArrayBuffer of the nonce table named `key`, made for `maxEntries` nonces: the same
+   * buffer in every worker asking with that key, for as long as the process runs (a reload that
+   * keeps the key keeps the nonces). undefined: no sharing, the store keeps its nonces itself.
+   * May answer asynchronously (a worker asking its primary).
+   */
+  nonceTable(key: string, maxEntries: number): SharedArrayBuffer | undefined | Promise<SharedArrayBuffer | undefined>;
 }
 
 /**
