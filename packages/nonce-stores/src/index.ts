@@ -5,6 +5,17 @@ export {
   DEFAULT_PURGE_INTERVAL_MS,
   FULL_PURGE_SPACING_MS,
   MIN_NONCE_TTL_MS,
+  sharedNonceTableKey,
   type LocalNonceStoreOptions,
 } from './local.js';
+export {
+  SharedNonceTable,
+  SharedNonceTables,
+  SHARED_TABLE_BYTES_PER_ENTRY,
+  SHARED_TABLE_HEADER_BYTES,
+  SHARED_TABLE_MAX_ENTRIES,
+  SHARED_PURGE_SLICE,
+  SHARED_LOCK_WAIT_LIMIT_MS,
+  type NonceClaim,
+} from './shared-table.js';
 export { NoNonceStore, noNonceStore } from './none.js';

@@ -10,6 +10,7 @@ import {
   type UnixSeconds,
 } from '@jwtproxy/core';
 import { LRUCache } from 'lru-cache';
+import { SharedNonceTable, SHARED_PURGE_SLICE } from './shared-table.js';
 
 /** Go's default purge interval for `local` (the Go README says 0; the Go code uses 1m). */
 export const DEFAULT_PURGE_INTERVAL_MS = 60_000;
@@ -38,6 +39,11 @@ export interface LocalNonceStoreOptions {
   /** Milliseconds since the epoch; injectable so tests can move time. */
   clock?: Clock;
   logger?: Logger;
+  /**
+   * Keep the nonces in this table, shared with the other worker threads of the process, instead
+   * of in this store's own memory; `maxEntries` is then the table's.
+   */
+  sharedTable?: SharedNonceTable;
 }
 
 /**
@@ -48,14 +54,20 @@ export interface LocalNonceStoreOptions {
  * to make room, as that would re-open the door to a replay: when it holds `maxEntries`
  * unexpired nonces, `claim` rejects with NonceStoreFullError (answered 503) until some expire.
  * Claims are atomic: the check and the insert happen in one synchronous step.
+ *
+ * Given a SharedNonceTable (worker threads), the nonces live there instead: one table for every
+ * worker of the process, claimed under its lock, kept in whole seconds (until the second after
+ * `exp` begins), purged in slices by each worker's timer.
  */
 export class LocalNonceStore implements NonceStore {
   readonly maxEntries: number;
   readonly purgeIntervalMs: number;
   readonly #clock: Clock;
   readonly #logger: Logger;
-  /** jti → the second in which it expires (a small integer; the exact TTL is lru-cache's). */
+  /** jti → the second in which it expires (a small integer; the exact TTL is lru-cache's). Unused with a shared table. */
   readonly #cache: LRUCache<string, number>;
+  /** The nonces of every worker of the process, when this store was given one. */
+  readonly #table: SharedNonceTable | undefined;
   /**
    * The jtis stored for each second in which they expire, so that a purge visits only the
    * nonces that may have expired (never the whole store). At most max_ttl + max_skew seconds
@@ -68,16 +80,19 @@ export class LocalNonceStore implements NonceStore {
   #full = false;
   /** A timer purge still working through its slices. */
   #purging = false;
+  #stopped = false;
 
   constructor(options: LocalNonceStoreOptions = {}) {
-    this.maxEntries = options.maxEntries ?? DEFAULT_MAX_ENTRIES;
+    this.#table = options.sharedTable;
+    this.maxEntries = this.#table?.maxEntries ?? options.maxEntries ?? DEFAULT_MAX_ENTRIES;
     if (!Number.isSafeInteger(this.maxEntries) || this.maxEntries < 1) throw new RangeError('maxEntries must be a whole number of 1 or more');
     this.purgeIntervalMs = options.purgeIntervalMs ?? DEFAULT_PURGE_INTERVAL_MS;
     this.#clock = options.clock ?? systemClock;
     this.#logger = options.logger ?? silentLogger;
     const clock = this.#clock;
     this.#cache = new LRUCache<string, number>({
-      max: this.maxEntries,
+      // With a shared table this cache stays empty: lru-cache allocates `max` slots up front.
+      max: this.#table ? 1 : this.maxEntries,
       // Time comes from our clock, read afresh each time (ttlResolution 0: no cached "now").
       perf: { now: () => clock() },
       ttlResolution: 0,
@@ -92,14 +107,36 @@ export class LocalNonceStore implements NonceStore {
 
   /** Nonces held, counting expired ones not yet purged. */
   get size(): number {
-    return this.#cache.size;
+    return this.#table ? this.#table.size : this.#cache.size;
   }
 
   claim(jti: string, expiresAt: UnixSeconds): Promise<boolean> {
     try {
-      return Promise.resolve(this.#claimNow(jti, expiresAt));
+      return Promise.resolve(this.#table ? this.#claimShared(this.#table, jti, expiresAt) : this.#claimNow(jti, expiresAt));
     } catch (error) {
       return Promise.reject(error);
+    }
+  }
+
+  #claimShared(table: SharedNonceTable, jti: string, expiresAt: UnixSeconds): boolean {
+    // Fail closed: a NaN expiry would be stored without a TTL and never expire.
+    if (!Number.isFinite(expiresAt)) throw new TypeError('expiresAt must be a finite number of seconds');
+    const answer = table.claim(jti, expiresAt, Math.floor(this.#clock() / 1000));
+    if (answer === 'full') {
+      this.#refusedFull();
+      throw new NonceStoreFullError();
+    }
+    if (answer === 'claimed' && this.#full) {
+      this.#full = false;
+      this.#logger.info('nonce storage has room again', { removed: 0 });
+    }
+    return answer === 'claimed';
+  }
+
+  #refusedFull(): void {
+    if (!this.#full) {
+      this.#full = true;
+      this.#logger.warn('nonce storage is full of unexpired nonces; refusing new tokens until some expire', { max_entries: this.maxEntries });
     }
   }
 
@@ -109,10 +146,7 @@ export class LocalNonceStore implements NonceStore {
     if (this.#cache.has(jti)) return false;
     const now = this.#clock();
     if (this.#cache.size >= this.maxEntries && !this.#makeRoom(now)) {
-      if (!this.#full) {
-        this.#full = true;
-        this.#logger.warn('nonce storage is full of unexpired nonces; refusing new tokens until some expire', { max_entries: this.maxEntries });
-      }
+      this.#refusedFull();
       throw new NonceStoreFullError();
     }
     // A token expiring now (or already expired: the verifier should not ask) is kept for 1 s.
@@ -176,6 +210,11 @@ export class LocalNonceStore implements NonceStore {
 
   /** Removes expired nonces now, in one go; returns how many were removed. */
   purge(): number {
+    if (this.#table) {
+      const removed = this.#table.purge(Math.floor(this.#clock() / 1000));
+      this.#purged(removed);
+      return removed;
+    }
     const now = this.#clock();
     if (!this.#somethingExpired(now)) return 0;
     const { removed } = this.#purgeExpired(now, Infinity);
@@ -186,6 +225,10 @@ export class LocalNonceStore implements NonceStore {
   /** The purge_interval timer's purge: slices of PURGE_SLICE entries, yielding between them. */
   #purgeInSlices(): void {
     if (this.#purging) return;
+    if (this.#table) {
+      this.#purgeSharedInSlices(this.#table);
+      return;
+    }
     this.#purging = true;
     let removed = 0;
     const slice = (): void => {
@@ -203,16 +246,40 @@ export class LocalNonceStore implements NonceStore {
     slice();
   }
 
+  /**
+   * The timer's purge of a shared table: one round of it in slices, each under the table's lock
+   * for tens of microseconds, yielding between them. Every worker's timer does this; the table's
+   * cursor is shared, so they divide the work, and a table with nothing expired is not visited.
+   */
+  #purgeSharedInSlices(table: SharedNonceTable): void {
+    this.#purging = true;
+    let removed = 0;
+    const start = table.purgeAdvances();
+    const slice = (): void => {
+      const nowSeconds = Math.floor(this.#clock() / 1000);
+      // Until every slot has been looked at since this purge began (by this worker or another).
+      if (this.#stopped || ((table.purgeAdvances() - start) >>> 0) >= table.capacity || !table.mayHoldExpired(nowSeconds)) {
+        this.#purging = false;
+        this.#purged(removed);
+        return;
+      }
+      removed += table.purgeSlice(nowSeconds, SHARED_PURGE_SLICE);
+      setImmediate(slice);
+    };
+    slice();
+  }
+
   #purged(removed: number): void {
-    if (this.#full && this.#cache.size < this.maxEntries) {
+    if (this.#full && this.size < this.maxEntries) {
       this.#full = false;
       this.#logger.info('nonce storage has room again', { removed });
     }
-    if (removed > 0) this.#logger.debug('expired nonces purged', { removed, kept: this.#cache.size });
+    if (removed > 0) this.#logger.debug('expired nonces purged', { removed, kept: this.size });
   }
 
   /** Stops the purge timer. The nonces stay until the store is dropped. */
   stop(): Promise<void> {
+    this.#stopped = true;
     if (this.#timer) clearInterval(this.#timer);
     return Promise.resolve();
   }
@@ -232,6 +299,28 @@ export const localNonceStore = defineComponent({
       DEFAULT_MAX_ENTRIES,
     ),
   }),
-  create: (options, context): LocalNonceStore =>
-    new LocalNonceStore({ purgeIntervalMs: options.purge_interval, maxEntries: options.max_entries, clock: context.clock, logger: context.logger }),
+  create: async (options, context): Promise<LocalNonceStore> => {
+    // Worker threads: one table for the whole process, named by where the store is configured.
+    const buffer = await context.sharedState?.nonceTable(sharedNonceTableKey(context.path, options.max_entries), options.max_entries);
+    const sharedTable = buffer ? SharedNonceTable.attach(buffer) : undefined;
+    if (sharedTable && sharedTable.maxEntries !== options.max_entries) {
+      throw new RangeError(`the shared nonce table handed over holds ${sharedTable.maxEntries} entries, not max_entries ${options.max_entries}`);
+    }
+    return new LocalNonceStore({
+      purgeIntervalMs: options.purge_interval,
+      maxEntries: options.max_entries,
+      clock: context.clock,
+      logger: context.logger,
+      ...(sharedTable ? { sharedTable } : {}),
+    });
+  },
 });
+
+/**
+ * The name a `local` store asks `sharedState.nonceTable` for: its key path in the configuration
+ * and its `max_entries`, so that every worker's store of one verifier gets the same table, a
+ * reload that keeps both keeps the nonces, and a changed `max_entries` gets a new table.
+ */
+export function sharedNonceTableKey(path: string | undefined, maxEntries: number): string {
+  return `${path ?? 'nonce_storage'}#max_entries=${maxEntries}`;
+}
