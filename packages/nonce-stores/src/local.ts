@@ -277,6 +277,14 @@ export class LocalNonceStore implements NonceStore {
     if (removed > 0) this.#logger.debug('expired nonces purged', { removed, kept: this.size });
   }
 
+  /**
+   * Always answers: the store is this process's memory (the readiness probe). A full store refuses
+   * claims (503) yet stays ready: its room comes back as nonces expire, on every replica alike.
+   */
+  ping(): Promise<void> {
+    return Promise.resolve();
+  }
+
   /** Stops the purge timer. The nonces stay until the store is dropped. */
   stop(): Promise<void> {
     this.#stopped = true;

@@ -15,6 +15,11 @@ export class NoNonceStore implements NonceStore {
   claim(_jti: string, _expiresAt: UnixSeconds): Promise<boolean> {
     return Promise.resolve(true);
   }
+
+  /** Always answers (the readiness probe). */
+  ping(): Promise<void> {
+    return Promise.resolve();
+  }
 }
 
 /** `nonce_storage: {type: none}`: no options. */
