@@ -1,7 +1,7 @@
 import { isLogFormat, isLogLevel, type LogFormat, type LogLevel } from '@jwtproxy/core';
 
 export interface CliArguments {
-  command: 'run' | 'help' | 'version';
+  command: 'run' | 'check' | 'help' | 'version';
   configFile?: string;
   /** From -log-level; when absent, the configuration's `log.level`, else info. */
   logLevel?: LogLevel;
@@ -17,10 +17,12 @@ export class UsageError extends Error {
 }
 
 export const usage = `Usage: jwtproxy -config FILE [-log-level LEVEL] [-log-format text|json] [--plugin MODULE]...
+       jwtproxy -check -config FILE [--plugin MODULE]...
        jwtproxy keyregistry list|approve|revoke ...   (see jwtproxy keyregistry --help)
 
 Runs the JWT signer (forward) proxy and verifier (reverse) proxies described by the
-jwtproxy: block of a Go jwtproxy YAML configuration file.
+jwtproxy: block of a Go jwtproxy YAML configuration file. SIGHUP reloads the file; SIGINT and
+SIGTERM stop gracefully.
 
 Options:
   -config FILE          the YAML configuration file; $VAR and \${VAR} are expanded
@@ -29,6 +31,8 @@ Options:
   --plugin MODULE       an ES module (path or package) imported before the configuration
                         is built, to register key servers, private key sources, nonce
                         storages or claims verifiers; may be repeated
+  -check                validate the configuration (keys, certificates, every option; unknown
+                        keys are errors) without listening, then exit 0 (valid) or 1
   --help                show this help
   --version             show the version
 
@@ -47,6 +51,10 @@ export function parseArguments(argv: readonly string[]): CliArguments {
     const [, name = '', inlineValue] = match;
     if (name === 'help' || name === 'h') return { ...result, command: 'help' };
     if (name === 'version') return { ...result, command: 'version' };
+    if (name === 'check') {
+      result.command = 'check';
+      continue;
+    }
     if (!valueFlags.has(name)) throw new UsageError(`unknown flag ${JSON.stringify(arg.split('=')[0])}`);
     let value = inlineValue;
     if (value === undefined) {

@@ -38,6 +38,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     process.stdout.write(`jwtproxy ${version()}\n`);
     return 0;
   }
+  if (args.command === 'check') return checkCommand(args.configFile!, args.plugins);
   // The configuration may set the level and format; until it is read, the flags' (or defaults).
   let current = createLogger({ level: args.logLevel ?? 'info', format: args.logFormat ?? 'text' });
   const logger: Logger = {
@@ -50,6 +51,9 @@ export async function main(argv: readonly string[]): Promise<number> {
   // Listen for signals from the start: one that comes while components are being built is
   // honoured as soon as the start is over (so a component that started is still stopped).
   const shutdown = shutdownSignals(logger);
+  // SIGHUP reloads (as nginx, Envoy, HAProxy); until the proxies run, one is noted and ignored.
+  let reloadRequested: () => void = () => logger.warn('SIGHUP before the start finished: ignored');
+  process.on('SIGHUP', () => reloadRequested());
 
   let config: LoadedConfig;
   let running: RunningJwtProxy;
@@ -65,8 +69,9 @@ export async function main(argv: readonly string[]): Promise<number> {
     const nothingEnabled =
       !config.signerProxy?.enabled && !config.verifierProxies.some((p) => p.enabled) && !config.keyregistry?.enabled;
     if (nothingEnabled) {
-      logger.info('No proxy is enabled');
-      return 0;
+      // Exit non-zero: under systemd's Restart=on-failure a typo must not leave the service down quietly.
+      logger.error('No proxy is enabled', { config: config.file });
+      return 1;
     }
     running = await startJwtProxy(config, logger, { signal: shutdown.abortSignal, runtime });
   } catch (error) {
@@ -78,6 +83,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     for (const server of running.servers) logger.info('listening', { server: server.name, address: server.address });
     logger.info('ready', { servers: running.servers.length });
   }
+  reloadRequested = reloader(args.configFile!, running, logger, () => !shutdown.abortSignal.aborted);
   await shutdown.requested;
   try {
     await running.stop();
@@ -98,6 +104,54 @@ const PARENT_CHECK_INTERVAL_MS = 500;
  * stops when npx goes: npx does not pass SIGTERM on, so `kill <npx>` or a process manager stopping
  * npx would otherwise leave the proxy running, orphaned.
  */
+/**
+ * What SIGHUP does: re-read and validate the whole file, then apply it (run.ts `reload`). A file
+ * that does not load or build keeps the running configuration, with the reason logged. Reloads run
+ * one at a time; signals that come during one make one more after it.
+ */
+function reloader(configFile: string, running: RunningJwtProxy, logger: Logger, stillRunning: () => boolean): () => void {
+  let busy = false;
+  let again = false;
+  const run = async (): Promise<void> => {
+    busy = true;
+    do {
+      again = false;
+      logger.info('reload requested', { config: configFile });
+      try {
+        const config = await loadConfig(configFile, { logger });
+        if (!stillRunning()) return;
+        const servers = await running.reload(config);
+        logger.info('reloaded', { servers: servers.map((s) => `${s.name}=${s.address}`).join(' ') });
+      } catch (error) {
+        logger.error('reload failed: the running configuration is kept', { error: (error as Error)?.message ?? String(error) });
+      }
+    } while (again && stillRunning());
+    busy = false;
+  };
+  return () => {
+    if (busy) again = true;
+    else void run();
+  };
+}
+
+/** `jwtproxy -check -config FILE`: validates without listening; 0 and one line when valid, else the mistake and 1. */
+async function checkCommand(configFile: string, plugins: string[]): Promise<number> {
+  const logger = createLogger({ level: 'warn' });
+  try {
+    const [{ createJwtProxyRuntime }, { checkConfiguration }] = await Promise.all([import('./builtins.js'), import('./check.js')]);
+    const runtime = createJwtProxyRuntime(logger);
+    await loadPlugins(plugins, runtime);
+    const config = await loadConfig(configFile, { logger, strict: true });
+    await checkConfiguration(config, runtime, logger);
+    const parts = [config.signerProxy?.enabled ? config.signerProxy.path : undefined, ...config.verifierProxies.filter((p) => p.enabled).map((p) => p.path), config.keyregistry?.enabled ? 'keyregistry' : undefined];
+    process.stdout.write(`configuration OK: ${config.file} (${parts.filter(Boolean).join(', ')})\n`);
+    return 0;
+  } catch (error) {
+    if (error instanceof ConfigError || error instanceof PluginError) return fail(error.message, 1);
+    return fail(`cannot check: ${(error as Error)?.message ?? String(error)}`, 1);
+  }
+}
+
 function shutdownSignals(logger: Logger): { requested: Promise<NodeJS.Signals>; abortSignal: AbortSignal } {
   let requested = false;
   const controller = new AbortController();

@@ -18,8 +18,12 @@ import {
   RequestSigner,
   RequestVerifier,
   systemClock,
+  type ComponentConfig,
   type ComponentContext,
+  type ComponentRegistry,
   type Logger,
+  type NonceStore,
+  type PrivateKeySource,
   type RunningProxy,
   type Runtime,
   type Stoppable,
@@ -34,7 +38,7 @@ import {
   startAdminServer,
   type RunningAdminServer,
 } from '@jwtproxy/admin';
-import { createComponent, placeConfigError, type LoadedConfig } from '@jwtproxy/config';
+import { createComponent, placeConfigError, type LoadedConfig, type SignerProxyConfig, type VerifierProxyConfig } from '@jwtproxy/config';
 import { startSignerProxy } from '@jwtproxy/forward-proxy';
 import { accessLog, type AccessRecord } from '@jwtproxy/proxy-engine';
 import { keyRegistryStorageAnswers } from '@jwtproxy/keyregistry-server';
@@ -53,6 +57,14 @@ export interface RunningJwtProxy {
   servers: StartedServer[];
   /** Stops every proxy in parallel (each within its shutdown_timeout), then the components, then the key registry. */
   stop(): Promise<void>;
+  /**
+   * Applies a new configuration (SIGHUP) without dropping a connection: components whose block is
+   * unchanged are kept (nonces, keys, caches stay), changed ones are built anew, proxies that keep
+   * their listener are updated in place, the others started anew and the old ones stopped
+   * gracefully. Rejects, with the old configuration still running, when the new one cannot be
+   * built or started. The key registry and admin blocks are read only at start.
+   */
+  reload(config: LoadedConfig): Promise<StartedServer[]>;
 }
 
 interface Listening {
@@ -60,6 +72,12 @@ interface Listening {
   server: RunningProxy;
   /** ms */
   shutdownTimeout: number;
+  /** What a reload compares to decide between an update in place and a new listener. */
+  listener: string;
+  update?: (config: LoadedConfig) => Promise<void>;
+  /** Whether it still listens (false once its stop began), for its readiness check. */
+  isOpen: () => boolean;
+  kind: 'signer' | 'verifier';
 }
 
 /** Something that may hold resources: stopped at shutdown when it can be. */
@@ -128,46 +146,228 @@ export interface StartOptions {
 export async function startJwtProxy(config: LoadedConfig, logger: Logger, options: StartOptions = {}): Promise<RunningJwtProxy> {
   const runtime = options.runtime ?? createJwtProxyRuntime(logger);
   const { privateKeySources, keyServers, nonceStores, claimsVerifiers } = runtime;
-  const context: ComponentContext = { logger, clock: systemClock, baseDir: config.baseDir, runtime };
-  const components: Component[] = [];
-  const listening: Listening[] = [];
+  /** Every component built, by its key path and block: a reload keeps those whose block is unchanged. */
+  let components = new Map<string, Component>();
+  const listening = new Map<string, Listening>();
   // Stopped last, with its own shutdown_timeout: a verifier in this process may still ask it for keys.
   let registry: { name: string; server: RunningProxy } | undefined;
   // With `admin.listen_addr`: started first, stopped after everything else.
   const metrics = config.admin ? new JwtProxyMetrics() : undefined;
   const readiness = new Readiness();
   let admin: RunningAdminServer | undefined;
-  /** Proxies listening now, for their readiness checks. */
-  const listeningNow = new Set<string>();
-  const whenListening = (path: string) => () => {
-    if (!listeningNow.has(path)) throw new Error('not listening');
+  /** What the readiness checks of each proxy look at now (a reload swaps them). */
+  const liveKeySources = new Map<string, PrivateKeySource>();
+  const liveNonceStores = new Map<string, NonceStore>();
+
+  const settle = async (what: string, work: Promise<void> | undefined): Promise<void> => {
+    try {
+      await work;
+    } catch (error) {
+      logger.warn('error while stopping', { what, error: (error as Error)?.message ?? String(error) });
+    }
   };
+  const stopComponents = (which: Iterable<Component>, deadline: number): Promise<unknown> =>
+    Promise.all([...which].map((c) => settle('component', c.stop?.(deadline))));
+  const longestShutdown = (): number => Math.max(5_000, ...[...listening.values()].map((l) => l.shutdownTimeout));
 
   const stop = async (): Promise<void> => {
     // Not ready from now on: load balancers stop sending while requests drain.
     readiness.markStopping();
-    listeningNow.clear();
-    const settle = async (what: string, work: Promise<void> | undefined): Promise<void> => {
-      try {
-        await work;
-      } catch (error) {
-        logger.warn('error while stopping', { what, error: (error as Error)?.message ?? String(error) });
-      }
-    };
-    await Promise.all(listening.map((l) => settle(l.name, l.server.stop(Date.now() + l.shutdownTimeout))));
-    const componentDeadline = Date.now() + Math.max(5_000, ...listening.map((l) => l.shutdownTimeout));
-    await Promise.all(components.map((c) => settle('component', c.stop?.(componentDeadline))));
+    const proxies = [...listening.values()];
+    listening.clear();
+    await Promise.all(proxies.map((l) => settle(l.name, l.server.stop(Date.now() + l.shutdownTimeout))));
+    await stopComponents(components.values(), Date.now() + Math.max(5_000, ...proxies.map((l) => l.shutdownTimeout)));
     if (registry) await settle(registry.name, registry.server.stop());
     if (admin) await settle('admin', admin.stop());
   };
 
-  const build = <T extends Component>(made: T): T => {
-    components.push(made);
-    return made;
+  /**
+   * Builds what `next` describes: the signer and a verifier per enabled entry. A component whose
+   * block is the same as in `previous` is taken from there. On a mistake, what was built anew is
+   * stopped and the error thrown.
+   */
+  const assemble = async (next: LoadedConfig, previous: Map<string, Component>) => {
+    const context: ComponentContext = { logger, clock: systemClock, baseDir: next.baseDir, runtime };
+    const built = new Map<string, Component>();
+    const created: Component[] = [];
+    const component = async <T extends Component>(registryOfKind: ComponentRegistry<T>, block: ComponentConfig, at: string, ctx: ComponentContext): Promise<T> => {
+      const key = `${at}\u0000${next.baseDir}\u0000${JSON.stringify(block)}`;
+      const kept = previous.get(key) as T | undefined;
+      const made = kept ?? (await createComponent(registryOfKind, block, at, { ...ctx, path: at }, next));
+      if (!kept) created.push(made);
+      built.set(key, made);
+      return made;
+    };
+    try {
+      let signer: { signer: RequestSigner; keySource: PrivateKeySource } | undefined;
+      const signerProxy = next.signerProxy?.enabled ? next.signerProxy : undefined;
+      if (signerProxy) {
+        const { signer: settings } = signerProxy;
+        // Private key sources learn the signer's issuer from their context (autogenerated keys are published under it).
+        const builtSource = await component(privateKeySources, settings.privateKey, `${signerProxy.path}.signer.private_key`, { ...context, issuer: settings.issuer });
+        const keySource = metrics ? instrumentPrivateKeySource(metrics, builtSource, { proxy: signerProxy.path }) : builtSource;
+        signer = {
+          keySource: builtSource,
+          signer: new RequestSigner({
+            issuer: settings.issuer,
+            expirationTime: settings.expirationTime,
+            maxSkew: settings.maxSkew,
+            nonceLength: settings.nonceLength,
+            keySource,
+          }),
+        };
+      }
+      const verifiers = new Map<string, { verifier: RequestVerifier; nonceStore: NonceStore }>();
+      for (const proxy of next.verifierProxies.filter((p) => p.enabled)) {
+        const at = `${proxy.path}.verifier`;
+        const settings = proxy.verifier;
+        const builtResolver = await component(keyServers, settings.keyServer, `${at}.key_server`, context);
+        const builtStore = await component(nonceStores, settings.nonceStorage, `${at}.nonce_storage`, context);
+        const keyResolver = metrics ? instrumentKeyServer(metrics, builtResolver, { proxy: proxy.path, type: settings.keyServer.type }) : builtResolver;
+        const nonceStore = metrics ? instrumentNonceStore(metrics, builtStore, { proxy: proxy.path, type: settings.nonceStorage.type }) : builtStore;
+        const checks = [];
+        for (const [i, claimsVerifier] of settings.claimsVerifiers.entries()) {
+          checks.push(await component(claimsVerifiers, claimsVerifier, `${at}.claims_verifiers[${i}]`, context));
+        }
+        verifiers.set(proxy.path, {
+          nonceStore,
+          verifier: new RequestVerifier({ audience: settings.audience, maxSkew: settings.maxSkew, maxTtl: settings.maxTtl, keyResolver, nonceStore, claimsVerifiers: checks }),
+        });
+      }
+      return { signer, verifiers, built, created };
+    } catch (error) {
+      await stopComponents(created, Date.now() + 5_000);
+      throw error;
+    }
   };
 
+  type Assembly = Awaited<ReturnType<typeof assemble>>;
+
+  /** The signer's options from `next`, as both a start and an update take them. */
+  const signerSettings = (next: LoadedConfig, signerProxy: SignerProxyConfig, signer: RequestSigner) => ({
+    signer,
+    ...(signerProxy.caKeyFile ? { caKeyFile: signerProxy.caKeyFile } : {}),
+    ...(signerProxy.caCrtFile ? { caCertFile: signerProxy.caCrtFile } : {}),
+    trustedCertificates: signerProxy.trustedCertificates,
+    insecureSkipVerify: signerProxy.insecureSkipVerify,
+    limits: signerProxy.limits,
+    ...withMetrics(proxyLogging(logger, signerProxy.path, next), metrics, signerProxy.path),
+  });
+  const verifierSettings = (next: LoadedConfig, proxy: VerifierProxyConfig, verifier: RequestVerifier) => ({
+    ...(proxy.keyFile && proxy.crtFile ? { tls: { keyFile: proxy.keyFile, certFile: proxy.crtFile } } : {}),
+    upstream: proxy.verifier.upstream,
+    ...(proxy.verifier.upstreamCaFile ? { upstreamCaFile: proxy.verifier.upstreamCaFile } : {}),
+    verifier,
+    limits: proxy.limits,
+    ...withMetrics(proxyLogging(logger, proxy.path, next), metrics, proxy.path),
+  });
+
+  /** Readiness checks by proxy path, each looking at what is live for that path (a reload swaps that, not the check). */
+  const liveOpen = new Map<string, () => boolean>();
+  const registered = new Map<string, Array<() => void>>();
+  const watchReadiness = (proxy: Listening): void => {
+    liveOpen.set(proxy.name, proxy.isOpen);
+    if (registered.has(proxy.name)) return;
+    const path = proxy.name;
+    registered.set(path, [
+      readiness.register(`${path}: listening`, () => {
+        if (!liveOpen.get(path)?.()) throw new Error('not listening');
+      }),
+      proxy.kind === 'signer'
+        ? // An autogenerated key awaiting approval: not ready (NoActiveKeyError, `No key is yet active`).
+          readiness.register(`${path}: active key`, () => liveKeySources.get(path)?.activeKey())
+        : readiness.register(`${path}: nonce store`, () => liveNonceStores.get(path)?.ping?.()),
+    ]);
+  };
+  const unwatchReadiness = (path: string): void => {
+    for (const unregister of registered.get(path) ?? []) unregister();
+    registered.delete(path);
+    liveOpen.delete(path);
+  };
+
+  /** Starts the proxies of `next` that `reuse` does not cover; returns them by path. */
+  const startProxies = async (next: LoadedConfig, assembly: Assembly, skip: (path: string, listener: string) => boolean): Promise<Map<string, Listening>> => {
+    const started = new Map<string, Listening>();
+    try {
+      const signerProxy = next.signerProxy?.enabled ? next.signerProxy : undefined;
+      if (signerProxy && assembly.signer) {
+        const listener = signerListener(signerProxy);
+        if (!skip(signerProxy.path, listener)) {
+          try {
+            const server = await startSignerProxy({
+              listenAddr: signerProxy.listenAddr,
+              socketPermission: signerProxy.socketPermission,
+              shutdownTimeout: signerProxy.shutdownTimeout,
+              ...signerSettings(next, signerProxy, assembly.signer.signer),
+              ...(metrics ? { certificateObserver: certificateObserver(metrics, { proxy: signerProxy.path }) } : {}),
+            });
+            metrics?.watchConnections(signerProxy.path, server);
+            let open = true;
+            const path = signerProxy.path;
+            started.set(path, {
+              name: path,
+              server: { ...server, stop: (deadline) => ((open = false), server.stop(deadline)) },
+              shutdownTimeout: signerProxy.shutdownTimeout,
+              listener,
+              update: async (cfg) => {
+                const proxy = cfg.signerProxy!;
+                await server.update(signerSettings(cfg, proxy, currentAssembly.signer!.signer));
+              },
+              isOpen: () => open,
+              kind: 'signer',
+            });
+          } catch (error) {
+            throw startFailure(error, signerProxy.path, signerProxy.listenAddr, next);
+          }
+        }
+      }
+      for (const proxy of next.verifierProxies.filter((p) => p.enabled)) {
+        const listener = verifierListener(proxy);
+        if (skip(proxy.path, listener)) continue;
+        try {
+          const server = await startVerifierProxy({
+            listenAddr: proxy.listenAddr,
+            socketPermission: proxy.socketPermission,
+            shutdownTimeout: proxy.shutdownTimeout,
+            ...verifierSettings(next, proxy, assembly.verifiers.get(proxy.path)!.verifier),
+          });
+          metrics?.watchConnections(proxy.path, server);
+          let open = true;
+          const path = proxy.path;
+          started.set(path, {
+            name: path,
+            server: { ...server, stop: (deadline) => ((open = false), server.stop(deadline)) },
+            shutdownTimeout: proxy.shutdownTimeout,
+            listener,
+            update: async (cfg) => {
+              const entry = cfg.verifierProxies.find((p) => p.path === path)!;
+              await server.update(verifierSettings(cfg, entry, currentAssembly.verifiers.get(path)!.verifier));
+            },
+            isOpen: () => open,
+            kind: 'verifier',
+          });
+        } catch (error) {
+          throw startFailure(error, proxy.path, proxy.listenAddr, next);
+        }
+      }
+    } catch (error) {
+      await Promise.all([...started.values()].map((l) => settle(l.name, l.server.stop(Date.now()))));
+      throw error;
+    }
+    return started;
+  };
+
+  /** Makes `assembly` what the readiness checks look at. */
+  const goLive = (assembly: Assembly): void => {
+    liveKeySources.clear();
+    liveNonceStores.clear();
+    if (assembly.signer && config.signerProxy) liveKeySources.set(config.signerProxy.path, assembly.signer.keySource);
+    for (const [path, { nonceStore }] of assembly.verifiers) liveNonceStores.set(path, nonceStore);
+  };
+
+  let currentAssembly: Assembly;
   try {
-    // 0. The admin listener, and a readiness check for each proxy to come.
+    // 0. The admin listener.
     if (config.admin) {
       const { path: at, listenAddr } = config.admin;
       try {
@@ -176,8 +376,6 @@ export async function startJwtProxy(config: LoadedConfig, logger: Logger, option
         throw startFailure(error, at, listenAddr, config);
       }
     }
-    if (config.signerProxy?.enabled) readiness.register(`${config.signerProxy.path}: listening`, whenListening(config.signerProxy.path));
-    for (const proxy of config.verifierProxies) if (proxy.enabled) readiness.register(`${proxy.path}: listening`, whenListening(proxy.path));
 
     // 1. The key registry server.
     if (config.keyregistry?.enabled) {
@@ -195,105 +393,81 @@ export async function startJwtProxy(config: LoadedConfig, logger: Logger, option
     }
 
     // 2. Every component, before any proxy listens.
-    const signerProxy = config.signerProxy?.enabled ? config.signerProxy : undefined;
-    let signer: RequestSigner | undefined;
-    if (signerProxy) {
-      const { signer: settings } = signerProxy;
-      // Private key sources learn the signer's issuer from their context (autogenerated keys are published under it).
-      const builtSource = build(await createComponent(privateKeySources, settings.privateKey, `${signerProxy.path}.signer.private_key`, { ...context, issuer: settings.issuer }, config));
-      // An autogenerated key awaiting approval: not ready (NoActiveKeyError, `No key is yet active`).
-      readiness.register(`${signerProxy.path}: active key`, () => builtSource.activeKey());
-      const keySource = metrics ? instrumentPrivateKeySource(metrics, builtSource, { proxy: signerProxy.path }) : builtSource;
-      signer = new RequestSigner({
-        issuer: settings.issuer,
-        expirationTime: settings.expirationTime,
-        maxSkew: settings.maxSkew,
-        nonceLength: settings.nonceLength,
-        keySource,
-      });
-    }
-    const verifierProxies = config.verifierProxies.filter((proxy) => proxy.enabled);
-    const verifiers: RequestVerifier[] = [];
-    for (const proxy of verifierProxies) {
-      const at = `${proxy.path}.verifier`;
-      const settings = proxy.verifier;
-      const builtResolver = build(await createComponent(keyServers, settings.keyServer, `${at}.key_server`, context, config));
-      const builtStore = build(await createComponent(nonceStores, settings.nonceStorage, `${at}.nonce_storage`, context, config));
-      const keyResolver = metrics ? instrumentKeyServer(metrics, builtResolver, { proxy: proxy.path, type: settings.keyServer.type }) : builtResolver;
-      const nonceStore = metrics ? instrumentNonceStore(metrics, builtStore, { proxy: proxy.path, type: settings.nonceStorage.type }) : builtStore;
-      readiness.register(`${proxy.path}: nonce store`, () => nonceStore.ping?.());
-      const checks = [];
-      for (const [i, claimsVerifier] of settings.claimsVerifiers.entries()) {
-        checks.push(build(await createComponent(claimsVerifiers, claimsVerifier, `${at}.claims_verifiers[${i}]`, context, config)));
-      }
-      verifiers.push(
-        new RequestVerifier({
-          audience: settings.audience,
-          maxSkew: settings.maxSkew,
-          maxTtl: settings.maxTtl,
-          keyResolver,
-          nonceStore,
-          claimsVerifiers: checks,
-        }),
-      );
-    }
+    currentAssembly = await assemble(config, new Map());
+    components = currentAssembly.built;
+    goLive(currentAssembly);
 
     if (options.signal?.aborted) {
       await stop();
-      return { servers: [], stop: async () => {} };
+      return { servers: [], stop: async () => {}, reload: async () => [] };
     }
 
     // 3. The proxies.
-    if (signerProxy && signer) {
-      try {
-        const server = await startSignerProxy({
-          listenAddr: signerProxy.listenAddr,
-          socketPermission: signerProxy.socketPermission,
-          shutdownTimeout: signerProxy.shutdownTimeout,
-          signer,
-          ...(signerProxy.caKeyFile ? { caKeyFile: signerProxy.caKeyFile } : {}),
-          ...(signerProxy.caCrtFile ? { caCertFile: signerProxy.caCrtFile } : {}),
-          trustedCertificates: signerProxy.trustedCertificates,
-          insecureSkipVerify: signerProxy.insecureSkipVerify,
-          limits: signerProxy.limits,
-          ...withMetrics(proxyLogging(logger, signerProxy.path, config), metrics, signerProxy.path),
-          ...(metrics ? { certificateObserver: certificateObserver(metrics, { proxy: signerProxy.path }) } : {}),
-        });
-        listening.push({ name: signerProxy.path, server, shutdownTimeout: signerProxy.shutdownTimeout });
-        metrics?.watchConnections(signerProxy.path, server);
-        listeningNow.add(signerProxy.path);
-      } catch (error) {
-        throw startFailure(error, signerProxy.path, signerProxy.listenAddr, config);
-      }
-    }
-    for (const [i, proxy] of verifierProxies.entries()) {
-      try {
-        const server = await startVerifierProxy({
-          listenAddr: proxy.listenAddr,
-          socketPermission: proxy.socketPermission,
-          ...(proxy.keyFile && proxy.crtFile ? { tls: { keyFile: proxy.keyFile, certFile: proxy.crtFile } } : {}),
-          upstream: proxy.verifier.upstream,
-          ...(proxy.verifier.upstreamCaFile ? { upstreamCaFile: proxy.verifier.upstreamCaFile } : {}),
-          verifier: verifiers[i]!,
-          shutdownTimeout: proxy.shutdownTimeout,
-          limits: proxy.limits,
-          ...withMetrics(proxyLogging(logger, proxy.path, config), metrics, proxy.path),
-        });
-        listening.push({ name: proxy.path, server, shutdownTimeout: proxy.shutdownTimeout });
-        metrics?.watchConnections(proxy.path, server);
-        listeningNow.add(proxy.path);
-      } catch (error) {
-        throw startFailure(error, proxy.path, proxy.listenAddr, config);
-      }
+    for (const [path, proxy] of await startProxies(config, currentAssembly, () => false)) {
+      listening.set(path, proxy);
+      watchReadiness(proxy);
     }
   } catch (error) {
     await stop();
     throw error;
   }
 
-  const servers = [...(admin && config.admin ? [{ name: config.admin.path, server: admin }] : []), ...(registry ? [registry] : []), ...listening].map((l) => ({
-    name: l.name,
-    address: l.server.address,
-  }));
-  return { servers, stop };
+  const servers = (): StartedServer[] =>
+    [...(admin && config.admin ? [{ name: config.admin.path, server: admin }] : []), ...(registry ? [registry] : []), ...listening.values()].map((l) => ({
+      name: l.name,
+      address: l.server.address,
+    }));
+
+  const reload = async (next: LoadedConfig): Promise<StartedServer[]> => {
+    const assembly = await assemble(next, components);
+    const kept = (path: string, listener: string): boolean => listening.get(path)?.listener === listener;
+    let started: Map<string, Listening>;
+    try {
+      started = await startProxies(next, assembly, kept);
+    } catch (error) {
+      await stopComponents(assembly.created, Date.now() + 5_000);
+      throw error;
+    }
+    const previousComponents = components;
+    currentAssembly = assembly;
+    components = assembly.built;
+    config = next;
+    goLive(assembly);
+    const wanted = new Set([...(next.signerProxy?.enabled ? [next.signerProxy.path] : []), ...next.verifierProxies.filter((p) => p.enabled).map((p) => p.path)]);
+    const retired: Listening[] = [];
+    for (const [path, proxy] of listening) {
+      if (started.has(path) || !wanted.has(path)) {
+        retired.push(proxy);
+        listening.delete(path);
+      } else {
+        await proxy.update?.(next);
+      }
+    }
+    for (const [path, proxy] of started) {
+      listening.set(path, proxy);
+      watchReadiness(proxy);
+    }
+    for (const proxy of retired) if (!listening.has(proxy.name)) unwatchReadiness(proxy.name);
+    // What was replaced finishes its requests, then goes; components no longer used go after it.
+    const deadline = Date.now() + longestShutdown();
+    void (async () => {
+      await Promise.all(retired.map((l) => settle(l.name, l.server.stop(Date.now() + l.shutdownTimeout))));
+      const inUse = new Set(components.values());
+      await new Promise((resolve) => setTimeout(resolve, Math.max(0, deadline - Date.now())).unref());
+      await stopComponents([...previousComponents.values()].filter((c) => !inUse.has(c)), Date.now() + 5_000);
+    })();
+    return servers();
+  };
+
+  return { servers: servers(), stop, reload };
+}
+
+/** What must stay the same for a signer to be updated in place instead of listening anew. */
+function signerListener(proxy: SignerProxyConfig): string {
+  return JSON.stringify([proxy.listenAddr, proxy.socketPermission, Boolean(proxy.caKeyFile && proxy.caCrtFile)]);
+}
+
+/** What must stay the same for a verifier to be updated in place instead of listening anew. */
+function verifierListener(proxy: VerifierProxyConfig): string {
+  return JSON.stringify([proxy.listenAddr, proxy.socketPermission, Boolean(proxy.keyFile && proxy.crtFile)]);
 }

@@ -45,7 +45,7 @@ describe('jwtproxy --help and --version', () => {
     for (const flag of ['--help', '-help', '-h']) {
       const result = await runCli([flag]);
       expect(result.code).toBe(0);
-      expect(result.stdout).toContain('Usage: jwtproxy -config FILE [-log-level LEVEL] [--plugin MODULE]...');
+      expect(result.stdout).toContain('Usage: jwtproxy -config FILE [-log-level LEVEL] [-log-format text|json] [--plugin MODULE]...');
       expect(result.stdout).toContain('--plugin MODULE');
     }
   });
@@ -143,11 +143,11 @@ describe('a bad configuration: one line on stderr, exit 1, nothing listens', () 
 });
 
 describe('nothing to run', () => {
-  it('logs "No proxy is enabled" and exits 0', async () => {
+  it('logs "No proxy is enabled" and exits 1 (a service manager must see the failure)', async () => {
     await files.write('none.yaml', 'jwtproxy:\n  verifier_proxies:\n  - enabled: false\n    listen_addr: 127.0.0.1:0\nother_tool:\n  x: 1\n');
     const result = await runCli(['-config', 'none.yaml'], { cwd: files.dir });
-    expect(result.code).toBe(0);
-    expect(result.stderr).toMatch(/^time=\S+ level=info msg="No proxy is enabled"\n$/);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toMatch(/^time=\S+ level=error msg="No proxy is enabled" config=\S*none\.yaml\n$/);
   });
 });
 
@@ -155,7 +155,6 @@ describe('warnings', () => {
   it('an unknown key is logged with its key path, line and a suggestion, and does not stop the start', async () => {
     await files.write('typo.yaml', 'jwtproxy:\n  verifier_proxies:\n  - enabled: false\n    listen_adr: 127.0.0.1:0\n');
     const result = await runCli(['-config', 'typo.yaml'], { cwd: files.dir });
-    expect(result.code).toBe(0);
     expect(result.stderr).toMatch(
       /level=warn msg="unknown configuration key, ignored" key="verifier_proxies\[0\]\.listen_adr" at=typo\.yaml:4 suggestion=listen_addr\n/,
     );

@@ -40,6 +40,20 @@ function findNestedType(value: unknown, type: string, at: string): string | unde
  *   becomes one at `<at>.options.public_key_path`;
  * - any other failure while building (a key file that cannot be read) becomes one at `<at>`.
  */
+/**
+ * `jwtproxy -check` for one `{type, options}` block: the schema and the type's own check, with
+ * every mistake placed at its key path and `file:line`, as createComponent places them.
+ */
+export async function checkComponent<T>(
+  registry: ComponentRegistry<T>,
+  config: ComponentConfig,
+  at: string,
+  context: ComponentContext,
+  loaded: Pick<LoadedConfig, 'errorAt'>,
+): Promise<void> {
+  await placed(registry, config, at, loaded, () => registry.check(config, context));
+}
+
 export async function createComponent<T>(
   registry: ComponentRegistry<T>,
   config: ComponentConfig,
@@ -47,6 +61,17 @@ export async function createComponent<T>(
   context: ComponentContext,
   loaded: Pick<LoadedConfig, 'errorAt'>,
 ): Promise<T> {
+  return placed(registry, config, at, loaded, () => registry.create(config, context));
+}
+
+/** Runs `work` for the block at `at`, turning every mistake into a ConfigError at its key path. */
+async function placed<T, R>(
+  registry: ComponentRegistry<T>,
+  config: ComponentConfig,
+  at: string,
+  loaded: Pick<LoadedConfig, 'errorAt'>,
+  work: () => Promise<R>,
+): Promise<R> {
   if (!registry.has(config.type)) {
     const known = registry.types();
     const problem = config.type
@@ -55,7 +80,7 @@ export async function createComponent<T>(
     throw loaded.errorAt(`${at}.type`, problem);
   }
   try {
-    return await registry.create(config, context);
+    return await work();
   } catch (error) {
     if (error instanceof ConfigError) {
       const optionsPath = error.path ? `${at}.options.${error.path.replace(/^options\./, '')}` : `${at}.options`;

@@ -1,5 +1,5 @@
 export { loadConfig, parseConfig, defaults, type LoadConfigOptions } from './load.js';
-export { createComponent, placeConfigError } from './component.js';
+export { checkComponent, createComponent, placeConfigError } from './component.js';
 export { expandEnv } from './expand-env.js';
 export type {
   AdminConfig,

@@ -35,6 +35,8 @@ export interface LoadConfigOptions {
   env?: Record<string, string | undefined>;
   /** Receives warnings about unknown keys (default: silent). */
   logger?: Logger;
+  /** Unknown keys anywhere are errors, not warnings (jwtproxy -check). */
+  strict?: boolean;
 }
 
 /**
@@ -54,7 +56,7 @@ export async function loadConfig(file: string, options: LoadConfigOptions = {}):
 }
 
 /** Parses configuration text; `fileName` is used in messages and to resolve relative paths. */
-export function parseConfig(text: string, fileName: string, options: Pick<LoadConfigOptions, 'logger'> = {}): LoadedConfig {
+export function parseConfig(text: string, fileName: string, options: Pick<LoadConfigOptions, 'logger' | 'strict'> = {}): LoadedConfig {
   const logger = options.logger ?? silentLogger;
   const lines = new LineCounter();
   // YAML 1.1, as the Go tool's yaml.v2 reads it: `0755` is octal, `yes`/`no` are booleans.
@@ -65,7 +67,7 @@ export function parseConfig(text: string, fileName: string, options: Pick<LoadCo
     const reason = syntaxError.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '');
     throw new ConfigError('', `invalid YAML: ${reason}`, { file: fileName, ...(line ? { line } : {}) });
   }
-  const src = new YamlSource(doc, fileName, lines, logger);
+  const src = new YamlSource(doc, fileName, lines, logger, options.strict ?? false);
   const root = src.resolve(doc.contents);
   if (!isMap(root)) {
     throw src.error('jwtproxy', src.lineOf(root), 'is missing: the configuration goes under a top-level "jwtproxy:" key');

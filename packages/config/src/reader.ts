@@ -27,13 +27,16 @@ export class YamlSource {
   readonly doc: Document.Parsed;
   readonly file: string;
   readonly logger: Logger;
+  /** Every unknown key is an error (jwtproxy -check), not a warning. */
+  readonly strict: boolean;
   readonly #lines: LineCounter;
 
-  constructor(doc: Document.Parsed, file: string, lines: LineCounter, logger: Logger) {
+  constructor(doc: Document.Parsed, file: string, lines: LineCounter, logger: Logger, strict = false) {
     this.doc = doc;
     this.file = file;
     this.#lines = lines;
     this.logger = logger;
+    this.strict = strict;
   }
 
   lineAtOffset(offset: number): number {
@@ -142,6 +145,11 @@ export class MapReader {
         throw this.src.error(this.pathOf(key), entry.line, `is not read here: it belongs under ${home} (is it indented at the wrong level?)`);
       }
       const suggestion = suggestKey(key, known);
+      // Directly under `jwtproxy:` a typo (`singer_proxy`) would leave the whole block unread; with
+      // -check every unknown key is a mistake to fix before deploying.
+      if (this.src.strict || this.path === '') {
+        throw this.src.error(this.pathOf(key), entry.line, `is not a known key${suggestion ? ` (did you mean ${suggestion}?)` : ''}`);
+      }
       this.src.logger.warn('unknown configuration key, ignored', {
         key: this.pathOf(key),
         at: `${this.src.file}${entry.line ? `:${entry.line}` : ''}`,

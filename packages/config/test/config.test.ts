@@ -283,9 +283,14 @@ describe('unknown keys', () => {
     expect(message).toContain(`(config.yaml:${line})`);
   });
 
-  it('under jwtproxy itself are warned about', () => {
-    const logger = recordingLogger();
-    parseConfig('jwtproxy:\n  verifier_proxy: []\n', 'config.yaml', { logger });
-    expect(logger.lines[0]?.fields).toEqual({ key: 'verifier_proxy', at: 'config.yaml:2', suggestion: 'verifier_proxies' });
+  it('under jwtproxy itself are errors with a suggestion: a typo there leaves a whole block unread', () => {
+    expect(errorOf('jwtproxy:\n  verifier_proxy: []\n')).toContain('verifier_proxy: is not a known key (did you mean verifier_proxies?) (config.yaml:2)');
+    expect(errorOf('jwtproxy:\n  singer_proxy:\n    enabled: true\n')).toContain('singer_proxy: is not a known key (did you mean signer_proxy?) (config.yaml:2)');
+  });
+
+  it('anywhere are errors in strict mode (jwtproxy -check)', () => {
+    expect(() => parseConfig(verifierYaml({ verifier: 'audiance: x' }), 'config.yaml', { strict: true })).toThrow(
+      'verifier_proxies[0].verifier.audiance: is not a known key (did you mean audience?) (config.yaml:9)',
+    );
   });
 });

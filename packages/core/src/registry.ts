@@ -54,6 +54,11 @@ export interface ComponentDefinition<T, S extends OptionsSchema = OptionsSchema>
   /** One sentence for the docs. */
   description?: string;
   create(options: v.InferOutput<S>, context: ComponentContext): T | Promise<T>;
+  /**
+   * What `jwtproxy -check` verifies beyond the schema, without side effects (no connection, no
+   * key published): files readable, keys of the right kind. Absent: the schema alone.
+   */
+  check?(options: v.InferOutput<S>, context: ComponentContext): void | Promise<void>;
 }
 
 /** Typed options for `create` without writing the type twice: `defineComponent({type, options, create})`. */
@@ -129,6 +134,14 @@ export class ComponentRegistry<T> {
    * Builds a component: its options are read with its schema first (a ConfigError whose path is
    * relative to the options), then `create` runs. An unknown type is an UnknownComponentError.
    */
+  /** What `-check` does for a component: its options through the schema, then its `check`, if any. */
+  async check(config: ComponentConfig, context: ComponentContext): Promise<void> {
+    const definition = this.#definitions.get(config.type);
+    if (!definition) throw new UnknownComponentError(this.kind, config.type, this.types());
+    const options = parseOptions(definition.options, config.options ?? {});
+    await definition.check?.(options, this.#runtime && !context.runtime ? { ...context, runtime: this.#runtime } : context);
+  }
+
   async create(config: ComponentConfig, context: ComponentContext): Promise<T> {
     const definition = this.#definitions.get(config.type);
     if (!definition) throw new UnknownComponentError(this.kind, config.type, this.types());

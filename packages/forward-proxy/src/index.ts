@@ -1,2 +1,2 @@
-export { startSignerProxy, NOT_A_PROXY_REQUEST, type SignerProxyOptions } from './signer-proxy.js';
+export { startSignerProxy, NOT_A_PROXY_REQUEST, type RunningSignerProxy, type SignerProxyOptions, type SignerProxyUpdate } from './signer-proxy.js';
 export type { CertificateForgingObserver } from './certificates.js';

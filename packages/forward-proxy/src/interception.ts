@@ -21,7 +21,7 @@ export interface TlsInterceptorOptions {
  * connection over (to the signer's inner HTTP server, which is never bound to a port).
  */
 export class TlsInterceptor {
-  readonly #forger: CertificateForger;
+  #forger: CertificateForger;
   readonly #options: TlsInterceptorOptions;
   readonly #tunnels = new Set<Duplex>();
 
@@ -104,6 +104,11 @@ export class TlsInterceptor {
       tlsSocket.off('end', dropHalfClosed);
       handOver(tlsSocket, authority);
     });
+  }
+
+  /** Forges with another CA from now on (a reload); tunnels already intercepted keep theirs. */
+  setForger(forger: CertificateForger): void {
+    this.#forger = forger;
   }
 
   /** Cuts every intercepted tunnel (at the end of a shutdown). */

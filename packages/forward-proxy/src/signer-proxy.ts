@@ -87,12 +87,35 @@ function targetOf(req: IncomingMessage, tunnels: ConnectTunnels): RequestTarget 
 }
 
 /** The signer's hooks into the engine: each request is signed for its target's audience. */
-function signerHooks(signer: RequestSigner, pools: UpstreamPools, tunnels: () => ConnectTunnels, limits: () => ServerLimits): ProxyHooks {
+/** What a reload may swap in a running signer: everything but where it listens. */
+export interface SignerProxyUpdate {
+  signer: RequestSigner;
+  caKeyFile?: string;
+  caCertFile?: string;
+  trustedCertificates?: string[];
+  insecureSkipVerify?: boolean;
+  limits?: Partial<ServerLimits>;
+  onAccess?: (record: AccessRecord) => void;
+}
+
+/** A running signer, which a reload can update in place. */
+export interface RunningSignerProxy extends RunningProxy {
+  update(next: SignerProxyUpdate): Promise<void>;
+}
+
+/** What the hooks read on every request: swapped whole by a reload. */
+interface SignerState {
+  signer: RequestSigner;
+  pools: UpstreamPools;
+}
+
+function signerHooks(state: { current: SignerState }, tunnels: () => ConnectTunnels, limits: () => ServerLimits): ProxyHooks {
   return {
     droppedRequestHeaders: SIGNER_OWNED_HEADERS,
     keepConnectionAfterRefusal: false,
     async route(req, head) {
       const target = targetOf(req, tunnels());
+      const { signer, pools } = state.current;
       // One async signature on libuv's thread pool: RSA never blocks the event loop.
       const authorization = await signer.authorizationFor(target.audience);
       return {
@@ -112,7 +135,7 @@ function signerHooks(signer: RequestSigner, pools: UpstreamPools, tunnels: () =>
       }
       return tunnels().handleConnect(req, socket, head);
     },
-    closeUpstreams: (deadline) => pools.close(deadline),
+    closeUpstreams: (deadline) => state.current.pools.close(deadline),
   };
 }
 
@@ -122,8 +145,8 @@ function signerHooks(signer: RequestSigner, pools: UpstreamPools, tunnels: () =>
  * inside tunnels that carry TLS. Rejects with ConfigError (naming the key and file) when it
  * cannot start.
  */
-export async function startSignerProxy(options: SignerProxyOptions): Promise<RunningProxy> {
-  const { signer, logger } = options;
+export async function startSignerProxy(options: SignerProxyOptions): Promise<RunningSignerProxy> {
+  const { logger } = options;
   const listenAddress = parseListenAddress(options.listenAddr, LISTEN_ADDR_KEY);
   if (Boolean(options.caKeyFile) !== Boolean(options.caCertFile)) {
     throw new ConfigError(options.caKeyFile ? 'signer_proxy.ca_crt_file' : 'signer_proxy.ca_key_file', 'ca_key_file and ca_crt_file must be given together');
@@ -132,10 +155,11 @@ export async function startSignerProxy(options: SignerProxyOptions): Promise<Run
     options.caKeyFile && options.caCertFile ? await CertificateForger.load({ caKeyFile: options.caKeyFile, caCertFile: options.caCertFile }, { observer: options.certificateObserver }) : undefined;
   const trustedCertificates = options.trustedCertificates?.length ? await readTrustedCertificates(options.trustedCertificates) : undefined;
   const pools = new UpstreamPools({ trustedCertificates, insecureSkipVerify: options.insecureSkipVerify ?? false });
+  const state = { current: { signer: options.signer, pools } };
 
   let tunnels: ConnectTunnels | undefined;
   const engine: ProxyEngine = new ProxyEngine({
-    hooks: signerHooks(signer, pools, () => tunnels!, () => engine.limits),
+    hooks: signerHooks(state, () => tunnels!, () => engine.limits),
     limits: options.limits,
     logger,
     repeatedLogIntervalMs: options.repeatedLogIntervalMs,
@@ -191,6 +215,31 @@ export async function startSignerProxy(options: SignerProxyOptions): Promise<Run
     stop(deadline = Date.now() + options.shutdownTimeout) {
       stopped ??= stop(deadline);
       return stopped;
+    },
+    /**
+     * Swaps the signer (its key source), the upstream TLS policy, the CA, the limits and the
+     * access observer without closing a connection; requests already signed finish as they
+     * started, old pools close once their requests are done. Rejects, changing nothing, when a
+     * new file cannot be read or HTTPS interception would be turned on or off (that needs a restart).
+     */
+    async update(next: SignerProxyUpdate) {
+      if (Boolean(next.caKeyFile && next.caCertFile) !== Boolean(forger)) {
+        throw new Error('HTTPS interception (ca_key_file, ca_crt_file) cannot be turned on or off by a reload: the signer must be restarted');
+      }
+      const caChanged = next.caKeyFile !== options.caKeyFile || next.caCertFile !== options.caCertFile;
+      const newForger = caChanged && next.caKeyFile && next.caCertFile
+        ? await CertificateForger.load({ caKeyFile: next.caKeyFile, caCertFile: next.caCertFile }, { observer: options.certificateObserver })
+        : undefined;
+      const tlsChanged = JSON.stringify(next.trustedCertificates ?? []) !== JSON.stringify(options.trustedCertificates ?? []) || (next.insecureSkipVerify ?? false) !== (options.insecureSkipVerify ?? false);
+      const trusted = !tlsChanged ? trustedCertificates : next.trustedCertificates?.length ? await readTrustedCertificates(next.trustedCertificates) : undefined;
+      const previous = state.current.pools;
+      const nextPools = tlsChanged ? new UpstreamPools({ trustedCertificates: trusted, insecureSkipVerify: next.insecureSkipVerify ?? false }) : previous;
+      if (newForger) interceptor?.setForger(newForger);
+      state.current = { signer: next.signer, pools: nextPools };
+      engine.updateLimits(next.limits);
+      engine.setOnAccess(next.onAccess);
+      Object.assign(options, { caKeyFile: next.caKeyFile, caCertFile: next.caCertFile, trustedCertificates: next.trustedCertificates, insecureSkipVerify: next.insecureSkipVerify });
+      if (tlsChanged) void previous.close(Date.now() + options.shutdownTimeout);
     },
   };
 }

@@ -79,4 +79,8 @@ export const presharedKeyServer = defineComponent({
     context.logger.info('preshared public key loaded', { issuer: options.issuer, key_id: options.key_id, path: file });
     return server;
   },
+  /** -check: the file is read and must hold a public key of a kind the verifier accepts. */
+  check(options, context): void {
+    PresharedKeyServer.fromFile(options.issuer, options.key_id, path.resolve(context.baseDir, options.public_key_path));
+  },
 });

@@ -61,4 +61,8 @@ export const presharedPrivateKeySource = defineComponent({
     context.logger.info('preshared private key loaded', { key_id: options.key_id, alg: source.activeKey().alg, path: file });
     return source;
   },
+  /** -check: the file is read and must hold a private key the signer can sign with. */
+  check(options, context): void {
+    PresharedPrivateKeySource.fromFile(options.key_id, path.resolve(context.baseDir, options.private_key_path));
+  },
 });
