@@ -5,7 +5,16 @@ import { createSecureContext, type SecureContext } from 'node:tls';
 import { promisify } from 'node:util';
 import { ConfigError } from '@jwtproxy/core';
 import { LRUCache } from 'lru-cache';
-import forge from 'node-forge';
+import type Forge from 'node-forge';
+
+/**
+ * node-forge (~40 ms and several MB to load) is loaded by the first CertificateForger.load: a
+ * signer without a CA, and every verifier, never load it.
+ */
+let forge: typeof Forge;
+async function loadForge(): Promise<void> {
+  forge ??= (await import('node-forge')).default;
+}
 
 const generateKeyPairAsync = promisify(generateKeyPair);
 const signAsync = promisify(sign);
@@ -17,7 +26,7 @@ export interface CertificateAuthorityFiles {
 
 /** node-forge has this function; its type definitions do not list it. */
 interface ForgeTbs {
-  getTBSCertificate(cert: forge.pki.Certificate): forge.asn1.Asn1;
+  getTBSCertificate(cert: Forge.pki.Certificate): Forge.asn1.Asn1;
 }
 
 /** Told of each certificate forged (metrics): how long it took, whether it failed, the cache's size after it. */
@@ -48,19 +57,19 @@ async function readConfigFile(file: string, key: string, what: string): Promise<
  */
 export class CertificateForger {
   readonly #caKey: KeyObject;
-  readonly #issuer: forge.pki.CertificateField[];
+  readonly #issuer: Forge.pki.CertificateField[];
   readonly #caNotAfter: number;
   readonly #signatureOid: string;
-  readonly #leafPublicKey: forge.pki.PublicKey;
+  readonly #leafPublicKey: Forge.pki.PublicKey;
   readonly #leafKeyPem: string;
   readonly #contexts: LRUCache<string, Promise<SecureContext>>;
   readonly #observer: CertificateForgingObserver | undefined;
 
   private constructor(
     caKey: KeyObject,
-    caCert: forge.pki.Certificate,
+    caCert: Forge.pki.Certificate,
     caNotAfter: number,
-    leafPublicKey: forge.pki.PublicKey,
+    leafPublicKey: Forge.pki.PublicKey,
     leafKeyPem: string,
     cacheSize: number,
     observer: CertificateForgingObserver | undefined,
@@ -83,6 +92,7 @@ export class CertificateForger {
     files: CertificateAuthorityFiles,
     options: { cacheSize?: number; observer?: CertificateForgingObserver | undefined } = {},
   ): Promise<CertificateForger> {
+    await loadForge();
     const keyKey = 'signer_proxy.ca_key_file';
     const certKey = 'signer_proxy.ca_crt_file';
     const [keyPem, certPem] = await Promise.all([
@@ -100,7 +110,7 @@ export class CertificateForger {
       throw new ConfigError(keyKey, `the CA key is ${caKey.asymmetricKeyType ?? 'of an unknown type'}; an RSA key is needed (openssl req -newkey rsa:2048)`, { file: files.caKeyFile });
     }
     let x509: X509Certificate;
-    let caCert: forge.pki.Certificate;
+    let caCert: Forge.pki.Certificate;
     try {
       x509 = new X509Certificate(certPem);
       caCert = forge.pki.certificateFromPem(certPem);

@@ -3,7 +3,7 @@ import { chmod, mkdir, open, rename, rm } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { calculateJwkThumbprint, type JWK } from 'jose';
+import type { JWK } from 'jose';
 
 const generateRsaKeyPair = promisify(generateKeyPair);
 
@@ -20,6 +20,8 @@ export interface GeneratedKey {
  */
 export async function keyIdOf(key: KeyObject | JWK): Promise<string> {
   const jwk = 'export' in key && typeof key.export === 'function' ? (createPublicKey(key as KeyObject).export({ format: 'jwk' }) as JWK) : (key as JWK);
+  // jose (~180 modules) loads only when a key id is computed: preshared keys with a key_id never load it.
+  const { calculateJwkThumbprint } = await import('jose');
   const unpadded = await calculateJwkThumbprint(jwk, 'sha256');
   return Buffer.from(unpadded, 'base64url').toString('base64').replaceAll('+', '-').replaceAll('/', '_');
 }

@@ -1,6 +1,5 @@
-import { defineComponent, parseOptions, UnknownComponentError, type Clock, type InferOutput, type KeyCacheComponent, type Logger } from '@jwtproxy/core';
-import { keyRegistryDefaults, keyRegistryPublisherOptions, keyRegistryReaderOptions, memoryKeyCache, readerSettings } from './config.js';
-import { KeyRegistryClient } from './reader.js';
+import { parseOptions, type Clock, type InferOutput, type KeyCacheComponent, type Logger } from '@jwtproxy/core';
+import { keyRegistryDefaults, keyRegistryPublisherOptions, keyRegistryReaderOptions, memoryKeyCache } from './config.js';
 import { KeyRegistryPublisher } from './publisher.js';
 
 export { KeyRegistryClient, verificationKeyFromJwk, cacheLifetime, type KeyRegistryClientOptions, type KeyRegistryObserver, type KeyFetchOutcome } from './reader.js';
@@ -29,23 +28,7 @@ export {
 } from './errors.js';
 export { keyRegistryDefaults, keyRegistryPublisherOptions, keyRegistryReaderOptions, memoryKeyCache };
 
-/**
- * `key_server: {type: keyregistry}`: the verifier's key server. A `cache.type` other than memory
- * is built from the runtime's key caches (a plugin's).
- */
-export const keyRegistryKeyServer = defineComponent({
-  type: 'keyregistry',
-  description: "Public keys from a key registry (Quay's `/keys/` endpoints, or `jwtproxy.keyregistry`), cached in memory.",
-  options: keyRegistryReaderOptions,
-  create: async (options, context): Promise<KeyRegistryClient> => {
-    const settings = await readerSettings(options, context.clock, (type, cacheOptions) => {
-      const keyCaches = context.runtime?.keyCaches;
-      if (!keyCaches) return Promise.reject(new UnknownComponentError('key cache', type, ['memory']));
-      return keyCaches.create({ type, options: cacheOptions }, context);
-    });
-    return new KeyRegistryClient({ ...settings, logger: context.logger, clock: context.clock });
-  },
-});
+export { keyRegistryKeyServer } from './component.js';
 
 /** The settings of a publisher from the signer's checked `key_server.options`. */
 export function keyRegistryPublisherFromSettings(

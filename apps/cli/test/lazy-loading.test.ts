@@ -1,0 +1,98 @@
+/**
+ * Start-up loads only what the configuration uses (issue 19): a signer without a CA and a
+ * verifier on local nonces never load node-forge, ioredis, prom-client or jose; a CA loads
+ * node-forge; the cold path (--help, -check) loads neither proxy. The real CLI runs with an
+ * `--import` hook that writes the name of every package it resolves to a file.
+ */
+import { readFileSync } from 'node:fs';
+import { pathToFileURL } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { makeCa, writePemFiles } from '@jwtproxy/testkit';
+import { e2eConfig, jwtproxyConfig, runCli, startCli, tempDir } from './helpers.js';
+
+let files: Awaited<ReturnType<typeof tempDir>>;
+let hook: string;
+
+beforeAll(async () => {
+  files = await tempDir();
+  // The resolve hook runs on the loader thread: it appends each package it resolves, by name.
+  const resolver = await files.write(
+    'record-resolve.mjs',
+    `import { appendFileSync } from 'node:fs';
+let file;
+export function initialize(data) { file = data.file; }
+export async function resolve(specifier, context, next) {
+  const resolved = await next(specifier, context);
+  const inModules = /\\/node_modules\\/((?:@[^/]+\\/)?[^/]+)\\/(?!.*\\/node_modules\\/)/.exec(resolved.url);
+  const inWorkspace = /\\/packages\\/([^/]+)\\/dist\\//.exec(resolved.url);
+  const name = inModules ? inModules[1] : inWorkspace ? '@jwtproxy/' + inWorkspace[1] : undefined;
+  if (name) appendFileSync(file, name + '\\n');
+  return resolved;
+}
+`,
+  );
+  hook = await files.write(
+    'record.mjs',
+    `import { register } from 'node:module';
+register(${JSON.stringify(pathToFileURL(resolver).href)}, { data: { file: process.env.JWTPROXY_TEST_LOADED } });
+`,
+  );
+});
+
+afterAll(async () => {
+  await files?.cleanup();
+});
+
+/** The packages a run of the CLI loaded, by name. */
+async function loadedBy(args: string[], name: string, { start }: { start: boolean }): Promise<Set<string>> {
+  const record = `${files.dir}/loaded-${name}.txt`;
+  const env = { NODE_OPTIONS: `--import ${pathToFileURL(hook).href}`, JWTPROXY_TEST_LOADED: record };
+  if (start) {
+    const cli = await startCli(args, { env });
+    await cli.stop();
+  } else {
+    const result = await runCli(args, { env });
+    expect(result.code, result.stderr).toBe(0);
+  }
+  return new Set(readFileSync(record, 'utf8').split('\n').filter(Boolean));
+}
+
+const signerAndVerifier = (extraSigner: string[] = []): string =>
+  jwtproxyConfig({
+    signer: e2eConfig.signer({ extra: extraSigner }),
+    verifiers: [e2eConfig.verifier({ upstream: 'http://127.0.0.1:9', audience: 'http://127.0.0.1:9', nonceStorage: '{type: local, options: {max_entries: 1000}}' })],
+  });
+
+describe('start-up loads only what the configuration uses', () => {
+  it('a signer without a CA and a verifier on local nonces load neither node-forge, ioredis, prom-client nor jose', async () => {
+    const config = await files.write('plain.yaml', signerAndVerifier());
+    const loaded = await loadedBy(['-config', config], 'plain', { start: true });
+    // The hook works: the proxies it started are in the record.
+    expect(loaded).toContain('@jwtproxy/forward-proxy');
+    expect(loaded).toContain('@jwtproxy/reverse-proxy');
+    for (const absent of ['node-forge', 'ioredis', 'prom-client', 'jose', '@jwtproxy/admin', '@jwtproxy/keyregistry-server']) {
+      expect(loaded, absent).not.toContain(absent);
+    }
+  }, 30_000);
+
+  it('a signer with a CA loads node-forge (and still not ioredis)', async () => {
+    const ca = await writePemFiles(makeCa('jwtproxy lazy-loading CA'), files.dir, 'ca');
+    const config = await files.write('ca.yaml', signerAndVerifier([`ca_key_file: ${JSON.stringify(ca.keyFile)}`, `ca_crt_file: ${JSON.stringify(ca.certFile)}`]));
+    const loaded = await loadedBy(['-config', config], 'ca', { start: true });
+    expect(loaded).toContain('node-forge');
+    expect(loaded).not.toContain('ioredis');
+  }, 30_000);
+
+  it('-check and --help load no proxy, node-forge nor ioredis', async () => {
+    const config = await files.write('check.yaml', signerAndVerifier());
+    for (const [name, args] of [
+      ['check', ['-check', '-config', config]],
+      ['help', ['--help']],
+    ] as const) {
+      const loaded = await loadedBy([...args], name, { start: false });
+      for (const absent of ['node-forge', 'ioredis', 'prom-client', '@jwtproxy/forward-proxy', '@jwtproxy/reverse-proxy']) {
+        expect(loaded, `${name}: ${absent}`).not.toContain(absent);
+      }
+    }
+  }, 30_000);
+});
