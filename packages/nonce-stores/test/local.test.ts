@@ -173,7 +173,8 @@ describe('local nonce store', () => {
     expect(store.size).toBeLessThanOrEqual(241_500);
     expect(store.size).toBeGreaterThanOrEqual(240_000); // none of the unexpired ones went
     // In one go this purge held the event loop for about 100 ms (200 ms for the whole 1M-entry walk).
-    expect(longestGap).toBeLessThan(40);
+    // Sliced, the longest gap is ~10 ms on a quiet machine; 75 leaves room for a loaded one and still fails the ~100-180 ms of a purge in one go.
+    expect(longestGap).toBeLessThan(75);
   });
 
   it('a full store whose nonces have expired makes room a slice at a time, and no unexpired nonce goes', async () => {

@@ -445,7 +445,8 @@ describe('local nonce store on a shared table', () => {
     for (let waited = 0; store.size > 50_000 && waited < 5_000; waited += 10) await sleep(10);
     clearInterval(ticker);
     expect(store.size).toBe(50_000);
-    expect(longestGap).toBeLessThan(40);
+    // Sliced, the longest gap is ~10 ms on a quiet machine; 75 leaves room for a loaded one and still fails the ~100-180 ms of a purge in one go.
+    expect(longestGap).toBeLessThan(75);
     await store.stop();
     clock.advance(1_000_000);
     await sleep(100);
