@@ -1,4 +1,6 @@
 #!/usr/bin/env node
+// First: V8 heap settings for a sidecar, before the rest loads (see heap-limits.ts).
+import './heap-limits.js';
 import { main } from './cli.js';
 
 // Exit explicitly: pools and timers of stopped components must not keep the process alive.
