@@ -250,6 +250,8 @@ export async function startJwtProxy(config: LoadedConfig, logger: Logger, option
     ...(proxy.keyFile && proxy.crtFile ? { tls: { keyFile: proxy.keyFile, certFile: proxy.crtFile } } : {}),
     upstream: proxy.verifier.upstream,
     ...(proxy.verifier.upstreamCaFile ? { upstreamCaFile: proxy.verifier.upstreamCaFile } : {}),
+    claimsToHeaders: proxy.verifier.claimsToHeaders,
+    stripToken: proxy.verifier.stripToken,
     verifier,
     limits: proxy.limits,
     ...withMetrics(proxyLogging(logger, proxy.path, next), metrics, proxy.path),

@@ -156,6 +156,8 @@ const verifierKeys = [
   'nonce_storage',
   'claims_verifiers',
   'upstream_ca_file',
+  'claims_to_headers',
+  'strip_token',
 ];
 
 type FilePath = (value: string | undefined) => string | undefined;
@@ -234,6 +236,8 @@ function emptyVerifier(): VerifierConfig {
     keyServer: { type: '', options: {} },
     nonceStorage: structuredClone(defaults.nonceStorage),
     claimsVerifiers: [],
+    claimsToHeaders: {},
+    stripToken: false,
   };
 }
 
@@ -258,6 +262,16 @@ function readVerifier(block: MapReader, enabled: boolean, filePath: FilePath): V
     return readComponent(block.src, node, at, line, 'is required: no claims verifier type specified');
   });
   const upstreamCaFile = block.optionalString('upstream_ca_file');
+  const claimsToHeaders: Record<string, string> = {};
+  const mapping = block.optionalMap('claims_to_headers', 'any');
+  for (const claim of mapping?.keys() ?? []) {
+    const header = mapping!.string(claim, '');
+    if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(header)) mapping!.fail(claim, `must be a header name, got ${JSON.stringify(header)}`);
+    if (['host', 'authorization', 'connection', 'content-length', 'transfer-encoding'].includes(header.toLowerCase())) {
+      mapping!.fail(claim, `cannot be ${JSON.stringify(header)}: the proxy owns that header`);
+    }
+    claimsToHeaders[claim] = header;
+  }
   return {
     upstream,
     audience,
@@ -267,6 +281,8 @@ function readVerifier(block: MapReader, enabled: boolean, filePath: FilePath): V
     nonceStorage,
     claimsVerifiers,
     ...(upstreamCaFile !== undefined ? { upstreamCaFile: filePath(upstreamCaFile)! } : {}),
+    claimsToHeaders,
+    stripToken: block.bool('strip_token', false),
   };
 }
 

@@ -53,6 +53,10 @@ export interface VerifierConfig {
   claimsVerifiers: ComponentConfig[];
   /** Our addition (`upstream_ca_file`): an extra CA to trust for an https upstream. */
   upstreamCaFile?: string;
+  /** Our addition (`claims_to_headers`): claim name → request header the service receives it in. */
+  claimsToHeaders: Record<string, string>;
+  /** Our addition (`strip_token`): the verified token is not forwarded to the service. */
+  stripToken: boolean;
 }
 
 export interface VerifierProxyConfig {

@@ -107,6 +107,8 @@ describe('the README example', () => {
         keyServer: { type: 'preshared', options: { issuer: 'billing', key_id: '3f2a', public_key_path: 'billing.pub.pem' } },
         nonceStorage: { type: 'local', options: { purge_interval: '1m' } },
         claimsVerifiers: [],
+        claimsToHeaders: {},
+        stripToken: false,
       },
     });
     expect(config.keyregistry).toBeUndefined();
@@ -247,6 +249,13 @@ describe('mistakes name their key path and file:line', () => {
     expect(parseConfig(verifierYaml(), 'c.yaml').log).toEqual({ accessLog: true, accessLogSample: 1 });
     expect(errorOf('jwtproxy:\n  log:\n    format: xml\n')).toContain('log.format: must be text or json, got "xml" (config.yaml:3)');
     expect(errorOf('jwtproxy:\n  log:\n    access_log_sample: 2\n')).toContain('log.access_log_sample: must be a number from 0 to 1');
+  });
+
+  it('reads claims_to_headers and strip_token; refuses a header the proxy owns or a bad name', () => {
+    const config = parseConfig(verifierYaml({ verifier: 'claims_to_headers: {sub: X-Auth-Subject, iss: X-Auth-Issuer}\nstrip_token: true' }), 'c.yaml');
+    expect(config.verifierProxies[0]!.verifier).toMatchObject({ claimsToHeaders: { sub: 'X-Auth-Subject', iss: 'X-Auth-Issuer' }, stripToken: true });
+    expect(errorOf(verifierYaml({ verifier: 'claims_to_headers: {sub: Authorization}' }))).toContain('verifier_proxies[0].verifier.claims_to_headers.sub: cannot be "Authorization"');
+    expect(errorOf(verifierYaml({ verifier: 'claims_to_headers: {sub: "X Bad"}' }))).toContain('claims_to_headers.sub: must be a header name');
   });
 
   it('does not check a disabled verifier for required keys', () => {

@@ -36,6 +36,10 @@ export interface VerifierProxyOptions {
   limits?: Partial<ServerLimits>;
   /** Called as each request ends (access log, metrics). */
   onAccess?: (record: AccessRecord) => void;
+  /** Claim name → request header the service receives its value in; a client's own header of that name is dropped. */
+  claimsToHeaders?: Record<string, string>;
+  /** The verified token is not forwarded (the service trusts the claims headers instead). */
+  stripToken?: boolean;
 }
 
 /** The Go verifier's answer to an absolute-form (forward proxy) request or a CONNECT. */
@@ -54,6 +58,8 @@ export interface VerifierProxyUpdate {
   tls?: { keyFile: string; certFile: string };
   limits?: Partial<ServerLimits>;
   onAccess?: (record: AccessRecord) => void;
+  claimsToHeaders?: Record<string, string>;
+  stripToken?: boolean;
 }
 
 /** A running verifier, which a reload can update in place. */
@@ -65,6 +71,43 @@ export interface RunningVerifierProxy extends RunningProxy {
 interface VerifierState {
   verifier: RequestVerifier;
   upstream: Upstream;
+  claims: ClaimHeaders | undefined;
+}
+
+/** `claims_to_headers` and `strip_token`, prepared once: what leaves the request and what is added. */
+interface ClaimHeaders {
+  /** Lower-case names of the headers a client may not send itself (the mapped ones, and Authorization when stripped). */
+  dropped: ReadonlySet<string>;
+  mapping: ReadonlyArray<readonly [claim: string, header: string]>;
+}
+
+function claimHeaders(mapping: Record<string, string> | undefined, stripToken: boolean | undefined): ClaimHeaders | undefined {
+  const entries = Object.entries(mapping ?? {});
+  if (entries.length === 0 && !stripToken) return undefined;
+  const dropped = new Set(entries.map(([, header]) => header.toLowerCase()));
+  if (stripToken) dropped.add('authorization');
+  return { dropped, mapping: entries };
+}
+
+/** A claim as a header value: strings and numbers as they are, anything else as JSON; nothing that could split a header. */
+function headerValue(value: unknown): string | undefined {
+  if (value === undefined || value === null) return undefined;
+  const text = typeof value === 'string' ? value : typeof value === 'number' || typeof value === 'boolean' ? String(value) : JSON.stringify(value);
+  return /[\u0000-\u001f\u007f]/.test(text) || text.length > 4096 ? undefined : text;
+}
+
+/**
+ * The headers for the service with the verified claims in theirs: a client's own header of a mapped
+ * name never reaches the service (it could claim to be anyone), whatever its case.
+ */
+function withClaimHeaders(headers: string[], claims: Record<string, unknown>, rules: ClaimHeaders): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < headers.length; i += 2) if (!rules.dropped.has(headers[i]!.toLowerCase())) out.push(headers[i]!, headers[i + 1]!);
+  for (const [claim, header] of rules.mapping) {
+    const value = headerValue(claims[claim]);
+    if (value !== undefined) out.push(header, value);
+  }
+  return out;
 }
 
 /** The verifier's hooks into the engine: a request passes only with exactly one valid token. */
@@ -75,13 +118,13 @@ function verifierHooks(state: { current: VerifierState }): ProxyHooks {
       if (isProxyRequest(req.url!)) throw new WrongProxyKindError(NOT_A_PROXY);
       // With more than one Authorization header, the service might read another one than the one verified.
       if (Array.isArray(head.authorization)) throw new MultipleCredentialsError();
-      const { verifier, upstream } = state.current;
+      const { verifier, upstream, claims: rules } = state.current;
       const { header, claims } = await verifier.verifyRequest(head.authorization);
       // The client's Host and Authorization go on as sent (as Go's verifier): the token verified is the one the service gets.
       return {
         dispatcher: upstream.pool,
         path: upstream.targetFor(req.url!),
-        headers: head.headers,
+        headers: rules ? withClaimHeaders(head.headers, claims, rules) : head.headers,
         servername: upstream.servername,
         token: { iss: claims.iss, kid: header.kid, sub: typeof claims.sub === 'string' ? claims.sub : undefined },
       };
@@ -114,7 +157,7 @@ export async function startVerifierProxy(options: VerifierProxyOptions): Promise
   parseUpstream(options.upstream);
   const tls = await readListenerTls(options.tls, options.listenAddr, listenAddress);
   const upstream = await openUpstream(options.upstream, options.upstreamCaFile);
-  const state = { current: { verifier: options.verifier, upstream } };
+  const state = { current: { verifier: options.verifier, upstream, claims: claimHeaders(options.claimsToHeaders, options.stripToken) } };
   const engine = new ProxyEngine({
     hooks: verifierHooks(state),
     limits: options.limits,
@@ -165,7 +208,7 @@ export async function startVerifierProxy(options: VerifierProxyOptions): Promise
       const upstreamChanged = next.upstream !== options.upstream || next.upstreamCaFile !== options.upstreamCaFile;
       const upstream = upstreamChanged ? await openUpstream(next.upstream, next.upstreamCaFile) : previous;
       if (tls) (server as https.Server).setSecureContext(tls);
-      state.current = { verifier: next.verifier, upstream };
+      state.current = { verifier: next.verifier, upstream, claims: claimHeaders(next.claimsToHeaders, next.stripToken) };
       engine.updateLimits(next.limits);
       engine.setOnAccess(next.onAccess);
       Object.assign(options, { upstream: next.upstream, upstreamCaFile: next.upstreamCaFile, tls: next.tls });
