@@ -11,7 +11,7 @@ import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { freeLoopbackPort, repoRoot, startEchoService } from '@jwtproxy/testkit';
+import { freeLoopbackPort, repoRoot, startEchoService, rawExchange, responseStatuses } from '@jwtproxy/testkit';
 import { cliMain, e2eConfig, jwtproxyConfig, mintToken, runCli, startCli, tempDir, type RunningCli } from './helpers.js';
 
 const cleanups: Array<() => Promise<unknown>> = [];
@@ -38,22 +38,7 @@ async function startVerifier(upstream: string, extra: string[] = [], command?: r
   return { cli, url };
 }
 
-/** Writes `bytes` on one new connection, reads until the proxy closes it (or `waitMs`). */
-async function rawExchange(url: string, bytes: string, waitMs = 5_000): Promise<string> {
-  const { hostname, port } = new URL(url);
-  const socket = net.connect({ host: hostname, port: Number(port) });
-  socket.on('error', () => undefined);
-  socket.write(bytes);
-  const chunks: Buffer[] = [];
-  socket.on('data', (chunk: Buffer) => chunks.push(chunk));
-  const timer = setTimeout(() => socket.destroy(), waitMs);
-  await once(socket, 'close');
-  clearTimeout(timer);
-  return Buffer.concat(chunks).toString('latin1');
-}
-
 const bearer = async (audience: string): Promise<string> => `Bearer ${await mintToken(audience)}`;
-const statuses = (answer: string): number[] => [...answer.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => Number(m[1]));
 const openFds = (pid: number): number => readdirSync(`/proc/${pid}/fd`).length;
 
 function get(url: string, headers: http.OutgoingHttpHeaders | string[], agent: http.Agent | false = false): Promise<{ status: number; body: string; connection?: string }> {
@@ -149,7 +134,7 @@ describe('pipelining', () => {
       const refused = `POST /refused HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n`;
       const transfer = `POST /transfer?amount=100 HTTP/1.1\r\nHost: svc\r\nAuthorization: ${await bearer(url)}\r\nContent-Length: 0\r\n\r\n`;
       const answer = await rawExchange(url, refused + transfer);
-      expect(statuses(answer)).toEqual([403]);
+      expect(responseStatuses(answer)).toEqual([403]);
     }
     await new Promise((resolve) => setTimeout(resolve, 200));
     expect(echo.seen.filter((r) => r.url.startsWith('/transfer'))).toHaveLength(0);
@@ -163,10 +148,10 @@ describe('malformed heads', () => {
     const { url } = await startVerifier(echo.url);
     const token = await bearer(url);
     for (const hostLines of ['Host: a\r\nHost: b\r\n', 'Host:\r\n', 'Host: a b\r\n']) {
-      expect(statuses(await rawExchange(url, `GET / HTTP/1.1\r\n${hostLines}Authorization: ${token}\r\n\r\n`))).toEqual([400]);
+      expect(responseStatuses(await rawExchange(url, `GET / HTTP/1.1\r\n${hostLines}Authorization: ${token}\r\n\r\n`))).toEqual([400]);
     }
     const filler = Array.from({ length: 1_100 }, (_, i) => `X-${i}: ${i}\r\n`).join('');
-    expect(statuses(await rawExchange(url, `GET / HTTP/1.1\r\nHost: svc\r\n${filler}Authorization: ${token}\r\n\r\n`))).toEqual([431]);
+    expect(responseStatuses(await rawExchange(url, `GET / HTTP/1.1\r\nHost: svc\r\n${filler}Authorization: ${token}\r\n\r\n`))).toEqual([431]);
     expect(echo.seen).toHaveLength(0);
   });
 });

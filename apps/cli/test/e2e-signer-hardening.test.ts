@@ -10,7 +10,7 @@ import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { freeLoopbackPort, repoRoot, startEchoService } from '@jwtproxy/testkit';
+import { freeLoopbackPort, repoRoot, startEchoService, rawExchange, responseStatuses } from '@jwtproxy/testkit';
 import { cliMain, e2eConfig, httpRequest, jwtproxyConfig, startCli, tempDir, type RunningCli } from './helpers.js';
 
 const cleanups: Array<() => Promise<unknown>> = [];
@@ -34,21 +34,6 @@ async function echo() {
   return service;
 }
 
-/** Writes `bytes` on one new connection to the signer, reads until it closes the connection (or `waitMs`). */
-async function rawExchange(url: string, bytes: string, waitMs = 5_000): Promise<string> {
-  const { hostname, port } = new URL(url);
-  const socket = net.connect({ host: hostname, port: Number(port) });
-  socket.on('error', () => undefined);
-  socket.write(bytes);
-  const chunks: Buffer[] = [];
-  socket.on('data', (chunk: Buffer) => chunks.push(chunk));
-  const timer = setTimeout(() => socket.destroy(), waitMs);
-  await once(socket, 'close');
-  clearTimeout(timer);
-  return Buffer.concat(chunks).toString('latin1');
-}
-
-const statuses = (answer: string): number[] => [...answer.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => Number(m[1]));
 const openFds = (pid: number): number => readdirSync(`/proc/${pid}/fd`).length;
 
 describe('the upstream sees only the signed token (the example web service behind a real verifier)', () => {
@@ -75,7 +60,7 @@ describe('the upstream sees only the signed token (the example web service behin
       signer,
       `GET ${verifier}/twice HTTP/1.1\r\nHost: 127.0.0.1:${verifierPort}\r\nAuthorization: ${forged}\r\nAuthorization: Basic YWRtaW46YWRtaW4=\r\nConnection: close\r\n\r\n`,
     );
-    expect(statuses(raw)).toEqual([200]);
+    expect(responseStatuses(raw)).toEqual([200]);
     expect(raw).toContain('You are jwtproxy');
   });
 });
@@ -135,7 +120,7 @@ describe('pipelining', () => {
     ];
     for (let i = 0; i < 40; i++) {
       const [refused, status] = refusals[i % 2]!;
-      expect(statuses(await rawExchange(signer, refused + transfer))).toEqual([status]);
+      expect(responseStatuses(await rawExchange(signer, refused + transfer))).toEqual([status]);
     }
     await new Promise((resolve) => setTimeout(resolve, 200));
     expect(service.seen.map((seen) => seen.url)).toEqual(['/warm']);
@@ -147,11 +132,11 @@ describe('malformed heads', () => {
     const service = await echo();
     const { signer } = await startSigner();
     for (const hostLines of ['Host: a\r\nHost: b\r\n', 'Host:\r\n', 'Host: a b\r\n']) {
-      expect(statuses(await rawExchange(signer, `GET ${service.url}/host HTTP/1.1\r\n${hostLines}\r\n`))).toEqual([400]);
+      expect(responseStatuses(await rawExchange(signer, `GET ${service.url}/host HTTP/1.1\r\n${hostLines}\r\n`))).toEqual([400]);
     }
     const filler = Array.from({ length: 1_100 }, (_, i) => `X-${i}: ${i}\r\n`).join('');
     const answer = await rawExchange(signer, `GET ${service.url}/many HTTP/1.1\r\nHost: 127.0.0.1:${service.port}\r\n${filler}\r\n`);
-    expect(statuses(answer)).toEqual([431]);
+    expect(responseStatuses(answer)).toEqual([431]);
     expect(answer).toMatch(/jwtproxy: bad request: too many header lines$/);
     expect(service.seen).toHaveLength(0);
   });

@@ -14,7 +14,7 @@ import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { freeLoopbackPort, interop, startEchoService, type RunningServer, type SeenRequest } from '@jwtproxy/testkit';
+import { freeLoopbackPort, interop, startEchoService, type RunningServer, type SeenRequest, rawExchange, responseStatuses } from '@jwtproxy/testkit';
 import { e2eConfig, httpRequest, mintToken, startCli, tempDir, type RunningCli } from './helpers.js';
 
 const seed = Number(process.env.FUZZ_SEED ?? 20261129);
@@ -84,23 +84,6 @@ afterAll(async () => {
   expect(result?.stderr ?? '').not.toMatch(/level=error/);
 });
 
-/** Sends raw bytes on one connection; resolves with what came back once the proxy closes it (or after `waitMs`). */
-async function raw(url: string, bytes: string | Buffer, waitMs = 3_000, halfClose = false): Promise<string> {
-  const { hostname, port } = new URL(url);
-  const socket = net.connect({ host: hostname, port: Number(port) });
-  socket.on('error', () => undefined);
-  // Half-closing says "nothing more": the proxy answers what it has and closes.
-  if (halfClose) socket.end(bytes);
-  else socket.write(bytes);
-  const chunks: Buffer[] = [];
-  socket.on('data', (chunk: Buffer) => chunks.push(chunk));
-  const timer = setTimeout(() => socket.destroy(), waitMs);
-  await once(socket, 'close');
-  clearTimeout(timer);
-  return Buffer.concat(chunks).toString('latin1');
-}
-
-const statusesOf = (answer: string): number[] => [...answer.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => Number(m[1]));
 const b64 = (value: unknown): string => Buffer.from(typeof value === 'string' ? value : JSON.stringify(value)).toString('base64url');
 
 describe('hostile tokens at the verifier', () => {
@@ -208,9 +191,9 @@ describe('malformed HTTP framing at both proxies', () => {
       const proxy = pick([signer, verifier]);
       const request = pick(samples)(proxy);
       const started = Date.now();
-      const answer = await raw(proxy, request, 4_000, true);
+      const answer = await rawExchange(proxy, request, { waitMs: 4_000, halfClose: true });
       const took = Date.now() - started;
-      const status = statusesOf(answer)[0];
+      const status = responseStatuses(answer)[0];
       count(proxy === signer ? 'framing (signer)' : 'framing (verifier)', status === undefined ? 'closed' : String(status));
       if (took >= 3_900) failures.push(`stalled: ${JSON.stringify(request.slice(0, 100))}`);
       if (proxy === verifier && status !== undefined && status >= 500 && status !== 500) failures.push(`${status} at the verifier for ${JSON.stringify(request.slice(0, 100))}`);
@@ -259,8 +242,8 @@ describe('pipelining behind refusals', () => {
     for (let i = 0; i < 100; i++) {
       const refused = refusals[Math.floor(next() * refusals.length)]!();
       const valid = `POST /transfer HTTP/1.1\r\nHost: svc\r\nAuthorization: Bearer ${await mintToken(verifier)}\r\nContent-Length: 0\r\n\r\n`;
-      const answer = await raw(verifier, refused + valid);
-      const statuses = statusesOf(answer);
+      const answer = await rawExchange(verifier, refused + valid);
+      const statuses = responseStatuses(answer);
       count('pipelining', statuses.join('+') || 'closed');
       expect(statuses.length).toBeLessThanOrEqual(1);
     }
@@ -288,8 +271,8 @@ describe('hostile bodies at the key registry', () => {
       const path = `/services/${pick(['a', 'svc', '..', '%2e', 'x'.repeat(300)])}/keys/${pick(['b', 'k%3D', '='])}?expiration=${pick(['1', 'x', ''])}`;
       const head = `PUT ${path} HTTP/1.1\r\nHost: registry\r\nContent-Type: application/json\r\nAuthorization: Bearer ${b64({ alg: 'RS256', kid: 'b' })}.${b64({ iss: 'a' })}.sig\r\nConnection: close\r\n`;
       const request = chunked ? `${head}Transfer-Encoding: chunked\r\n\r\n${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n` : `${head}Content-Length: ${body.length}\r\n\r\n${body}`;
-      const answer = await raw(registry, request, 5_000);
-      const status = statusesOf(answer)[0];
+      const answer = await rawExchange(registry, request, { waitMs: 5_000 });
+      const status = responseStatuses(answer)[0];
       count('registry bodies', status === undefined ? 'closed' : String(status));
       if (status !== undefined && status >= 500) failures.push(`${status} for ${request.slice(0, 150)}`);
     };

@@ -1,7 +1,7 @@
 import http from 'node:http';
 import net from 'node:net';
 import { once } from 'node:events';
-import { listenOnLoopback, startEchoService } from '@jwtproxy/testkit';
+import { listenOnLoopback, startEchoService, rawExchange, responseStatuses } from '@jwtproxy/testkit';
 import { afterEach, describe, expect, it } from 'vitest';
 import { bearer, runCleanups, send, startProxy } from './helpers.js';
 
@@ -15,21 +15,6 @@ async function recordingUpstream() {
   return echo;
 }
 
-/** Writes `bytes` on one connection and collects what comes back until the proxy closes it (or `waitMs`). */
-async function rawExchange(address: string, bytes: string | Buffer, waitMs = 3_000): Promise<string> {
-  const { hostname, port } = new URL(address);
-  const socket = net.connect({ host: hostname, port: Number(port) });
-  socket.on('error', () => undefined);
-  socket.write(bytes);
-  const chunks: Buffer[] = [];
-  socket.on('data', (chunk: Buffer) => chunks.push(chunk));
-  const timer = setTimeout(() => socket.destroy(), waitMs);
-  await once(socket, 'close');
-  clearTimeout(timer);
-  return Buffer.concat(chunks).toString('latin1');
-}
-
-const statuses = (answer: string): number[] => [...answer.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => Number(m[1]));
 
 describe('the upstream sees only the verified token', () => {
   it('refuses two Authorization headers with 400, whichever comes first, and the upstream never sees them', async () => {
@@ -63,8 +48,8 @@ describe('a request pipelined behind a refused one', () => {
     expect((await send(proxy.address, { headers: { authorization: await bearer() } })).status).toBe(200);
     for (let i = 0; i < 5; i++) {
       const answer = await rawExchange(proxy.address, refused() + (await validRequest('/transfer?amount=100')));
-      expect(statuses(answer)).toHaveLength(1);
-      expect(statuses(answer)[0]).toBeGreaterThanOrEqual(400);
+      expect(responseStatuses(answer)).toHaveLength(1);
+      expect(responseStatuses(answer)[0]).toBeGreaterThanOrEqual(400);
     }
     await new Promise((resolve) => setTimeout(resolve, 200));
     expect(echo.seen.map((r) => r.url)).toEqual(['/']);
@@ -77,7 +62,7 @@ describe('a request pipelined behind a refused one', () => {
       proxy.address,
       `POST /refused HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\n\r\nhello` + (await validRequest('/second')) + 'GET /third HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n',
     );
-    expect(statuses(answer)).toEqual([403, 200, 403]);
+    expect(responseStatuses(answer)).toEqual([403, 200, 403]);
     expect(echo.seen.map((r) => r.url)).toEqual(['/second']);
   });
 });
@@ -92,7 +77,7 @@ describe('malformed request heads', () => {
     const echo = await recordingUpstream();
     const proxy = await startProxy({ upstream: echo.url }, cleanups);
     const answer = await rawExchange(proxy.address, `GET / HTTP/1.1\r\n${hostLines}Authorization: ${await bearer()}\r\n\r\n`);
-    expect(statuses(answer)).toEqual([400]);
+    expect(responseStatuses(answer)).toEqual([400]);
     expect(answer).toContain(`jwtproxy: bad request: ${problem}`);
     expect(echo.seen).toHaveLength(0);
   });
@@ -102,11 +87,11 @@ describe('malformed request heads', () => {
     const proxy = await startProxy({ upstream: echo.url, limits: { maxHeaderLines: 100 } }, cleanups);
     const filler = Array.from({ length: 120 }, (_, i) => `X-Filler-${i}: ${i}\r\n`).join('');
     const answer = await rawExchange(proxy.address, `GET / HTTP/1.1\r\nHost: svc\r\n${filler}Authorization: ${await bearer()}\r\n\r\n`);
-    expect(statuses(answer)).toEqual([431]);
+    expect(responseStatuses(answer)).toEqual([431]);
     expect(echo.seen).toHaveLength(0);
     const fewer = Array.from({ length: 90 }, (_, i) => `X-Filler-${i}: ${i}\r\n`).join('');
     const passed = await rawExchange(proxy.address, `GET / HTTP/1.1\r\nHost: svc\r\n${fewer}Authorization: ${await bearer()}\r\nConnection: close\r\n\r\n`);
-    expect(statuses(passed)).toEqual([200]);
+    expect(responseStatuses(passed)).toEqual([200]);
   });
 });
 

@@ -224,3 +224,4 @@ export function sampleRss(pid: number, everyMs = 50): { stop(): { first: number;
     },
   };
 }
+export { rawExchange, responseStatuses, type RawExchangeOptions } from './raw-http.js';
