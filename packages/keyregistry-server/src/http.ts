@@ -3,10 +3,14 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Logger } from '@jwtproxy/core';
 import { BadRequestError, KeyRegistryError, registryAnswerFor } from './errors.js';
+import { matchesEtag, type JwkSetPublisher } from './jwks.js';
+import { checkName } from './names.js';
 import type { KeyRegistry, LiveState } from './registry.js';
 
 export interface HttpHandlerOptions {
   registry: KeyRegistry;
+  /** Serves the JWK sets (GET /.well-known/jwks.json, /services/{service}/jwks.json). */
+  jwkSets: JwkSetPublisher;
   logger: Logger;
   maxBodyBytes: number;
   /** A body that sends nothing for this long is answered 408 (0: no limit). */
@@ -19,7 +23,7 @@ const jsonType = 'application/json';
 
 class NotFoundRoute extends KeyRegistryError {
   constructor() {
-    super(404, 'not_found', 'no such resource; the registry serves /services/{service}/keys[/{kid}] and /admin/…');
+    super(404, 'not_found', 'no such resource; the registry serves /services/{service}/keys[/{kid}], /services/{service}/jwks.json, /.well-known/jwks.json and /admin/…');
   }
 }
 
@@ -151,7 +155,7 @@ const liveStates: readonly LiveState[] = ['pending', 'approved', 'expired'];
 
 /** The request handler: routing, body limits, admin authentication, and every error mapped in one place. */
 export function createRequestHandler(options: HttpHandlerOptions): (req: IncomingMessage, res: ServerResponse) => void {
-  const { registry, logger, maxBodyBytes, bodyIdleTimeoutMs, adminTokenDigest } = options;
+  const { registry, jwkSets, logger, maxBodyBytes, bodyIdleTimeoutMs, adminTokenDigest } = options;
   /** Connections answered `Connection: close`: requests pipelined behind the refused one are never run. */
   const closing = new WeakSet<Socket>();
   const closeAfterAnswer = (socket: Socket): void => {
@@ -200,6 +204,17 @@ export function createRequestHandler(options: HttpHandlerOptions): (req: Incomin
         await registry.remove({ service: second, kid: fourth, authorization: req.headers.authorization });
         return send(res, 204, undefined);
       }
+    }
+
+    const jwkSetOf = segments.length === 2 && first === '.well-known' && second === 'jwks.json' ? (query.get('service') ?? undefined)
+      : segments.length === 3 && first === 'services' && third === 'jwks.json' && second !== undefined ? checkName('service', second)
+      : null;
+    if (jwkSetOf !== null) {
+      allow(method, ['GET']);
+      const set = await jwkSets.keySet(jwkSetOf);
+      const headers = { 'cache-control': `max-age=${set.maxAgeSeconds}`, etag: set.etag };
+      if (matchesEtag(req.headers['if-none-match'], set.etag)) return send(res, 304, undefined, headers);
+      return send(res, 200, set.body, { ...headers, 'content-type': 'application/jwk-set+json' });
     }
 
     if (first === 'admin') {

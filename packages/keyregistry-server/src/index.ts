@@ -17,3 +17,4 @@ export { RedisKeyStore, type RedisKeyStoreOptions } from './redis-store.js';
 export { KeyRegistryAdminClient, KeyRegistryAdminError, type KeyRegistryAdminClientOptions } from './admin-client.js';
 export { KeyRegistryError, StorageUnavailableError, registryAnswerFor, type RegistryErrorCode } from './errors.js';
 export type { PublicJwk, PublishingAlgorithm } from './jwk.js';
+export { jwkSetMember, type JwkSetMember } from './jwks.js';

@@ -95,6 +95,8 @@ export const keyRegistryBlockOptions = s.strictObject({
   body_idle_timeout: duration('positive', 'A request body silent this long is answered 408; default 10s.'),
   idle_timeout: duration('positive', 'A kept-alive connection without a request is closed after this; default 30s.'),
   max_connections: count(1_000_000, 'Connections open at once; default from the open-file limit.'),
+  jwks_max_age: duration('non-negative', 'Longest Cache-Control max-age of the JWK sets (never past the soonest key expiry listed); default 5m.'),
+  jwks_max_keys: count(100_000, 'Most keys in one JWK set; beyond it only the newest are listed; default 1,000.'),
 });
 
 function readFileOption(file: string, baseDir: string, at: string): string {
@@ -165,6 +167,8 @@ export function keyRegistryOptionsFrom(raw: Record<string, unknown>, baseDir: st
     maxPendingKeys: block.max_pending_keys,
     maxPendingKeysPerService: block.max_pending_keys_per_service,
     maxConnections: block.max_connections,
+    jwksMaxAgeMs: block.jwks_max_age,
+    jwksMaxKeys: block.jwks_max_keys,
   };
   for (const key of Object.keys(options) as Array<keyof KeyRegistryServerOptions>) if (options[key] === undefined) delete options[key];
   return options;

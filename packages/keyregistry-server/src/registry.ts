@@ -217,6 +217,19 @@ export class KeyRegistry {
       .map((key) => key.jwk);
   }
 
+  /**
+   * Approved, unexpired keys of one service, or of every service when `service` is undefined
+   * (for JWK sets). Pending, purged and expired keys are left out.
+   */
+  async approvedKeys(service?: string): Promise<Array<{ service: string; jwk: PublicJwk; createdAt: number; expiresAt: number | null }>> {
+    if (service !== undefined) checkName('service', service);
+    const keys = service === undefined ? await this.#store.listAll() : await this.#store.listService(service);
+    const now = this.#clock();
+    return keys
+      .filter((key) => this.liveState(key, now) === 'approved')
+      .map((key) => ({ service: key.service, jwk: key.jwk, createdAt: key.createdAt, expiresAt: key.expiresAt }));
+  }
+
   async #claim(service: string, jti: string, deadAt: number): Promise<void> {
     if (!(await this.#store.claimTokenId(service, jti, deadAt))) {
       throw new BadRequestError('invalid token: "jti" was already used', 'token_replayed');

@@ -17,6 +17,7 @@ import {
 } from '@jwtproxy/core';
 import { FileKeyStore } from './file-store.js';
 import { createRequestHandler } from './http.js';
+import { JwkSetPublisher } from './jwks.js';
 import { RedisKeyStore } from './redis-store.js';
 import { KeyRegistry, serviceMatcher } from './registry.js';
 import { MemoryKeyStore, type KeyStore } from './store.js';
@@ -69,6 +70,10 @@ export interface KeyRegistryServerOptions {
   idleTimeoutMs?: number;
   /** Connections open at once; more are closed as they arrive. Default from the open-file limit (see defaultMaxConnections). */
   maxConnections?: number;
+  /** Longest `Cache-Control: max-age` of the JWK sets, in ms (whole seconds are served; never past the soonest key expiry listed); default 300 s. */
+  jwksMaxAgeMs?: number;
+  /** Most keys in one JWK set; beyond it only the newest are listed (and a warning logged). Default 1,000. */
+  jwksMaxKeys?: number;
   /** How long stop() waits for requests in flight by default; default 5 s. */
   shutdownTimeoutMs?: number;
   /** How often purges run; default min(1 min, pending_ttl / 2). */
@@ -100,6 +105,8 @@ export const keyRegistryDefaults = {
   idleTimeoutMs: 30_000,
   /** Changes to one key that may wait behind the one in progress (beyond: 503 busy). */
   maxQueuedChangesPerKey: 1000,
+  jwksMaxAgeMs: 300_000,
+  jwksMaxKeys: 1000,
 } as const;
 
 /** Soft limit on open files of this process (Linux), or undefined where it cannot be read. */
@@ -223,8 +230,17 @@ export async function startKeyRegistryServer(options: KeyRegistryServerOptions =
       clock,
     );
     const adminTokenDigest = options.adminToken ? createHash('sha256').update(options.adminToken).digest() : undefined;
+    const jwkSets = new JwkSetPublisher(
+      registry,
+      {
+        maxAgeSeconds: Math.floor((options.jwksMaxAgeMs ?? keyRegistryDefaults.jwksMaxAgeMs) / 1000),
+        maxKeys: options.jwksMaxKeys ?? keyRegistryDefaults.jwksMaxKeys,
+      },
+      logger,
+      clock,
+    );
     const handler = createRequestHandler({
-      registry, logger, adminTokenDigest,
+      registry, jwkSets, logger, adminTokenDigest,
       maxBodyBytes: options.maxBodyBytes ?? keyRegistryDefaults.maxBodyBytes,
       bodyIdleTimeoutMs: options.bodyIdleTimeoutMs ?? keyRegistryDefaults.bodyIdleTimeoutMs,
     });
