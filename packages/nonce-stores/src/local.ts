@@ -9,7 +9,6 @@ import {
   type NonceStore,
   type UnixSeconds,
 } from '@jwtproxy/core';
-import { LRUCache } from 'lru-cache';
 import { SharedNonceTable, SHARED_PURGE_SLICE } from './shared-table.js';
 
 /** Go's default purge interval for `local` (the Go README says 0; the Go code uses 1m). */
@@ -64,8 +63,12 @@ export class LocalNonceStore implements NonceStore {
   readonly purgeIntervalMs: number;
   readonly #clock: Clock;
   readonly #logger: Logger;
-  /** jti → the second in which it expires (a small integer; the exact TTL is lru-cache's). Unused with a shared table. */
-  readonly #cache: LRUCache<string, number>;
+  /**
+   * jti → when it expires (ms). Unused with a shared table. A Map grows with the nonces held, where
+   * a cache sized by `max_entries` would take its whole size up front (28 MB for the default
+   * 1,000,000, in every idle sidecar).
+   */
+  readonly #cache = new Map<string, number>();
   /** The nonces of every worker of the process, when this store was given one. */
   readonly #table: SharedNonceTable | undefined;
   /**
@@ -89,16 +92,6 @@ export class LocalNonceStore implements NonceStore {
     this.purgeIntervalMs = options.purgeIntervalMs ?? DEFAULT_PURGE_INTERVAL_MS;
     this.#clock = options.clock ?? systemClock;
     this.#logger = options.logger ?? silentLogger;
-    const clock = this.#clock;
-    this.#cache = new LRUCache<string, number>({
-      // With a shared table this cache stays empty: lru-cache allocates `max` slots up front.
-      max: this.#table ? 1 : this.maxEntries,
-      // Time comes from our clock, read afresh each time (ttlResolution 0: no cached "now").
-      perf: { now: () => clock() },
-      ttlResolution: 0,
-      // Entries expire lazily and on purge; per-entry timers would cost a timer per nonce.
-      ttlAutopurge: false,
-    });
     if (this.purgeIntervalMs > 0) {
       this.#timer = setInterval(() => this.#purgeInSlices(), this.purgeIntervalMs);
       this.#timer.unref();
@@ -143,8 +136,10 @@ export class LocalNonceStore implements NonceStore {
   #claimNow(jti: string, expiresAt: UnixSeconds): boolean {
     // Fail closed: a NaN expiry would be stored without a TTL and never expire.
     if (!Number.isFinite(expiresAt)) throw new TypeError('expiresAt must be a finite number of seconds');
-    if (this.#cache.has(jti)) return false;
     const now = this.#clock();
+    const held = this.#cache.get(jti);
+    // Held through its last millisecond, as the verifier accepts a token at exactly its exp.
+    if (held !== undefined && held >= now) return false;
     if (this.#cache.size >= this.maxEntries && !this.#makeRoom(now)) {
       this.#refusedFull();
       throw new NonceStoreFullError();
@@ -155,7 +150,7 @@ export class LocalNonceStore implements NonceStore {
     const second = Math.floor((now + ttl) / 1000);
     // An expired entry for this jti may still be stored: delete it first so its count goes.
     this.#cache.delete(jti);
-    this.#cache.set(jti, second, { ttl, start: now });
+    this.#cache.set(jti, expiryMs);
     const expiring = this.#expiringIn.get(second);
     if (expiring) expiring.push(jti);
     else this.#expiringIn.set(second, [jti]);
@@ -184,6 +179,7 @@ export class LocalNonceStore implements NonceStore {
    * entries at most; returns how many were removed and whether the budget ran out first.
    */
   #purgeExpired(since: number, budget: number): { removed: number; more: boolean } {
+    const now = this.#clock();
     let removed = 0;
     let visited = 0;
     for (const [second, jtis] of this.#expiringIn) {
@@ -194,8 +190,9 @@ export class LocalNonceStore implements NonceStore {
       for (; i < jtis.length && visited < budget; i++, visited++) {
         const jti = jtis[i]!;
         // A jti claimed again since is listed under its new second: only that mention counts.
-        if (this.#cache.peek(jti, { allowStale: true }) !== second) continue;
-        if (this.#cache.getRemainingTTL(jti) < 0) {
+        const expiry = this.#cache.get(jti);
+        if (expiry === undefined || Math.floor(expiry / 1000) !== second) continue;
+        if (expiry < now) {
           this.#cache.delete(jti);
           removed++;
         } else kept.push(jti);
