@@ -44,6 +44,14 @@ export interface AdminServerOptions {
   /** How long stop() lets answers in flight finish by default, ms (default 2 s). */
   shutdownTimeoutMs?: number | undefined;
   logger?: Logger | undefined;
+  /**
+   * The signer's public keys (e.g. PresharedPrivateKeySource.publicJwks), read on each request so
+   * that a reload is seen; served at `GET /.well-known/jwks.json` as `{"keys":[…]}`. Without it,
+   * or while it returns undefined, that path answers 404.
+   */
+  publicJwks?: (() => readonly object[] | undefined) | undefined;
+  /** `Cache-Control: max-age` of the JWK set, seconds (default 300). */
+  jwksMaxAgeSeconds?: number | undefined;
 }
 
 export interface RunningAdminServer extends RunningProxy {
@@ -56,11 +64,11 @@ function limitsFrom(limits: Partial<ServerLimits> | undefined): ServerLimits {
   return merged;
 }
 
-function send(res: ServerResponse, status: number, contentType: string, body: string, close = false): void {
+function send(res: ServerResponse, status: number, contentType: string, body: string, close = false, cacheControl = 'no-store'): void {
   res.statusCode = status;
   res.setHeader('Content-Type', contentType);
   res.setHeader('Content-Length', Buffer.byteLength(body));
-  res.setHeader('Cache-Control', 'no-store');
+  res.setHeader('Cache-Control', cacheControl);
   if (close) res.setHeader('Connection', 'close');
   res.end(body);
 }
@@ -83,7 +91,8 @@ function readinessBody(report: ReadinessReport): string {
  *  - `GET /metrics`: every metric in the Prometheus text format;
  *  - `GET /healthz`: 200 while the process runs (liveness);
  *  - `GET /readyz`: 200 when every readiness check passes, else 503; the JSON body names each
- *    check and, for those not ready, why (`{"status":"not ready","checks":[…]}`).
+ *    check and, for those not ready, why (`{"status":"not ready","checks":[…]}`);
+ *  - `GET /.well-known/jwks.json`: the signer's public keys as a JWK set, when `publicJwks` gives them.
  * HEAD works as GET without the body; anything else is 405, an unknown path 404.
  */
 export async function startAdminServer(options: AdminServerOptions): Promise<RunningAdminServer> {
@@ -126,6 +135,11 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Run
           return send(res, 200, metrics.contentType, await rendering);
         }
         break;
+      case '/.well-known/jwks.json': {
+        const keys = options.publicJwks?.();
+        if (keys) return send(res, 200, 'application/jwk-set+json', JSON.stringify({ keys }), false, `max-age=${options.jwksMaxAgeSeconds ?? 300}`);
+        break;
+      }
     }
     return send(res, 404, TEXT, 'not found: the admin listener serves /metrics, /healthz and /readyz\n');
   };

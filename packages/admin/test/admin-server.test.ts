@@ -173,3 +173,20 @@ describe('the admin listener is bounded', () => {
     expect((await request(`${admin.address}/healthz`)).status).toBe(200);
   });
 });
+
+describe('/.well-known/jwks.json', () => {
+  it("serves the signer's public keys as a JWK set with Cache-Control, 404 without them", async () => {
+    const keys = [{ kty: 'EC', crv: 'P-256', x: 'f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU', y: 'x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0', kid: 'k1', alg: 'ES256', use: 'sig' }];
+    let current: typeof keys | undefined = keys;
+    const admin = await startAdmin({ publicJwks: () => current, jwksMaxAgeSeconds: 60 });
+    const answer = await request(`${admin.address}/.well-known/jwks.json`);
+    expect(answer.status).toBe(200);
+    expect(answer.headers['content-type']).toBe('application/jwk-set+json');
+    expect(answer.headers['cache-control']).toBe('max-age=60');
+    expect(JSON.parse(answer.body)).toEqual({ keys });
+    current = undefined;
+    expect((await request(`${admin.address}/.well-known/jwks.json`)).status).toBe(404);
+    const without = await startAdmin();
+    expect((await request(`${without.address}/.well-known/jwks.json`)).status).toBe(404);
+  });
+});

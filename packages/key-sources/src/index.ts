@@ -1,4 +1,4 @@
-export { PresharedPrivateKeySource, presharedPrivateKeySource, type PresharedPrivateKeySourceOptions } from './preshared-private-key-source.js';
+export { PresharedPrivateKeySource, presharedPrivateKeySource, type PresharedPrivateKeySourceOptions, type PublicSigningJwk } from './preshared-private-key-source.js';
 export { PresharedKeyServer, presharedKeyServer, type PresharedKeyServerOptions } from './preshared-key-server.js';
 export { readPrivateKeyFile, readPublicKeyFile } from './pem.js';
 export {

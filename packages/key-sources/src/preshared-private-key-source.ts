@@ -1,4 +1,4 @@
-import type { KeyObject } from 'node:crypto';
+import { createPublicKey, type KeyObject } from 'node:crypto';
 import path from 'node:path';
 import { ConfigError, defineComponent, schema as s, signingKeyFromKeyObject, type PrivateKeySource, type SigningKey } from '@jwtproxy/core';
 import { readPrivateKeyFile } from './pem.js';
@@ -14,13 +14,32 @@ export interface PresharedPrivateKeySourceOptions {
  * `private_key: {type: preshared}`: one key, read once, signing every token. The SigningKey is
  * built at construction so the hot path only returns a reference.
  */
+/** A public JWK as a JWK set lists it: the key's public members, plus kid, alg and use. */
+export interface PublicSigningJwk {
+  readonly kty: string;
+  readonly kid: string;
+  readonly alg: string;
+  readonly use: 'sig';
+  readonly [member: string]: string;
+}
+
 export class PresharedPrivateKeySource implements PrivateKeySource {
   readonly #signingKey: SigningKey;
+  readonly #publicJwk: PublicSigningJwk;
 
   /** Throws TypeError for a public key or a key type no JWS algorithm fits. */
   constructor(options: PresharedPrivateKeySourceOptions) {
     if (options.keyId === '') throw new TypeError('keyId must not be empty');
     this.#signingKey = Object.freeze(signingKeyFromKeyObject(options.keyId, options.privateKey));
+    // Node exports only the public members of a public key (base64url, no padding).
+    const members = createPublicKey(options.privateKey).export({ format: 'jwk' }) as Record<string, string>;
+    const { kty = '' } = members;
+    this.#publicJwk = Object.freeze({ ...members, kty, kid: options.keyId, alg: this.#signingKey.alg, use: 'sig' as const });
+  }
+
+  /** The public half of the key, for a JWK set (e.g. the admin listener's `/.well-known/jwks.json`). */
+  publicJwks(): readonly PublicSigningJwk[] {
+    return [this.#publicJwk];
   }
 
   /**
