@@ -252,6 +252,7 @@ export async function startJwtProxy(config: LoadedConfig, logger: Logger, option
     ...(proxy.verifier.upstreamCaFile ? { upstreamCaFile: proxy.verifier.upstreamCaFile } : {}),
     claimsToHeaders: proxy.verifier.claimsToHeaders,
     stripToken: proxy.verifier.stripToken,
+    che: { ...proxy.verifier.che, audience: proxy.verifier.audience },
     verifier,
     limits: proxy.limits,
     ...withMetrics(proxyLogging(logger, proxy.path, next), metrics, proxy.path),

@@ -28,6 +28,7 @@ const ERROR_CODES: Readonly<Record<ErrorCode, true>> = {
   ERR_WRONG_PROXY_KIND: true,
   ERR_MULTIPLE_CREDENTIALS: true,
   ERR_UNKNOWN_COMPONENT: true,
+  ERR_ANSWERED_BY_PROXY: true,
 };
 
 /** The engine's reason for an error that is not one of ours (a bug). */

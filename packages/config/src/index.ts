@@ -8,5 +8,6 @@ export type {
   SignerConfig,
   VerifierProxyConfig,
   VerifierConfig,
+  CheConfig,
   KeyRegistryConfig,
 } from './types.js';

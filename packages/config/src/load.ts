@@ -12,6 +12,7 @@ import type {
   SignerConfig,
   SignerProxyConfig,
   VerifierConfig,
+  CheConfig,
   VerifierProxyConfig,
 } from './types.js';
 
@@ -158,6 +159,12 @@ const verifierKeys = [
   'upstream_ca_file',
   'claims_to_headers',
   'strip_token',
+  'excludes',
+  'auth_cookies_enabled',
+  'cookie_path',
+  'auth_redirect_url',
+  'public_base_path',
+  'query_token',
 ];
 
 type FilePath = (value: string | undefined) => string | undefined;
@@ -238,6 +245,7 @@ function emptyVerifier(): VerifierConfig {
     claimsVerifiers: [],
     claimsToHeaders: {},
     stripToken: false,
+    che: { excludes: [], cookiesEnabled: false },
   };
 }
 
@@ -283,6 +291,35 @@ function readVerifier(block: MapReader, enabled: boolean, filePath: FilePath): V
     ...(upstreamCaFile !== undefined ? { upstreamCaFile: filePath(upstreamCaFile)! } : {}),
     claimsToHeaders,
     stripToken: block.bool('strip_token', false),
+    che: readChe(block),
+  };
+}
+
+/** The Che fork's keys (eclipse-che/che-jwtproxy config.VerifierConfig), checked here so a bad one fails `-check`. */
+function readChe(block: MapReader): CheConfig {
+  const excludes = block.stringList('excludes');
+  excludes.forEach((pattern, i) => {
+    try {
+      new RegExp(pattern);
+    } catch (error) {
+      block.fail('excludes', `[${i}] ${JSON.stringify(pattern)} is not a valid regular expression: ${(error as Error).message}`);
+    }
+  });
+  const authRedirectUrl = block.optionalString('auth_redirect_url');
+  if (authRedirectUrl !== undefined && !/^https?:\/\/[^/?#\s]+/.test(authRedirectUrl)) {
+    block.fail('auth_redirect_url', `${JSON.stringify(authRedirectUrl)} is not an absolute http(s) URL`);
+  }
+  const cookiePath = block.optionalString('cookie_path');
+  if (cookiePath !== undefined && !/^\/[\x21-\x3a\x3c-\x7e]*$/.test(cookiePath)) block.fail('cookie_path', `must be a path starting with / (no ; or spaces), got ${JSON.stringify(cookiePath)}`);
+  const publicBasePath = block.optionalString('public_base_path');
+  const queryToken = block.has('query_token') ? block.bool('query_token', false) : undefined;
+  return {
+    excludes,
+    cookiesEnabled: block.bool('auth_cookies_enabled', false),
+    ...(cookiePath !== undefined ? { cookiePath } : {}),
+    ...(authRedirectUrl !== undefined ? { authRedirectUrl } : {}),
+    ...(publicBasePath !== undefined ? { publicBasePath } : {}),
+    ...(queryToken !== undefined ? { queryToken } : {}),
   };
 }
 

@@ -57,6 +57,20 @@ export interface VerifierConfig {
   claimsToHeaders: Record<string, string>;
   /** Our addition (`strip_token`): the verified token is not forwarded to the service. */
   stripToken: boolean;
+  /** The Che fork's keys: `excludes`, `auth_cookies_enabled`, `cookie_path`, `auth_redirect_url`, `public_base_path` (+ our `query_token`). */
+  che: CheConfig;
+}
+
+/** The options of the Eclipse Che fork of jwtproxy, under the same YAML keys. */
+export interface CheConfig {
+  /** Path regexes proxied without a token (matched anywhere in the path, as the fork). */
+  excludes: string[];
+  cookiesEnabled: boolean;
+  cookiePath?: string;
+  authRedirectUrl?: string;
+  publicBasePath?: string;
+  /** Ours: read the `token` query parameter (default on with cookies or the redirect). */
+  queryToken?: boolean;
 }
 
 export interface VerifierProxyConfig {

@@ -109,6 +109,7 @@ describe('the README example', () => {
         claimsVerifiers: [],
         claimsToHeaders: {},
         stripToken: false,
+        che: { excludes: [], cookiesEnabled: false },
       },
     });
     expect(config.keyregistry).toBeUndefined();
@@ -256,6 +257,23 @@ describe('mistakes name their key path and file:line', () => {
     expect(config.verifierProxies[0]!.verifier).toMatchObject({ claimsToHeaders: { sub: 'X-Auth-Subject', iss: 'X-Auth-Issuer' }, stripToken: true });
     expect(errorOf(verifierYaml({ verifier: 'claims_to_headers: {sub: Authorization}' }))).toContain('verifier_proxies[0].verifier.claims_to_headers.sub: cannot be "Authorization"');
     expect(errorOf(verifierYaml({ verifier: 'claims_to_headers: {sub: "X Bad"}' }))).toContain('claims_to_headers.sub: must be a header name');
+  });
+
+  it('reads the Che fork keys (excludes, auth_cookies_enabled, cookie_path, auth_redirect_url, public_base_path); refuses a bad regex or URL', () => {
+    const config = parseConfig(
+      verifierYaml({ verifier: 'excludes: ["^/public/", "/healthz$"]\nauth_cookies_enabled: true\ncookie_path: /ws\nauth_redirect_url: https://che.example/login\npublic_base_path: /ws1' }),
+      'c.yaml',
+    );
+    expect(config.verifierProxies[0]!.verifier.che).toEqual({
+      excludes: ['^/public/', '/healthz$'],
+      cookiesEnabled: true,
+      cookiePath: '/ws',
+      authRedirectUrl: 'https://che.example/login',
+      publicBasePath: '/ws1',
+    });
+    expect(errorOf(verifierYaml({ verifier: 'excludes: ["(unclosed"]' }))).toContain('verifier_proxies[0].verifier.excludes: [0] "(unclosed" is not a valid regular expression');
+    expect(errorOf(verifierYaml({ verifier: 'auth_redirect_url: /login' }))).toContain('auth_redirect_url: "/login" is not an absolute http(s) URL');
+    expect(errorOf(verifierYaml({ verifier: 'cookie_path: "/a; Domain=evil"' }))).toContain('cookie_path: must be a path');
   });
 
   it('does not check a disabled verifier for required keys', () => {

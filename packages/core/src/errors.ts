@@ -25,7 +25,8 @@ export type ErrorCode =
   | 'ERR_BAD_REQUEST'
   | 'ERR_WRONG_PROXY_KIND'
   | 'ERR_MULTIPLE_CREDENTIALS'
-  | 'ERR_UNKNOWN_COMPONENT';
+  | 'ERR_UNKNOWN_COMPONENT'
+  | 'ERR_ANSWERED_BY_PROXY';
 
 export class JwtProxyError extends Error {
   static code: ErrorCode = 'ERR_JWTPROXY';
@@ -271,6 +272,24 @@ export class UnknownComponentError extends JwtProxyError {
 export interface HttpAnswer {
   status: number;
   body: string;
+  /** Extra response headers (a redirect's Location, a Set-Cookie): only on answers the proxy chose to give. */
+  headers?: Readonly<Record<string, string>>;
+}
+
+/**
+ * Not a failure to forward but a request the proxy answers itself: the verifier's redirect to log in
+ * (with the verification error's code as `code`, for the access log) or its `/jwt/auth` endpoint.
+ * Thrown from a route hook like any refusal, so the one place that writes answers writes it.
+ */
+export class ProxyAnswerError extends JwtProxyError {
+  static override code: ErrorCode = 'ERR_ANSWERED_BY_PROXY';
+  override code: ErrorCode = 'ERR_ANSWERED_BY_PROXY';
+  readonly answer: HttpAnswer;
+  constructor(answer: HttpAnswer, code?: ErrorCode) {
+    super(`answered ${answer.status} by the proxy`);
+    this.answer = answer;
+    if (code) this.code = code;
+  }
 }
 
 /**
@@ -278,6 +297,7 @@ export interface HttpAnswer {
  * Bodies match the Go tool byte for byte (text/plain, no trailing newline).
  */
 export function httpAnswerFor(error: unknown): HttpAnswer {
+  if (error instanceof ProxyAnswerError) return error.answer;
   if (error instanceof ClaimsVerificationError) {
     return { status: error.status, body: `Error verifying claims: ${error.message}` };
   }

@@ -56,11 +56,13 @@ export function endRawConnection(socket: Duplex, last?: string): void {
  * tool) on a raw connection, which has no ServerResponse (an upgrade or CONNECT request); then
  * the connection is closed.
  */
-export function writeRawAnswer(socket: Duplex, { status, body }: HttpAnswer): void {
+export function writeRawAnswer(socket: Duplex, { status, body, headers }: HttpAnswer): void {
+  let extra = '';
+  for (const [name, value] of Object.entries(headers ?? {})) extra += `${name}: ${value}\r\n`;
   endRawConnection(
     socket,
     `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\n` +
-      `Content-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n` +
+      `Content-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n${extra}Connection: close\r\n\r\n` +
       body,
   );
 }

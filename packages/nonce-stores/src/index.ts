@@ -18,4 +18,4 @@ export {
   SHARED_LOCK_WAIT_LIMIT_MS,
   type NonceClaim,
 } from './shared-table.js';
-export { NoNonceStore, noNonceStore } from './none.js';
+export { NoNonceStore, noNonceStore, voidNonceStore } from './none.js';

@@ -29,3 +29,11 @@ export const noNonceStore = defineComponent({
   options: s.strictObject({}),
   create: (_options, context): NoNonceStore => new NoNonceStore({ logger: context.logger }),
 });
+
+/** `nonce_storage: {type: void}`: the Eclipse Che fork's name for `none` (same store, same warning). */
+export const voidNonceStore = defineComponent({
+  type: 'void',
+  description: 'Alias of none (the Eclipse Che fork\'s name): replay protection OFF; warned about at start.',
+  options: s.strictObject({}),
+  create: (_options, context): NoNonceStore => new NoNonceStore({ logger: context.logger }),
+});

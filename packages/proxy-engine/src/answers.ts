@@ -16,7 +16,7 @@ export function writeAnswer(res: ServerResponse, answer: HttpAnswer, close: bool
     return;
   }
   if (close) res.shouldKeepAlive = false;
-  res.writeHead(answer.status, { 'content-type': TEXT_PLAIN, 'content-length': Buffer.byteLength(answer.body) });
+  res.writeHead(answer.status, { ...answer.headers, 'content-type': TEXT_PLAIN, 'content-length': Buffer.byteLength(answer.body) });
   res.end(answer.body);
 }
 

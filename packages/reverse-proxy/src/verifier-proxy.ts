@@ -10,8 +10,10 @@ import {
   type RunningProxy,
   type ServerLimits,
 } from '@jwtproxy/core';
+import type { IncomingMessage } from 'node:http';
 import type https from 'node:https';
-import { ProxyEngine, type AccessRecord, type ProxyHooks } from '@jwtproxy/proxy-engine';
+import { ProxyEngine, type AccessRecord, type Outbound, type ProxyHooks, type RequestHead } from '@jwtproxy/proxy-engine';
+import { accessTokenCookie, authEndpoint, cheRules, isCorsPreflight, isExcluded, loginRedirect, splitTarget, takeQueryToken, type CheOptions, type CheRules } from './che.js';
 import { readListenerTls } from './server.js';
 import { openUpstream, parseUpstream, type Upstream } from './upstream.js';
 
@@ -40,6 +42,8 @@ export interface VerifierProxyOptions {
   claimsToHeaders?: Record<string, string>;
   /** The verified token is not forwarded (the service trusts the claims headers instead). */
   stripToken?: boolean;
+  /** The Che fork's options (`excludes`, cookies, query token, redirect to log in): see che.ts. */
+  che?: CheOptions;
 }
 
 /** The Go verifier's answer to an absolute-form (forward proxy) request or a CONNECT. */
@@ -60,6 +64,7 @@ export interface VerifierProxyUpdate {
   onAccess?: (record: AccessRecord) => void;
   claimsToHeaders?: Record<string, string>;
   stripToken?: boolean;
+  che?: CheOptions;
 }
 
 /** A running verifier, which a reload can update in place. */
@@ -72,6 +77,7 @@ interface VerifierState {
   verifier: RequestVerifier;
   upstream: Upstream;
   claims: ClaimHeaders | undefined;
+  che: CheRules | undefined;
 }
 
 /** `claims_to_headers` and `strip_token`, prepared once: what leaves the request and what is added. */
@@ -118,7 +124,8 @@ function verifierHooks(state: { current: VerifierState }): ProxyHooks {
       if (isProxyRequest(req.url!)) throw new WrongProxyKindError(NOT_A_PROXY);
       // With more than one Authorization header, the service might read another one than the one verified.
       if (Array.isArray(head.authorization)) throw new MultipleCredentialsError();
-      const { verifier, upstream, claims: rules } = state.current;
+      const { verifier, upstream, claims: rules, che } = state.current;
+      if (che) return cheRoute(req, head, state.current, che);
       const { header, claims } = await verifier.verifyRequest(head.authorization);
       // The client's Host and Authorization go on as sent (as Go's verifier): the token verified is the one the service gets.
       return {
@@ -135,6 +142,40 @@ function verifierHooks(state: { current: VerifierState }): ProxyHooks {
       return answer.status;
     },
     closeUpstreams: (deadline) => closePool(state.current.upstream, deadline),
+  };
+}
+
+/**
+ * A request to a verifier with the Che fork's options. Order as the fork: `/jwt/auth`, then CORS
+ * preflights and excluded paths straight to the upstream, then the token from the `token` query
+ * parameter, else the Authorization header, else the `access_token` cookie. A `token` parameter
+ * never reaches the service (fork: it was forwarded); both a query token and an Authorization
+ * header is refused 400 (fork: the query one was verified and the header passed on unverified).
+ */
+async function cheRoute(req: IncomingMessage, head: RequestHead, current: VerifierState, che: CheRules): Promise<Outbound> {
+  const { verifier, upstream, claims: rules } = current;
+  const { path, query } = splitTarget(req.url!);
+  const { rest, tokens } = che.queryToken ? takeQueryToken(query) : { rest: query, tokens: [] };
+  const forwardTarget = rest ? `${path}?${rest}` : path;
+  if (che.authPaths.has(path)) await authEndpoint(req, che, verifier, head.authorization, query);
+  if (isCorsPreflight(req) || isExcluded(che, path)) {
+    return { dispatcher: upstream.pool, path: upstream.targetFor(forwardTarget), headers: head.headers, servername: upstream.servername };
+  }
+  let verified;
+  try {
+    if (tokens.length > 1 || (tokens.length === 1 && head.authorization !== undefined)) throw new MultipleCredentialsError();
+    const cookie = tokens.length === 0 && head.authorization === undefined && che.cookiesEnabled ? accessTokenCookie(head.headers) : undefined;
+    verified = tokens.length === 1 ? await verifier.verifyToken(tokens[0]!) : cookie !== undefined ? await verifier.verifyToken(cookie) : await verifier.verifyRequest(head.authorization);
+  } catch (error) {
+    throw loginRedirect(error, req, che, path, rest);
+  }
+  const { header, claims } = verified;
+  return {
+    dispatcher: upstream.pool,
+    path: upstream.targetFor(forwardTarget),
+    headers: rules ? withClaimHeaders(head.headers, claims, rules) : head.headers,
+    servername: upstream.servername,
+    token: { iss: claims.iss, kid: header.kid, sub: typeof claims.sub === 'string' ? claims.sub : undefined },
   };
 }
 
@@ -157,7 +198,14 @@ export async function startVerifierProxy(options: VerifierProxyOptions): Promise
   parseUpstream(options.upstream);
   const tls = await readListenerTls(options.tls, options.listenAddr, listenAddress);
   const upstream = await openUpstream(options.upstream, options.upstreamCaFile);
-  const state = { current: { verifier: options.verifier, upstream, claims: claimHeaders(options.claimsToHeaders, options.stripToken) } };
+  let che;
+  try {
+    che = cheRules(options.che);
+  } catch (error) {
+    await upstream.pool.destroy();
+    throw error;
+  }
+  const state = { current: { verifier: options.verifier, upstream, claims: claimHeaders(options.claimsToHeaders, options.stripToken), che } };
   const engine = new ProxyEngine({
     hooks: verifierHooks(state),
     limits: options.limits,
@@ -182,6 +230,10 @@ export async function startVerifierProxy(options: VerifierProxyOptions): Promise
   }
   server.on('error', (error: Error) => logger.error('verifier listener failed', { listen: address, error: error.message }));
   logger.info('verifier proxy listening', { listen: address, upstream: options.upstream });
+  for (const pattern of options.che?.excludes ?? []) {
+    // The fork matches anywhere in the path: `healthz` also makes `/private/healthz` public.
+    if (!pattern.startsWith('^')) logger.warn('excludes pattern is not anchored with ^: it matches anywhere in the path', { pattern });
+  }
 
   let stopped: Promise<void> | undefined;
   return {
@@ -202,13 +254,14 @@ export async function startVerifierProxy(options: VerifierProxyOptions): Promise
      * is closed once its requests are done. Rejects (changing nothing) when a new file cannot be read.
      */
     async update(next: VerifierProxyUpdate) {
+      const che = cheRules(next.che);
       const tls = await readListenerTls(next.tls, options.listenAddr, listenAddress);
       if (Boolean(tls) !== Boolean(options.tls)) throw new Error('TLS cannot be turned on or off by a reload: the listener must be restarted');
       const previous = state.current.upstream;
       const upstreamChanged = next.upstream !== options.upstream || next.upstreamCaFile !== options.upstreamCaFile;
       const upstream = upstreamChanged ? await openUpstream(next.upstream, next.upstreamCaFile) : previous;
       if (tls) (server as https.Server).setSecureContext(tls);
-      state.current = { verifier: next.verifier, upstream, claims: claimHeaders(next.claimsToHeaders, next.stripToken) };
+      state.current = { verifier: next.verifier, upstream, claims: claimHeaders(next.claimsToHeaders, next.stripToken), che };
       engine.updateLimits(next.limits);
       engine.setOnAccess(next.onAccess);
       Object.assign(options, { upstream: next.upstream, upstreamCaFile: next.upstreamCaFile, tls: next.tls });
