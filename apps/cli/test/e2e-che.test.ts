@@ -139,4 +139,10 @@ describe('Che fork options through the CLI', () => {
     expect(forged.status).toBe(403);
     expect(forged.headers['set-cookie']).toBeUndefined();
   });
+
+  it('no token taken from a URL or set as a cookie ever reaches the log', () => {
+    expect(cli.stderr()).toContain('/jwt/auth');
+    expect(cli.stderr()).not.toMatch(/eyJ[\w-]+\.eyJ/);
+    expect(cli.stderr()).not.toContain('not.a.jwt');
+  });
 });
