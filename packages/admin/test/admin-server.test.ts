@@ -155,6 +155,8 @@ describe('the admin listener is bounded', () => {
       await new Promise((resolve, reject) => socket.once('connect', resolve).once('error', reject));
       const opened = performance.now();
       socket.on('error', () => {});
+      // Read, so that a close the server makes with a FIN (not a reset) is seen.
+      socket.resume();
       socket.once('close', () => ((socket as { closedAfter?: number }).closedAfter = performance.now() - opened));
       return socket;
     };
