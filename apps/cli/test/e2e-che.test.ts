@@ -37,6 +37,7 @@ beforeAll(async () => {
     '      cookie_path: /',
     `      auth_redirect_url: ${LOGIN}`,
     '      public_base_path: /',
+    '      claims_to_headers: {sub: X-Auth-Subject}',
   );
   const config = await files.write('che.yaml', jwtproxyConfig({ verifiers: [entry] }));
   cli = await startCli(['-config', config]);
@@ -56,9 +57,11 @@ describe('Che fork options through the CLI', () => {
   });
 
   it('an excluded path passes without a token; a non-excluded one is sent to log in', async () => {
-    const open = await httpRequest(`${verifier}/public/app.js`);
+    const open = await httpRequest(`${verifier}/public/app.js`, { headers: { 'x-auth-subject': 'admin' } });
     expect(open.status).toBe(200);
     expect(open.body).toBe('service saw /public/app.js');
+    // claims_to_headers still holds on a public path: a forged claim header never reaches the service.
+    expect(seen.at(-1)!.headers['x-auth-subject']).toBeUndefined();
     const closed = await httpRequest(`${verifier}/private/data?x=1`);
     expect(closed.status).toBe(302);
     const location = new URL(closed.headers.location!);

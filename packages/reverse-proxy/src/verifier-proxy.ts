@@ -159,7 +159,8 @@ async function cheRoute(req: IncomingMessage, head: RequestHead, current: Verifi
   const forwardTarget = rest ? `${path}?${rest}` : path;
   if (che.authPaths.has(path)) await authEndpoint(req, che, verifier, head.authorization, query);
   if (isCorsPreflight(req) || isExcluded(che, path)) {
-    return { dispatcher: upstream.pool, path: upstream.targetFor(forwardTarget), headers: head.headers, servername: upstream.servername };
+    // No token, no claims: a client's own header of a mapped name is still dropped (it could claim to be anyone).
+    return { dispatcher: upstream.pool, path: upstream.targetFor(forwardTarget), headers: rules ? withClaimHeaders(head.headers, {}, rules) : head.headers, servername: upstream.servername };
   }
   let verified;
   try {
