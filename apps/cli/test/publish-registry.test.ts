@@ -160,6 +160,20 @@ async function stopProcess(child: ChildProcess | undefined): Promise<void> {
 }
 
 /** A folder as a user starts with: nothing in it but a .npmrc naming the test registry. */
+/** Installs `packages` from the test registry in a scratch folder, up to 3 times: the registry then holds their dependencies. */
+async function throughUplink(registryUrl: string, work: string, packages: string[]): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    const scratch = userFolder(work, `uplink-${attempt}`, registryUrl);
+    try {
+      await run('npm', ['install', '--no-save', '--ignore-scripts', ...packages], { cwd: scratch.dir, env: scratch.env, timeout: 120_000 });
+      return;
+    } catch (error) {
+      if (attempt >= 3) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 2_000 * attempt));
+    }
+  }
+}
+
 function userFolder(work: string, name: string, registryUrl: string): { dir: string; env: NodeJS.ProcessEnv } {
   const dir = path.join(work, name);
   mkdirSync(dir);
@@ -281,6 +295,11 @@ describe('a release through an npm registry', () => {
         '',
       ].join('\n'),
     );
+
+    // The registry fetches everything but @jwtproxy/* from the npm registry (its uplink), which can
+    // fail for a moment: fetch it all once first, with a retry, so that a passing network hiccup is
+    // not taken for a broken release. The user's own folder and npm cache stay untouched.
+    await throughUplink(registry!.url, work.dir, ['@jwtproxy/cli', '@jwtproxy/reverse-proxy', '@jwtproxy/nonce-store-redis']);
 
     // As the README says it, in a process group of its own: SIGTERM to the group stops it (npx dies
     // of it without passing it on; jwtproxy gets it once).
