@@ -369,7 +369,15 @@ export async function startJwtProxy(config: LoadedConfig, logger: Logger, option
     if (config.admin) {
       const { path: at, listenAddr } = config.admin;
       try {
-        admin = await adminPackage!.startAdminServer({ listenAddr, metrics, readiness: adminReadiness!, logger: childLogger(logger, { component: at }) });
+        admin = await adminPackage!.startAdminServer({
+          listenAddr,
+          metrics,
+          readiness: adminReadiness!,
+          logger: childLogger(logger, { component: at }),
+          // The signer's public key as a JWK set, for verifiers outside jwtproxy (Envoy, Istio), when
+          // asked and when its key source can give it; read on each request, so a reload's new key shows.
+          ...(config.admin.serveJwks ? { publicJwks: () => signerPublicJwks(liveKeySources, config.signerProxy?.path) } : {}),
+        });
       } catch (error) {
         throw startFailure(error, at, listenAddr, config);
       }
@@ -462,6 +470,12 @@ export async function startJwtProxy(config: LoadedConfig, logger: Logger, option
   };
 
   return { servers: servers(), stop, reload };
+}
+
+/** The public JWKs of the signer's live key source, when it can give them (`preshared` can). */
+function signerPublicJwks(sources: Map<string, PrivateKeySource>, path: string | undefined): readonly object[] | undefined {
+  const source = path === undefined ? undefined : (sources.get(path) as (PrivateKeySource & { publicJwks?: () => readonly object[] }) | undefined);
+  return typeof source?.publicJwks === 'function' ? source.publicJwks() : undefined;
 }
 
 /** What must stay the same for a signer to be updated in place instead of listening anew. */

@@ -104,7 +104,7 @@ export function parseConfig(text: string, fileName: string, options: Pick<LoadCo
   };
 
   const log = readLog(jwtproxy?.optionalMap('log', ['level', 'format', 'access_log', 'access_log_sample']));
-  const admin = readAdmin(jwtproxy?.optionalMap('admin', ['listen_addr']));
+  const admin = readAdmin(jwtproxy?.optionalMap('admin', ['listen_addr', 'serve_jwks']));
 
   const lineOf = (keyPath: string): number | undefined => {
     // The nearest ancestor in the file: `a.b[0].c` → `a.b[0]` → `a.b` → `a`.
@@ -344,7 +344,7 @@ function readLog(block: MapReader | undefined): LogConfig {
 function readAdmin(block: MapReader | undefined): AdminConfig | undefined {
   if (!block) return undefined;
   if (block.optionalString('listen_addr') === undefined) block.failMissing('listen_addr', 'is required: where /metrics, /healthz and /readyz listen (host:port, :port or unix:/path)');
-  return { path: block.path, listenAddr: listenAddress(block, '') };
+  return { path: block.path, listenAddr: listenAddress(block, ''), serveJwks: block.bool('serve_jwks', false) };
 }
 
 /** The listener's timeouts and caps; what is absent keeps core's default. */

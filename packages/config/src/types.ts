@@ -114,6 +114,8 @@ export interface AdminConfig {
   path: string;
   /** `host:port`, `:port` or `unix:/path`. */
   listenAddr: string;
+  /** `serve_jwks`: the signer's public key (a key source that can give it, as `preshared`) at `/.well-known/jwks.json`. */
+  serveJwks: boolean;
 }
 
 export interface LoadedConfig {

@@ -26,7 +26,8 @@ function errorOf(text: string): ConfigError {
 
 describe('jwtproxy.admin (the admin listener)', () => {
   it('reads admin.listen_addr; without an admin block there is no admin listener', () => {
-    expect(parseConfig(`jwtproxy:\n  admin:\n    listen_addr: 127.0.0.1:9090\n${verifier}`, 'c.yaml').admin).toEqual({ path: 'admin', listenAddr: '127.0.0.1:9090' });
+    expect(parseConfig(`jwtproxy:\n  admin:\n    listen_addr: 127.0.0.1:9090\n${verifier}`, 'c.yaml').admin).toEqual({ path: 'admin', listenAddr: '127.0.0.1:9090', serveJwks: false });
+    expect(parseConfig(`jwtproxy:\n  admin:\n    listen_addr: 127.0.0.1:9090\n    serve_jwks: true\n${verifier}`, 'c.yaml').admin?.serveJwks).toBe(true);
     expect(parseConfig(`jwtproxy:\n  admin:\n    listen_addr: unix:/run/jwtproxy-admin.sock\n${verifier}`, 'c.yaml').admin?.listenAddr).toBe('unix:/run/jwtproxy-admin.sock');
     expect(parseConfig(`jwtproxy:\n${verifier}`, 'c.yaml').admin).toBeUndefined();
   });
