@@ -21,7 +21,7 @@
  * other than @jwtproxy/* come through it from the npm registry.
  * Needs every package built (turbo's test task builds them first) and Redis at 127.0.0.1:6379.
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -104,6 +104,22 @@ interface Registry {
   log(): string;
 }
 
+/**
+ * The CA file npm itself is configured with (`npm config get cafile`), for Verdaccio's uplink: on
+ * a machine whose way to the npm registry needs an extra CA, npm has it in its config, but a Node
+ * process started by the test suite may not have NODE_EXTRA_CA_CERTS (turbo passes tasks only the
+ * variables it is told to), and the uplink would then fail every fetch (404 to the client).
+ */
+function uplinkTlsEnv(): NodeJS.ProcessEnv {
+  if (process.env.NODE_EXTRA_CA_CERTS) return {};
+  try {
+    const cafile = execFileSync('npm', ['config', 'get', 'cafile'], { encoding: 'utf8', env: cleanEnv }).trim();
+    return cafile && cafile !== 'null' && cafile !== 'undefined' && existsSync(cafile) ? { NODE_EXTRA_CA_CERTS: cafile } : {};
+  } catch {
+    return {};
+  }
+}
+
 async function startRegistry(work: string): Promise<Registry> {
   const start = await installVerdaccio();
   const port = await freeLoopbackPort();
@@ -126,7 +142,7 @@ async function startRegistry(work: string): Promise<Registry> {
       '',
     ].join('\n'),
   );
-  const child = spawn(process.execPath, [start, '--config', config, '--listen', `127.0.0.1:${port}`], { cwd: work, env: cleanEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [start, '--config', config, '--listen', `127.0.0.1:${port}`], { cwd: work, env: { ...cleanEnv, ...uplinkTlsEnv() }, stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   child.stdout?.setEncoding('utf8').on('data', (chunk: string) => (log += chunk));
   child.stderr?.setEncoding('utf8').on('data', (chunk: string) => (log += chunk));
