@@ -47,6 +47,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     warn: (message, fields) => current.warn(message, fields),
     error: (message, fields) => current.error(message, fields),
     child: (bindings) => childLogger(current, bindings),
+    enabled: (level) => current.enabled?.(level) ?? true,
   };
   // Listen for signals from the start: one that comes while components are being built is
   // honoured as soon as the start is over (so a component that started is still stopped).

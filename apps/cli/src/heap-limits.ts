@@ -1,24 +1,17 @@
 /**
- * V8 heap settings for a sidecar, applied before anything else loads (main.ts imports this
- * first). Node lets V8's young generation grow to 2 × 16 MiB semi-spaces under load; for a proxy,
- * whose garbage is almost all per-request and short-lived, that is ~30 MiB of RSS for a few
- * percent of throughput. By default the young generation stays at its initial size (1 MiB
- * semi-spaces): `--semi-space-growth-factor=1`, the one heap-size flag that still acts when set
- * at run time (`--max-semi-space-size` and `--max-old-space-size` only act on the command line or
- * in NODE_OPTIONS).
+ * V8 heap settings, applied before anything else loads (main.ts imports this first).
  *
- * Overrides: `JWTPROXY_V8_FLAGS` replaces the default (empty: V8's own defaults), and a
- * semi-space flag in NODE_OPTIONS or on node's command line turns the default off.
+ * `JWTPROXY_V8_FLAGS` is handed to V8 as it is. A memory-tight sidecar may set
+ * `JWTPROXY_V8_FLAGS=--semi-space-growth-factor=1`: the young generation then stays at its initial
+ * size (1 MiB semi-spaces instead of growing to 16 MiB under load), the one heap-size flag that
+ * still acts when set at run time (`--max-old-space-size` only acts in NODE_OPTIONS). It is off by
+ * default: measured side by side (bench, verifier and signer → verifier, 5 s each) it saved 20-25 MB
+ * of RSS under load and cost 12-15 % of throughput (more frequent scavenges).
  */
 import v8 from 'node:v8';
 
+/** The flags docs/memory.md recommends for a sidecar with a tight memory limit. */
 export const sidecarV8Flags = '--semi-space-growth-factor=1';
 
-function setsYoungGeneration(options: string): boolean {
-  return /--(max-semi-space-size|min-semi-space-size|semi-space-growth-factor|max-young-generation-size)\b/.test(options);
-}
-
-const chosen =
-  process.env.JWTPROXY_V8_FLAGS ??
-  (setsYoungGeneration(`${process.env.NODE_OPTIONS ?? ''} ${process.execArgv.join(' ')}`) ? '' : sidecarV8Flags);
+const chosen = process.env.JWTPROXY_V8_FLAGS ?? '';
 if (chosen.trim()) v8.setFlagsFromString(chosen);

@@ -102,7 +102,8 @@ function startFailure(error: unknown, at: string, listenAddr: string, config: Lo
  */
 function proxyLogging(logger: Logger, path: string, config: LoadedConfig): { logger: Logger; onAccess?: (record: AccessRecord) => void } {
   const named = childLogger(logger, { component: path });
-  if (!config.log.accessLog) return { logger: named };
+  // Off, or not written at this level (-log-level warn): no access record is even built.
+  if (!config.log.accessLog || named.enabled?.('info') === false) return { logger: named };
   return { logger: named, onAccess: accessLog(named, { sample: config.log.accessLogSample }) };
 }
 

@@ -50,6 +50,7 @@ function textLogger(threshold: number, stream: NodeJS.WritableStream, now: () =>
     info: (m, f) => write('info', m, f),
     warn: (m, f) => write('warn', m, f),
     error: (m, f) => write('error', m, f),
+    enabled: (level) => ranks[level] >= threshold,
     child(bindings) {
       let more = bound;
       for (const key in bindings) if (bindings[key] !== undefined) more += ` ${key}=${quote(bindings[key])}`;
@@ -60,6 +61,7 @@ function textLogger(threshold: number, stream: NodeJS.WritableStream, now: () =>
 
 /** pino's API as used here (loaded lazily: its types are not a dependency of core's users). */
 interface PinoLike {
+  isLevelEnabled(level: string): boolean;
   debug(fields: object, message: string): void;
   info(fields: object, message: string): void;
   warn(fields: object, message: string): void;
@@ -94,6 +96,7 @@ function wrapPino(pino: PinoLike): Logger {
     warn: (m, f) => pino.warn(clean(f), m),
     error: (m, f) => pino.error(clean(f), m),
     child: (bindings) => wrapPino(pino.child(bindings)),
+    enabled: (level) => pino.isLevelEnabled(level),
   };
 }
 
@@ -107,6 +110,7 @@ export function childLogger(logger: Logger, bindings: Record<string, unknown>): 
     warn: (m, f) => logger.warn(m, merge(f)),
     error: (m, f) => logger.error(m, merge(f)),
     child: (more) => childLogger(logger, { ...bindings, ...more }),
+    ...(logger.enabled ? { enabled: (level: LogLevel) => logger.enabled!(level) } : {}),
   };
 }
 

@@ -94,6 +94,8 @@ export interface Logger {
   error(message: string, fields?: Record<string, unknown>): void;
   /** A logger whose every line carries `bindings` (`component=verifier_proxies[1]`); see core's childLogger. */
   child?(bindings: Record<string, unknown>): Logger;
+  /** Whether lines of `level` are written now; absent: assume they are. Lets a caller skip building a line no one will see. */
+  enabled?(level: 'debug' | 'info' | 'warn' | 'error'): boolean;
 }
 
 /** A proxy (or server) that is listening. */

@@ -20,6 +20,8 @@ const round = (ms: number): number => Math.round(ms * 100) / 100;
 export function accessLog(logger: Logger, options: AccessLogOptions = {}): (record: AccessRecord) => void {
   const sample = options.sample ?? 1;
   return (record) => {
+    // At -log-level warn or error no access line is written: build none.
+    if (logger.enabled?.('info') === false) return;
     if (record.verdict === 'passed' && sample < 1 && Math.random() >= sample) return;
     const fields: Record<string, unknown> = {
       kind: record.kind === 'request' ? undefined : record.kind,
