@@ -5,30 +5,20 @@
 import { once } from 'node:events';
 import http from 'node:http';
 import net from 'node:net';
-import { listenOnLoopback, startEchoService } from '@jwtproxy/testkit';
+import { listenOnLoopback } from '@jwtproxy/testkit';
 import { ProxyAgent, request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startSignerProxy, type SignerProxyOptions } from '../src/index.js';
+import { type SignerProxyOptions } from '../src/index.js';
 import { tunnelTarget } from '../src/targets.js';
-import { hostAndPort, makeSigner, recordingLogger, verifyAsVerifier } from './helpers.js';
+import { recordingLogger, verifyAsVerifier, startTestEcho, startTestSigner } from './helpers.js';
 
 const cleanups: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
   while (cleanups.length) await cleanups.pop()!().catch(() => undefined);
 });
 
-async function startSigner(overrides: Partial<SignerProxyOptions> = {}) {
-  const logger = recordingLogger();
-  const proxy = await startSignerProxy({ listenAddr: '127.0.0.1:0', shutdownTimeout: 2000, signer: makeSigner(), logger, ...overrides });
-  cleanups.push(() => proxy.stop());
-  return { proxy, logger, ...hostAndPort(proxy.address) };
-}
-
-async function echo() {
-  const service = await startEchoService();
-  cleanups.push(() => service.close());
-  return service;
-}
+const startSigner = (overrides: Partial<SignerProxyOptions> = {}) => startTestSigner(cleanups, overrides);
+const echo = () => startTestEcho(cleanups);
 
 /** undici's ProxyAgent with one connection, so that sequential requests share one tunnel. */
 function proxyAgent(proxyUrl: string): ProxyAgent {

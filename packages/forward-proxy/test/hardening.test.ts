@@ -7,28 +7,18 @@ import { once } from 'node:events';
 import { readdirSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
-import { listenOnLoopback, startEchoService, type SeenRequest } from '@jwtproxy/testkit';
+import { listenOnLoopback, type SeenRequest } from '@jwtproxy/testkit';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startSignerProxy, type SignerProxyOptions } from '../src/index.js';
-import { hostAndPort, interopKeySource, makeSigner, recordingLogger, verifyAsVerifier } from './helpers.js';
+import { type SignerProxyOptions } from '../src/index.js';
+import { interopKeySource, makeSigner, verifyAsVerifier, startTestEcho, startTestSigner } from './helpers.js';
 
 const cleanups: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
   while (cleanups.length) await cleanups.pop()!().catch(() => undefined);
 });
 
-async function startSigner(overrides: Partial<SignerProxyOptions> = {}) {
-  const logger = recordingLogger();
-  const proxy = await startSignerProxy({ listenAddr: '127.0.0.1:0', shutdownTimeout: 2000, signer: makeSigner(), logger, ...overrides });
-  cleanups.push(() => proxy.stop());
-  return { proxy, logger, ...hostAndPort(proxy.address) };
-}
-
-async function echo() {
-  const service = await startEchoService();
-  cleanups.push(() => service.close());
-  return service;
-}
+const startSigner = (overrides: Partial<SignerProxyOptions> = {}) => startTestSigner(cleanups, overrides);
+const echo = () => startTestEcho(cleanups);
 
 /** Writes `request` as raw bytes on a new connection and reads everything until the signer closes it. */
 async function rawExchange(port: number, request: string | Buffer, timeoutMs = 5_000): Promise<string> {

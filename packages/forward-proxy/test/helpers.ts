@@ -15,7 +15,7 @@ import {
   type PrivateKeySource,
   type VerifiedToken,
 } from '@jwtproxy/core';
-import { interop, makeCa, makeServerCertificate, writePemFiles, type Pem } from '@jwtproxy/testkit';
+import { interop, makeCa, makeServerCertificate, startEchoService, writePemFiles, type Pem } from '@jwtproxy/testkit';
 import { afterAll, beforeAll } from 'vitest';
 import { startSignerProxy, type SignerProxyOptions } from '../src/index.js';
 
@@ -151,4 +151,19 @@ export async function startInterceptingSigner(pki: InterceptionPki, cleanups: Ar
   });
   cleanups.push(() => proxy.stop());
   return { proxy, logger, url: proxy.address, ...hostAndPort(proxy.address) };
+}
+
+/** A signer on 127.0.0.1 with the interop key and a recording logger, stopped by `cleanups`. */
+export async function startTestSigner(cleanups: Array<() => Promise<unknown>>, overrides: Partial<SignerProxyOptions> = {}) {
+  const logger = recordingLogger();
+  const proxy = await startSignerProxy({ listenAddr: '127.0.0.1:0', shutdownTimeout: 2000, signer: makeSigner(), logger, ...overrides });
+  cleanups.push(() => proxy.stop());
+  return { proxy, logger, ...hostAndPort(proxy.address) };
+}
+
+/** testkit's echo service, closed by `cleanups`. */
+export async function startTestEcho(cleanups: Array<() => Promise<unknown>>) {
+  const service = await startEchoService();
+  cleanups.push(() => service.close());
+  return service;
 }

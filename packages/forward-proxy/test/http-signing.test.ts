@@ -9,28 +9,18 @@ import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tls from 'node:tls';
 import type { RunningProxy } from '@jwtproxy/core';
-import { freeLoopbackPort, listenOnLoopback, startEchoService, type RunningServer, type SeenRequest } from '@jwtproxy/testkit';
+import { freeLoopbackPort, listenOnLoopback, type RunningServer, type SeenRequest } from '@jwtproxy/testkit';
 import { afterEach, describe, expect, it } from 'vitest';
 import { NOT_A_PROXY_REQUEST, startSignerProxy, type SignerProxyOptions } from '../src/index.js';
-import { hostAndPort, interopKeySource, makeSigner, recordingLogger, requestThroughProxy, verifyAsVerifier } from './helpers.js';
+import { hostAndPort, interopKeySource, makeSigner, recordingLogger, requestThroughProxy, verifyAsVerifier, startTestEcho, startTestSigner } from './helpers.js';
 
 const cleanups: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
   while (cleanups.length) await cleanups.pop()!().catch(() => undefined);
 });
 
-async function startSigner(overrides: Partial<SignerProxyOptions> = {}) {
-  const logger = recordingLogger();
-  const proxy = await startSignerProxy({ listenAddr: '127.0.0.1:0', shutdownTimeout: 2000, signer: makeSigner(), logger, ...overrides });
-  cleanups.push(() => proxy.stop());
-  return { proxy, logger, ...hostAndPort(proxy.address) };
-}
-
-async function echo() {
-  const service = await startEchoService();
-  cleanups.push(() => service.close());
-  return service;
-}
+const startSigner = (overrides: Partial<SignerProxyOptions> = {}) => startTestSigner(cleanups, overrides);
+const echo = () => startTestEcho(cleanups);
 
 /**
  * Writes a request as raw bytes and reads everything until the proxy closes the connection. With
