@@ -10,6 +10,7 @@
 // busy connections measure throughput, and their latency is mostly queueing at saturation.
 //
 //   pnpm bench [--duration 5] [--connections 32] [--threads 2] [--rate 500] [--baseline OLD/apps/cli/dist/main.js]
+//              [--go /opt/go-jwtproxy/jwtproxy]
 //              [--only upstream,verifier,verifier-logged,signer,signer-es256,chain,verifier-redis,https-signer,https-new-hosts,latency]
 //
 // Every proxy line ends with its start-up time (spawn to port open) and RSS idle → after the load.
@@ -45,6 +46,9 @@ const { values: args } = parseArgs({
     // Another build's CLI (apps/cli/dist/main.js of an older checkout): each proxy case runs on it
     // first, then on this one, back to back, and the table gives both with their ratio.
     baseline: { type: 'string' },
+    // The reference Go jwtproxy binary (quay/jwtproxy built from source): the cases it can run
+    // (goCases) run on it too, after this build, in the same run, and a summary compares the two.
+    go: { type: 'string' },
   },
 });
 const duration = Number(args.duration);
@@ -54,6 +58,10 @@ const rate = Number(args.rate);
 
 if (spawnSync('wrk', ['--version']).error) {
   console.error('bench: wrk is not installed (apt-get install -y wrk)');
+  process.exit(1);
+}
+if (args.go && !existsSync(args.go)) {
+  console.error(`bench: --go ${args.go}: no such file`);
   process.exit(1);
 }
 if (!existsSync(currentCli)) {
@@ -97,10 +105,20 @@ function rssOf(pid) {
 /** Proxy processes of the current case: their RSS right after start and after the load. */
 let caseProcesses = [];
 
+/** Set while a case runs on the Go jwtproxy: the cases' `node CLI -config …` starts run this binary instead. */
+let goBinary;
+/** The cases whose configs the Go jwtproxy understands (no Redis, no EC keys, no access-log count). */
+const goCases = new Set(['verifier', 'signer', 'chain']);
+
 async function start(name, command, argv, port, { logFile } = {}) {
+  // The Go binary takes the same `-config FILE -log-level LEVEL` flags as our CLI.
+  const onGo = goBinary !== undefined && command === process.execPath && argv[0] === cli;
+  if (onGo) [command, argv] = [goBinary, argv.slice(1)];
   const started = performance.now();
   const stderrTarget = logFile ? openSync(logFile, 'a') : 'pipe';
-  const child = spawn(command, argv, { stdio: ['ignore', 'ignore', stderrTarget], env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '4' } });
+  // One scheduler thread for Go when the proxies are pinned to one core (`--pin`, where this bench has it).
+  const goEnv = onGo && args.pin && !process.env.GOMAXPROCS ? { GOMAXPROCS: '1' } : {};
+  const child = spawn(command, argv, { stdio: ['ignore', 'ignore', stderrTarget], env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '4', ...goEnv } });
   let stderr = '';
   child.stderr?.on('data', (d) => (stderr = (stderr + d).slice(-4000)));
   children.add(child);
@@ -114,7 +132,7 @@ async function start(name, command, argv, port, { logFile } = {}) {
   // Idle: once start-up garbage has been collected or not, a moment after it listens.
   await new Promise((resolve) => setTimeout(resolve, 300));
   process_.idleRss = rssOf(child.pid);
-  if (command === process.execPath && argv[0] !== path.join(here, 'upstream.mjs')) caseProcesses.push(process_);
+  if (onGo || (command === process.execPath && argv[0] !== path.join(here, 'upstream.mjs'))) caseProcesses.push(process_);
   return {
     async stop() {
       process_.loadedRss = rssOf(child.pid);
@@ -133,8 +151,10 @@ function yamlConfig(body) {
 
 const keyOptions = `key_id: mykey`;
 function verifierConfig(port, upstream, audience, nonceStorage = 'type: local', extraTop = '') {
+  // Go's jwtproxy starts a signer on :8080 unless the config turns it off.
+  const goTop = goBinary ? '  signer_proxy:\n    enabled: false\n' : '';
   return yamlConfig(`jwtproxy:
-${extraTop}  verifier_proxies:
+${goTop}${extraTop}  verifier_proxies:
   - listen_addr: 127.0.0.1:${port}
     verifier:
       upstream: ${upstream}
@@ -407,6 +427,14 @@ for (const c of cases) {
     cli = currentCli;
     await runCase(c, 'this build');
   } else await runCase(c);
+  if (args.go && goCases.has(c.name)) {
+    goBinary = path.resolve(args.go);
+    try {
+      await runCase(c, 'go');
+    } finally {
+      goBinary = undefined;
+    }
+  }
 }
 const base = results.find((r) => r.name === 'upstream');
 const pad = (s, n) => String(s).padEnd(n);
@@ -427,6 +455,22 @@ function fixedRate(url, options = {}) {
   const result = spawnSync(process.execPath, argv, { encoding: 'utf8' });
   if (result.status !== 0) throw new Error(`fixed-rate client failed: ${result.stderr}`);
   return JSON.parse(result.stdout);
+}
+
+if (args.go) {
+  // Same run, same load: this build against the Go jwtproxy, case by case.
+  console.log(`\nthis build vs Go jwtproxy (${args.go})`);
+  const each = (p, f) => p.map(f).join(' + ');
+  for (const g of results.filter((r) => r.which === 'go')) {
+    const ours = results.find((r) => r.name === g.name && (r.which === undefined || r.which === 'this build'));
+    if (!ours) continue;
+    const startUp = (r) => each(r.processes, (p) => p.startMs.toFixed(0));
+    const rss = (r) => each(r.processes, (p) => `${mb(p.idleRss)} → ${mb(p.loadedRss)}`);
+    console.log(
+      `${pad(ours.label, 48)}req/s ${ours.rps.toFixed(0)} vs ${g.rps.toFixed(0)} (${(ours.rps / g.rps).toFixed(2)}×); ` +
+        `p99 ${ours.p99.toFixed(2)} vs ${g.p99.toFixed(2)} ms; start ${startUp(ours)} vs ${startUp(g)} ms; RSS ${rss(ours)} vs ${rss(g)} MB`,
+    );
+  }
 }
 
 const latencies = [];
