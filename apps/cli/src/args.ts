@@ -9,6 +9,8 @@ export interface CliArguments {
   logFormat?: LogFormat;
   /** ES modules (paths or package names) imported before the configuration is built. */
   plugins: string[];
+  /** From -workers; when absent, the configuration's `workers`, else one per available core. */
+  workers?: number;
 }
 
 /** A mistake on the command line: printed with a pointer to --help, exit code 2 (as Go's flag package). */
@@ -16,7 +18,7 @@ export class UsageError extends Error {
   override name = 'UsageError';
 }
 
-export const usage = `Usage: jwtproxy -config FILE [-log-level LEVEL] [-log-format text|json] [--plugin MODULE]...
+export const usage = `Usage: jwtproxy -config FILE [-log-level LEVEL] [-log-format text|json] [-workers N] [--plugin MODULE]...
        jwtproxy -check -config FILE [--plugin MODULE]...
        jwtproxy keyregistry list|approve|revoke ...   (see jwtproxy keyregistry --help)
 
@@ -28,6 +30,9 @@ Options:
   -config FILE          the YAML configuration file; $VAR and \${VAR} are expanded
   -log-level LEVEL      debug, info, warn or error (default: log.level of the file, else info)
   -log-format FORMAT    text (logfmt, as the Go tool) or json (default: log.format, else text)
+  -workers N            worker threads running the proxies on the same ports (default: workers
+                        of the file, else one per available core, within a container's CPU
+                        limit); 1 runs on the main thread alone. Needs Node.js 22.12 or later
   --plugin MODULE       an ES module (path or package) imported before the configuration
                         is built, to register key servers, private key sources, nonce
                         storages or claims verifiers; may be repeated
@@ -39,7 +44,10 @@ Options:
 Each option may be written with one or two dashes, and as -option VALUE or -option=VALUE.
 `;
 
-const valueFlags = new Set(['config', 'log-level', 'log-format', 'plugin']);
+const valueFlags = new Set(['config', 'log-level', 'log-format', 'plugin', 'workers']);
+
+/** Most worker threads -workers may ask for (as `jwtproxy.workers`). */
+const MAX_WORKERS = 256;
 
 /** Go-flag-style parsing: `-config f`, `--config f`, `-config=f`, `--config=f`. */
 export function parseArguments(argv: readonly string[]): CliArguments {
@@ -63,6 +71,11 @@ export function parseArguments(argv: readonly string[]): CliArguments {
     }
     if (name === 'config') result.configFile = value;
     else if (name === 'plugin') result.plugins.push(value);
+    else if (name === 'workers') {
+      const count = Number(value);
+      if (!/^\d+$/.test(value) || count < 1 || count > MAX_WORKERS) throw new UsageError(`-workers must be a whole number from 1 to ${MAX_WORKERS} (got ${JSON.stringify(value)})`);
+      result.workers = count;
+    }
     else if (name === 'log-format') {
       if (!isLogFormat(value)) throw new UsageError(`-log-format must be text or json (got ${JSON.stringify(value)})`);
       result.logFormat = value;

@@ -3,7 +3,15 @@ import { ConfigError, childLogger, createLogger, type Logger } from '@jwtproxy/c
 import { loadConfig, type LoadedConfig } from '@jwtproxy/config';
 import { parseArguments, usage, UsageError } from './args.js';
 import { loadPlugins, PluginError } from './plugins.js';
-import type { RunningJwtProxy } from './run.js';
+import type { StartedServer } from './run.js';
+import type { ConfigSource } from './worker-protocol.js';
+
+/** What runs: the proxies on this thread (run.ts) or worker threads under a primary (supervisor.ts). */
+interface Running {
+  servers: StartedServer[];
+  stop(): Promise<void>;
+  reload(config: LoadedConfig, source: ConfigSource): Promise<StartedServer[]>;
+}
 
 export function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -57,15 +65,23 @@ export async function main(argv: readonly string[]): Promise<number> {
   process.on('SIGHUP', () => reloadRequested());
 
   let config: LoadedConfig;
-  let running: RunningJwtProxy;
+  let running: Running;
   try {
     // The built-in component types first, then the plugins' (which may replace them).
-    const [{ startJwtProxy }, { createJwtProxyRuntime }] = await Promise.all([import('./run.js'), import('./builtins.js')]);
+    const [{ startJwtProxy }, { createJwtProxyRuntime }, { loadConfigSource }, { planWorkers }] = await Promise.all([
+      import('./run.js'),
+      import('./builtins.js'),
+      import('./supervisor.js'),
+      import('./workers.js'),
+    ]);
     const runtime = createJwtProxyRuntime(logger);
     await loadPlugins(args.plugins, runtime);
-    config = await loadConfig(args.configFile!, { logger });
+    const loaded = await loadConfigSource(args.configFile!, logger);
+    config = loaded.config;
+    const logLevel = args.logLevel ?? config.log.level ?? 'info';
+    const logFormat = args.logFormat ?? config.log.format ?? 'text';
     if ((args.logLevel === undefined && config.log.level) || (args.logFormat === undefined && config.log.format)) {
-      current = createLogger({ level: args.logLevel ?? config.log.level ?? 'info', format: args.logFormat ?? config.log.format ?? 'text' });
+      current = createLogger({ level: logLevel, format: logFormat });
     }
     const nothingEnabled =
       !config.signerProxy?.enabled && !config.verifierProxies.some((p) => p.enabled) && !config.keyregistry?.enabled;
@@ -74,9 +90,17 @@ export async function main(argv: readonly string[]): Promise<number> {
       logger.error('No proxy is enabled', { config: config.file });
       return 1;
     }
-    running = await startJwtProxy(config, logger, { signal: shutdown.abortSignal, runtime });
+    const plan = planWorkers(config, args.workers);
+    // Asked for (flag or file): a warning; the default one per core: said, not warned about.
+    if (plan.fallback) logger[plan.from === 'cores' ? 'info' : 'warn'](plan.fallback, { workers: 1 });
+    if (plan.count > 1) {
+      const { startWorkers } = await import('./supervisor.js');
+      running = await startWorkers(loaded.source, config, logger, { count: plan.count, runtime, plugins: args.plugins, logLevel, logFormat, signal: shutdown.abortSignal });
+    } else {
+      running = await startJwtProxy(config, logger, { signal: shutdown.abortSignal, runtime });
+    }
   } catch (error) {
-    if (error instanceof ConfigError || error instanceof PluginError) return fail(error.message, 1);
+    if (error instanceof ConfigError || error instanceof PluginError || (error as Error)?.name === 'WorkerStartError') return fail((error as Error).message, 1);
     return fail(`cannot start: ${(error as Error)?.stack ?? String(error)}`, 1);
   }
 
@@ -110,7 +134,7 @@ const PARENT_CHECK_INTERVAL_MS = 500;
  * that does not load or build keeps the running configuration, with the reason logged. Reloads run
  * one at a time; signals that come during one make one more after it.
  */
-function reloader(configFile: string, running: RunningJwtProxy, logger: Logger, stillRunning: () => boolean): () => void {
+function reloader(configFile: string, running: Running, logger: Logger, stillRunning: () => boolean): () => void {
   let busy = false;
   let again = false;
   const run = async (): Promise<void> => {
@@ -119,9 +143,10 @@ function reloader(configFile: string, running: RunningJwtProxy, logger: Logger, 
       again = false;
       logger.info('reload requested', { config: configFile });
       try {
-        const config = await loadConfig(configFile, { logger });
+        const { loadConfigSource } = await import('./supervisor.js');
+        const { config, source } = await loadConfigSource(configFile, logger);
         if (!stillRunning()) return;
-        const servers = await running.reload(config);
+        const servers = await running.reload(config, source);
         logger.info('reloaded', { servers: servers.map((s) => `${s.name}=${s.address}`).join(' ') });
       } catch (error) {
         logger.error('reload failed: the running configuration is kept', { error: (error as Error)?.message ?? String(error) });

@@ -1,4 +1,4 @@
-export { JwtProxyMetrics, METRIC_PREFIX, type ConnectionCounts, type JwtProxyMetricsOptions } from './metrics.js';
+export { JwtProxyMetrics, METRIC_PREFIX, type ConnectionCounts, type JwtProxyMetricsOptions, type MetricSnapshot } from './metrics.js';
 export {
   certificateObserver,
   instrumentKeyServer,

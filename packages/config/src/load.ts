@@ -86,7 +86,7 @@ export function parseConfig(text: string, fileName: string, options: Pick<LoadCo
   if (block && !isMap(block)) throw src.error('jwtproxy', top.lineOf('jwtproxy'), `must be a mapping, got ${describe(block, doc)}`);
   // A path is written from the top of the `jwtproxy:` block, as users read errors against the file.
   const jwtproxy = top.node('jwtproxy')
-    ? new MapReader(src, '', top.node('jwtproxy')!, top.lineOf('jwtproxy'), ['signer_proxy', 'verifier_proxies', 'keyregistry', 'log', 'admin'])
+    ? new MapReader(src, '', top.node('jwtproxy')!, top.lineOf('jwtproxy'), ['signer_proxy', 'verifier_proxies', 'keyregistry', 'log', 'admin', 'workers'])
     : undefined;
 
   const filePath = (value: string | undefined): string | undefined => (value === undefined ? undefined : path.resolve(baseDir, value));
@@ -105,6 +105,7 @@ export function parseConfig(text: string, fileName: string, options: Pick<LoadCo
 
   const log = readLog(jwtproxy?.optionalMap('log', ['level', 'format', 'access_log', 'access_log_sample']));
   const admin = readAdmin(jwtproxy?.optionalMap('admin', ['listen_addr', 'serve_jwks']));
+  const workers = jwtproxy?.keys().includes('workers') ? readWorkers(jwtproxy) : undefined;
 
   const lineOf = (keyPath: string): number | undefined => {
     // The nearest ancestor in the file: `a.b[0].c` → `a.b[0]` → `a.b` → `a`.
@@ -123,6 +124,7 @@ export function parseConfig(text: string, fileName: string, options: Pick<LoadCo
     ...(keyregistry ? { keyregistry } : {}),
     log,
     ...(admin ? { admin } : {}),
+    ...(workers !== undefined ? { workers } : {}),
     lineOf,
     errorAt: (keyPath, problem) => {
       const line = lineOf(keyPath);
@@ -345,6 +347,16 @@ function readAdmin(block: MapReader | undefined): AdminConfig | undefined {
   if (!block) return undefined;
   if (block.optionalString('listen_addr') === undefined) block.failMissing('listen_addr', 'is required: where /metrics, /healthz and /readyz listen (host:port, :port or unix:/path)');
   return { path: block.path, listenAddr: listenAddress(block, ''), serveJwks: block.bool('serve_jwks', false) };
+}
+
+/** Most worker threads `workers:` may ask for: far above any core count a sidecar gets. */
+export const MAX_WORKERS = 256;
+
+/** `workers: N` (our addition): 1 to MAX_WORKERS; absent means one per available core. */
+function readWorkers(block: MapReader): number {
+  const value = block.int('workers', 1);
+  if (value < 1 || value > MAX_WORKERS) block.fail('workers', `must be from 1 to ${MAX_WORKERS}, got ${value} (leave it out for one per available core)`);
+  return value;
 }
 
 /** The listener's timeouts and caps; what is absent keeps core's default. */

@@ -49,6 +49,11 @@ export function formatListenAddress(address: ListenAddress): string {
 export interface ListenOptions {
   /** Mode given to a unix socket once bound (e.g. 0o755, the Go default); left as created when absent. */
   socketPermission?: number;
+  /**
+   * TCP only: bind with SO_REUSEPORT (Node >= 22.12), so that the worker threads of one process
+   * each listen on the same port and the kernel spreads new connections among them.
+   */
+  reusePort?: boolean;
 }
 
 /** True when something accepts connections on the unix socket at `path`. */
@@ -128,6 +133,7 @@ export async function listenOn(server: net.Server, address: ListenAddress, optio
   // once() rejects when 'error' comes first (port in use, no permission) and removes its listener either way.
   const listening = once(server, 'listening');
   if (address.kind === 'unix') server.listen(address.path);
+  else if (options.reusePort) server.listen({ port: address.port, host: address.host, reusePort: true } as net.ListenOptions);
   else server.listen(address.port, address.host);
   try {
     await listening;

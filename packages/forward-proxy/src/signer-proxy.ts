@@ -26,6 +26,8 @@ export interface SignerProxyOptions {
   listenAddr: string;
   /** Mode of a unix socket, default 0o755 (as Go). */
   socketPermission?: number;
+  /** Bind with SO_REUSEPORT: worker threads of one process listen on the same port (Node >= 22.12). */
+  reusePort?: boolean;
   /** How long stop() lets requests in flight finish by default, in ms. */
   shutdownTimeout: number;
   signer: RequestSigner;
@@ -186,7 +188,7 @@ export async function startSignerProxy(options: SignerProxyOptions): Promise<Run
 
   let address: string;
   try {
-    address = await engine.listen(outerServer, listenAddress, { socketPermission: options.socketPermission ?? 0o755 });
+    address = await engine.listen(outerServer, listenAddress, { socketPermission: options.socketPermission ?? 0o755, ...(options.reusePort ? { reusePort: true } : {}) });
   } catch (error) {
     innerServer.close();
     throw new ConfigError(LISTEN_ADDR_KEY, (error as Error).message);

@@ -22,6 +22,8 @@ export interface VerifierProxyOptions {
   listenAddr: string;
   /** Mode of a unix socket listener, default 0o755 (as Go). */
   socketPermission?: number;
+  /** Bind with SO_REUSEPORT: worker threads of one process listen on the same port (Node >= 22.12). */
+  reusePort?: boolean;
   /** TLS termination; a start-up error on a unix listener (as Go). */
   tls?: { keyFile: string; certFile: string };
   /** `http://host:port/base`, `https://…` or `unix:/path/to.sock`. */
@@ -224,7 +226,7 @@ export async function startVerifierProxy(options: VerifierProxyOptions): Promise
 
   let address: string;
   try {
-    address = await engine.listen(server, listenAddress, { socketPermission: options.socketPermission ?? 0o755 });
+    address = await engine.listen(server, listenAddress, { socketPermission: options.socketPermission ?? 0o755, ...(options.reusePort ? { reusePort: true } : {}) });
   } catch (error) {
     await upstream.pool.destroy();
     throw error;

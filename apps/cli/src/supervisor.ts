@@ -1,0 +1,507 @@
+/**
+ * The primary of `jwtproxy` with `workers: N` (N > 1). It serves no proxy request itself: it
+ * starts N worker threads (worker-main.ts) that each run every proxy of the configuration on the
+ * same ports (SO_REUSEPORT: the kernel spreads connections among them), and runs what must be one
+ * per process:
+ *
+ * - the signer's private key source: one key is made, published, approved and rotated, and each
+ *   active key is sent to every worker (looked at every KEY_PUSH_INTERVAL_MS);
+ * - the `local` nonce tables (SharedNonceTables): a worker's store claims in the one table of its
+ *   verifier, so a token is accepted once per process;
+ * - the admin listener: /metrics sums the workers' metrics with the primary's process metrics,
+ *   /readyz is ready when every check is ready in every worker (and the primary's own);
+ * - the key registry server (it has its own state).
+ *
+ * A worker that exits without being asked (a crash) is started again after a backoff (doubling
+ * from 250 ms to 30 s, reset once it ran a minute); the others keep serving meanwhile. SIGHUP: the
+ * primary reads and checks the file once, then the first worker applies it (which binds any new
+ * port 0), then the others; a file that does not load or build keeps everything as it was.
+ * SIGINT/SIGTERM: every worker stops gracefully (its proxies drain within shutdown_timeout).
+ */
+import { readFile } from 'node:fs/promises';
+import { Worker } from 'node:worker_threads';
+import {
+  ConfigError,
+  childLogger,
+  systemClock,
+  type ComponentContext,
+  type Logger,
+  type LogFormat,
+  type LogLevel,
+  type PrivateKeySource,
+  type RunningProxy,
+  type Runtime,
+  type SigningKey,
+} from '@jwtproxy/core';
+import type { JwtProxyMetrics, MetricSnapshot, Readiness, ReadinessReport, RunningAdminServer } from '@jwtproxy/admin';
+import { createComponent, expandEnv, parseConfig, type LoadedConfig } from '@jwtproxy/config';
+import { DEFAULT_MAX_ENTRIES, SharedNonceTables, sharedNonceTableKey } from '@jwtproxy/nonce-stores';
+import type { RunningJwtProxy, StartedServer } from './run.js';
+import type { ConfigSource, FromWorker, StartedServerInfo, ToWorker, WorkerData } from './worker-protocol.js';
+
+/** How often the primary looks at its key source for a new active key (rotation, approval). */
+export const KEY_PUSH_INTERVAL_MS = 200;
+/** First restart delay after a crash; doubles per crash in a row up to RESTART_MAX_DELAY_MS. */
+export const RESTART_INITIAL_DELAY_MS = 250;
+export const RESTART_MAX_DELAY_MS = 30_000;
+/** A worker that ran this long before it crashed is restarted after the initial delay again. */
+const RESTART_RESET_AFTER_MS = 60_000;
+/** A worker that answers no metrics or readiness question within this is left out (metrics) or not ready. */
+const QUESTION_TIMEOUT_MS = 2_000;
+/** Fault injection for tests: `<worker>` or `<worker>:<ms>` — that worker's first run throws an uncaught error that long (default 500 ms) after it started. */
+export const FAULT_WORKER_CRASH_ENV = 'JWTPROXY_FAULT_WORKER_CRASH';
+
+/** A worker could not start (its reason is the message, which names the key and file:line of a configuration mistake). */
+export class WorkerStartError extends Error {
+  override name = 'WorkerStartError';
+}
+
+/** The configuration file's text with what it parses to: workers parse the same text, not the file again. */
+export async function loadConfigSource(file: string, logger: Logger): Promise<{ config: LoadedConfig; source: ConfigSource }> {
+  const expanded = expandEnv(file, process.env);
+  let text: string;
+  try {
+    text = await readFile(expanded, 'utf8');
+  } catch (error) {
+    const reason = (error as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (error as Error).message;
+    throw new ConfigError('', `cannot read configuration file ${JSON.stringify(expanded)}: ${reason}`);
+  }
+  return { config: parseConfig(text, expanded, { logger }), source: { text, file: expanded } };
+}
+
+export interface SupervisorOptions {
+  count: number;
+  runtime: Runtime;
+  plugins: string[];
+  logLevel: LogLevel;
+  logFormat: LogFormat;
+  signal?: AbortSignal;
+  /** Default process.env (for JWTPROXY_FAULT_WORKER_CRASH). */
+  env?: NodeJS.ProcessEnv;
+}
+
+export interface RunningWorkers extends RunningJwtProxy {
+  reload(config: LoadedConfig, source?: ConfigSource): Promise<StartedServer[]>;
+}
+
+type Reply<T extends FromWorker['type']> = Extract<FromWorker, { type: T }>;
+
+interface Slot {
+  /** 1-based. */
+  n: number;
+  worker: Worker | undefined;
+  threadId: number;
+  running: boolean;
+  /** Readiness check names it reported. */
+  checks: string[];
+  startedAt: number;
+  crashesInARow: number;
+  restartTimer: NodeJS.Timeout | undefined;
+  /** Runs of this slot so far (the fault injection applies to the first). */
+  runs: number;
+  waiting: Map<number, (message: FromWorker) => void>;
+  exited: Promise<number>;
+}
+
+/** `127.0.0.1:0` with the port of `http://127.0.0.1:41234` → `127.0.0.1:41234` (the host as written). */
+function withBoundPort(written: string, address: string): string | undefined {
+  let port: string;
+  try {
+    port = new URL(address).port;
+  } catch {
+    return undefined;
+  }
+  return port ? `${written.slice(0, written.lastIndexOf(':'))}:${port}` : undefined;
+}
+
+function messageOf(error: unknown): string {
+  return (error as Error)?.message ?? String(error);
+}
+
+export async function startWorkers(source: ConfigSource, config: LoadedConfig, logger: Logger, options: SupervisorOptions): Promise<RunningWorkers> {
+  const { runtime } = options;
+  const env = options.env ?? process.env;
+  const fault = /^(\d+)(?::(\d+))?$/.exec(env[FAULT_WORKER_CRASH_ENV] ?? '');
+  const nonceTables = new SharedNonceTables();
+  let current = { config, source };
+  /** Key path → what the file says (`127.0.0.1:0`) and what every worker binds (`127.0.0.1:41234`). */
+  const bound = new Map<string, { written: string; listenAddr: string }>();
+  let stopping = false;
+  let nextId = 0;
+
+  // The admin listener, the key registry server and the signer's key: one each, here.
+  const adminPackage = config.admin ? await import('@jwtproxy/admin') : undefined;
+  let admin: RunningAdminServer | undefined;
+  let registry: { name: string; server: RunningProxy } | undefined;
+  const readiness: Readiness | undefined = adminPackage ? new adminPackage.Readiness() : undefined;
+  let keySource: { block: string; source: PrivateKeySource } | undefined;
+  let sentKey: SigningKey | undefined;
+  let keyTimer: NodeJS.Timeout | undefined;
+
+  const slots: Slot[] = Array.from({ length: options.count }, (_, i) => ({
+    n: i + 1,
+    worker: undefined,
+    threadId: -1,
+    running: false,
+    checks: [],
+    startedAt: 0,
+    crashesInARow: 0,
+    restartTimer: undefined,
+    runs: 0,
+    waiting: new Map(),
+    exited: Promise.resolve(0),
+  }));
+
+  /** The addresses workers listen on for `next`: a port 0 kept at what the first worker bound, while the file says the same. */
+  const listenAddrsFor = (next: LoadedConfig): Record<string, string> => {
+    const addrs: Record<string, string> = {};
+    for (const proxy of [next.signerProxy, ...next.verifierProxies]) {
+      const kept = proxy && bound.get(proxy.path);
+      if (proxy && kept && kept.written === proxy.listenAddr) addrs[proxy.path] = kept.listenAddr;
+    }
+    return addrs;
+  };
+  const noteBound = (next: LoadedConfig, servers: StartedServerInfo[]): void => {
+    for (const proxy of [next.signerProxy, ...next.verifierProxies]) {
+      if (!proxy?.enabled) continue;
+      const server = servers.find((s) => s.name === proxy.path);
+      const listenAddr = server && /:0$/.test(proxy.listenAddr) ? withBoundPort(proxy.listenAddr, server.address) : undefined;
+      if (listenAddr) bound.set(proxy.path, { written: proxy.listenAddr, listenAddr });
+      else if (bound.get(proxy.path)?.written !== proxy.listenAddr) bound.delete(proxy.path);
+    }
+  };
+
+  const post = (slot: Slot, message: ToWorker): void => {
+    slot.worker?.postMessage(message);
+  };
+  /** Sends a question and resolves with the worker's answer of that id, or undefined after `timeoutMs` or if it exits. */
+  const ask = <T extends FromWorker['type']>(slot: Slot, message: ToWorker & { id: number }, timeoutMs: number): Promise<Reply<T> | undefined> =>
+    new Promise((resolve) => {
+      const timer = timeoutMs === Infinity ? undefined : setTimeout(() => done(undefined), timeoutMs);
+      const done = (answer: FromWorker | undefined): void => {
+        clearTimeout(timer);
+        slot.waiting.delete(message.id);
+        resolve(answer as Reply<T> | undefined);
+      };
+      slot.waiting.set(message.id, done);
+      void slot.exited.then(() => done(undefined));
+      post(slot, message);
+    });
+
+  const currentKey = (): SigningKey | undefined => {
+    try {
+      return keySource?.source.activeKey();
+    } catch {
+      return undefined;
+    }
+  };
+  const pushKey = (): void => {
+    const key = currentKey();
+    if (key === sentKey || (key && sentKey && key.kid === sentKey.kid && key.privateKey === sentKey.privateKey)) return;
+    sentKey = key;
+    for (const slot of slots) if (slot.worker) post(slot, { type: 'signer-key', key });
+  };
+
+  /** Readiness checks, named as the workers name theirs: ready when ready in every worker. */
+  const registeredChecks = new Map<string, () => void>();
+  let round: Promise<Array<ReadinessReport | string>> | undefined;
+  const askReadiness = (): Promise<Array<ReadinessReport | string>> =>
+    (round ??= Promise.all(
+      slots.map(async (slot): Promise<ReadinessReport | string> => {
+        if (!slot.running) return `worker ${slot.n} is not running (restarting)`;
+        const answer = await ask<'readiness'>(slot, { type: 'readiness', id: ++nextId }, QUESTION_TIMEOUT_MS);
+        return answer?.report ?? `worker ${slot.n} did not answer`;
+      }),
+    ).finally(() => (round = undefined)));
+  const syncChecks = (): void => {
+    if (!readiness) return;
+    const names = new Set(slots.flatMap((slot) => slot.checks));
+    for (const [name, unregister] of registeredChecks) {
+      if (names.has(name)) continue;
+      unregister();
+      registeredChecks.delete(name);
+    }
+    for (const name of names) {
+      if (registeredChecks.has(name)) continue;
+      registeredChecks.set(
+        name,
+        readiness.register(name, async () => {
+          for (const report of await askReadiness()) {
+            if (typeof report === 'string') throw new Error(report);
+            const check = report.checks.find((c) => c.name === name);
+            if (check && !check.ready) throw new Error(check.problem ?? 'not ready');
+          }
+        }),
+      );
+    }
+  };
+
+  const metrics: JwtProxyMetrics | undefined = adminPackage
+    ? new adminPackage.JwtProxyMetrics({
+        others: async () => {
+          const answers = await Promise.all(
+            slots.filter((slot) => slot.running).map((slot) => ask<'metrics'>(slot, { type: 'metrics', id: ++nextId }, QUESTION_TIMEOUT_MS)),
+          );
+          return answers.filter((a): a is Reply<'metrics'> => a !== undefined).map((a): MetricSnapshot => a.snapshot);
+        },
+      })
+    : undefined;
+
+  const workerUrl = new URL('./worker-main.js', import.meta.url);
+
+  /**
+   * Starts the worker of `slot` and resolves once it listens (or rejects with why it could not).
+   * After that, an exit nobody asked for restarts it (with backoff) while the primary runs.
+   */
+  const launch = (slot: Slot): Promise<StartedServerInfo[]> => {
+    const crashAfter = fault && Number(fault[1]) === slot.n && slot.runs === 0 ? Number(fault[2] ?? 500) : undefined;
+    slot.runs++;
+    const data: WorkerData = {
+      worker: slot.n,
+      source: current.source,
+      listenAddrs: listenAddrsFor(current.config),
+      logLevel: options.logLevel,
+      logFormat: options.logFormat,
+      plugins: options.plugins,
+      admin: Boolean(config.admin),
+      signerKey: sentKey,
+      ...(crashAfter !== undefined ? { crashAfterMs: crashAfter } : {}),
+    };
+    const worker = new Worker(workerUrl, { workerData: data, stderr: false, stdout: false });
+    slot.worker = worker;
+    slot.threadId = worker.threadId;
+    slot.running = false;
+    let exit: (code: number) => void = () => {};
+    slot.exited = new Promise((resolve) => (exit = resolve));
+    return new Promise((resolve, reject) => {
+      let started = false;
+      worker.on('message', (message: FromWorker) => {
+        switch (message.type) {
+          case 'started':
+            started = true;
+            slot.running = true;
+            slot.startedAt = Date.now();
+            slot.checks = message.checks;
+            syncChecks();
+            resolve(message.servers);
+            return;
+          case 'start-failed':
+            reject(message.configError ? new WorkerStartError(message.error) : new WorkerStartError(`worker ${slot.n} cannot start: ${message.error}`));
+            return;
+          case 'nonce-table': {
+            let reply: ToWorker;
+            try {
+              reply = { type: 'reply', id: message.id, buffer: nonceTables.bufferFor(message.key, message.maxEntries) };
+            } catch (error) {
+              reply = { type: 'reply', id: message.id, error: messageOf(error) };
+            }
+            post(slot, reply);
+            return;
+          }
+          default:
+            if ('id' in message) slot.waiting.get(message.id)?.(message);
+        }
+      });
+      worker.on('error', (error) => {
+        logger.error('worker failed', { worker: slot.n, error: messageOf(error) });
+      });
+      worker.on('exit', (code) => {
+        slot.running = false;
+        slot.worker = undefined;
+        // It may have been terminated inside a claim: its lock on a nonce table is released.
+        nonceTables.threadExited(worker.threadId);
+        exit(code);
+        if (!started) {
+          reject(new WorkerStartError(`worker ${slot.n} exited (code ${code}) before it listened`));
+          if (!stopping && slot.runs > 1) scheduleRestart(slot);
+          return;
+        }
+        syncChecks();
+        if (stopping) return;
+        logger.error('worker exited; restarting it', { worker: slot.n, code });
+        scheduleRestart(slot);
+      });
+    });
+  };
+
+  const scheduleRestart = (slot: Slot): void => {
+    if (stopping || slot.restartTimer) return;
+    if (slot.startedAt && Date.now() - slot.startedAt > RESTART_RESET_AFTER_MS) slot.crashesInARow = 0;
+    const delay = Math.min(RESTART_MAX_DELAY_MS, RESTART_INITIAL_DELAY_MS * 2 ** Math.min(slot.crashesInARow, 20));
+    slot.crashesInARow++;
+    slot.restartTimer = setTimeout(() => {
+      slot.restartTimer = undefined;
+      if (stopping) return;
+      launch(slot).then(
+        () => logger.info('worker restarted', { worker: slot.n }),
+        (error: unknown) => logger.error('worker restart failed', { worker: slot.n, error: messageOf(error), retryInMs: Math.min(RESTART_MAX_DELAY_MS, RESTART_INITIAL_DELAY_MS * 2 ** slot.crashesInARow) }),
+      );
+    }, delay);
+  };
+
+  /** The signer's key source for `next`: the running one if its block is unchanged, else a new one. */
+  const keySourceFor = async (next: LoadedConfig): Promise<{ block: string; source: PrivateKeySource } | undefined> => {
+    const signer = next.signerProxy?.enabled ? next.signerProxy : undefined;
+    if (!signer) return undefined;
+    const at = `${signer.path}.signer.private_key`;
+    const block = `${next.baseDir}\u0000${signer.signer.issuer}\u0000${JSON.stringify(signer.signer.privateKey)}`;
+    if (keySource?.block === block) return keySource;
+    const context: ComponentContext = { logger, clock: systemClock, baseDir: next.baseDir, runtime, issuer: signer.signer.issuer, path: at };
+    return { block, source: await createComponent(runtime.privateKeySources, signer.signer.privateKey, at, context, next) };
+  };
+
+  const stopWorkers = async (): Promise<void> => {
+    for (const slot of slots) clearTimeout(slot.restartTimer);
+    const shutdown = Math.max(5_000, current.config.signerProxy?.shutdownTimeout ?? 0, ...current.config.verifierProxies.map((p) => p.shutdownTimeout));
+    await Promise.all(
+      slots.map(async (slot) => {
+        const worker = slot.worker;
+        if (!worker) return;
+        post(slot, { type: 'stop' });
+        // Each proxy drains within its shutdown_timeout; a worker still there well after is cut.
+        const late = setTimeout(() => void worker.terminate(), shutdown + 5_000);
+        await slot.exited;
+        clearTimeout(late);
+      }),
+    );
+  };
+
+  const stop = async (): Promise<void> => {
+    stopping = true;
+    readiness?.markStopping();
+    clearInterval(keyTimer);
+    await stopWorkers();
+    const settle = async (what: string, work: Promise<void> | undefined): Promise<void> => {
+      try {
+        await work;
+      } catch (error) {
+        logger.warn('error while stopping', { what, error: messageOf(error) });
+      }
+    };
+    await settle('private key source', keySource?.source.stop?.(Date.now() + 5_000));
+    if (registry) await settle(registry.name, registry.server.stop());
+    if (admin) await settle('admin', admin.stop());
+  };
+
+  let proxies: StartedServerInfo[] = [];
+  try {
+    if (config.admin && adminPackage) {
+      const { path: at, listenAddr } = config.admin;
+      try {
+        admin = await adminPackage.startAdminServer({
+          listenAddr,
+          metrics,
+          readiness: readiness!,
+          logger: childLogger(logger, { component: at }),
+          ...(config.admin.serveJwks ? { publicJwks: () => publicJwksOf(keySource?.source) } : {}),
+        });
+      } catch (error) {
+        throw placed(error, at, config);
+      }
+    }
+    if (config.keyregistry?.enabled) {
+      const at = config.keyregistry.path;
+      try {
+        const [{ startKeyRegistryFromConfig }, { keyRegistryStorageAnswers }] = await Promise.all([import('./keyregistry-command.js'), import('@jwtproxy/keyregistry-server')]);
+        const server = await startKeyRegistryFromConfig(config.keyregistry.options, config.baseDir, logger);
+        if (server) {
+          registry = { name: at, server };
+          readiness?.register(`${at}: storage`, () => keyRegistryStorageAnswers(server.registry));
+        }
+      } catch (error) {
+        throw placed(error, at, config);
+      }
+    }
+    keySource = await keySourceFor(config);
+    sentKey = currentKey();
+    keyTimer = setInterval(pushKey, KEY_PUSH_INTERVAL_MS).unref();
+
+    // The first worker binds any port 0; the others then bind the same ports.
+    proxies = await launch(slots[0]!);
+    noteBound(config, proxies);
+    await Promise.all(slots.slice(1).map(launch));
+    if (options.signal?.aborted) {
+      await stop();
+      return { servers: [], stop: async () => {}, reload: async () => [] };
+    }
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  logger.info('workers started', { workers: options.count });
+
+  const servers = (): StartedServer[] => [
+    ...(admin && config.admin ? [{ name: config.admin.path, address: admin.address }] : []),
+    ...(registry ? [{ name: registry.name, address: registry.server.address }] : []),
+    ...proxies,
+  ];
+
+  const reload = async (next: LoadedConfig, nextSource?: ConfigSource): Promise<StartedServer[]> => {
+    if (!nextSource) throw new Error('a reload with workers needs the configuration text');
+    // Checked here once (every component's options and files), before any worker is told.
+    const { checkConfiguration } = await import('./check.js');
+    await checkConfiguration(next, runtime, logger);
+    if (next.workers !== current.config.workers) logger.warn('workers is read at start only: restart jwtproxy to change it', { running: options.count });
+    const nextKey = await keySourceFor(next);
+    const listenAddrs = listenAddrsFor(next);
+    const [first, ...others] = slots.filter((slot) => slot.running);
+    if (!first) throw new Error('no worker is running');
+    const answer = await ask<'reloaded' | 'reload-failed'>(first, { type: 'reload', id: ++nextId, source: nextSource, listenAddrs }, Infinity);
+    if (answer?.type !== 'reloaded') {
+      if (nextKey && nextKey !== keySource) await nextKey.source.stop?.(Date.now() + 5_000);
+      throw new Error(answer?.type === 'reload-failed' ? answer.error : `worker ${first.n} exited during the reload`);
+    }
+    // From here the new configuration is the one: a worker that fails to apply it starts anew with it.
+    const previousKey = keySource;
+    keySource = nextKey;
+    current = { config: next, source: nextSource };
+    first.checks = answer.checks;
+    proxies = answer.servers;
+    noteBound(next, answer.servers);
+    pushKey();
+    if (previousKey && previousKey !== nextKey) void previousKey.source.stop?.(Date.now() + 5_000);
+    const listenAddrsNow = listenAddrsFor(next);
+    await Promise.all(
+      others.map(async (slot) => {
+        const reply = await ask<'reloaded' | 'reload-failed'>(slot, { type: 'reload', id: ++nextId, source: nextSource, listenAddrs: listenAddrsNow }, Infinity);
+        if (reply?.type === 'reloaded') {
+          slot.checks = reply.checks;
+          return;
+        }
+        logger.error('worker could not apply the reload; restarting it with the new configuration', {
+          worker: slot.n,
+          error: reply?.type === 'reload-failed' ? reply.error : 'exited',
+        });
+        void slot.worker?.terminate();
+      }),
+    );
+    syncChecks();
+    // Tables of nonce stores the new configuration no longer has are forgotten (workers drop theirs as they go).
+    nonceTables.retainOnly(localNonceTableKeys(next));
+    return servers();
+  };
+
+  return { servers: servers(), stop, reload };
+}
+
+/** The shared table names of the `local` nonce stores `config` has, as the stores ask for them. */
+function localNonceTableKeys(config: LoadedConfig): string[] {
+  return config.verifierProxies
+    .filter((proxy) => proxy.enabled && proxy.verifier.nonceStorage.type === 'local')
+    .map((proxy) => {
+      const maxEntries = proxy.verifier.nonceStorage.options?.max_entries;
+      return sharedNonceTableKey(`${proxy.path}.verifier.nonce_storage`, typeof maxEntries === 'number' ? maxEntries : DEFAULT_MAX_ENTRIES);
+    });
+}
+
+/** The public JWKs of the signer's key source, when it can give them (`preshared` can). */
+function publicJwksOf(source: PrivateKeySource | undefined): readonly object[] | undefined {
+  const withJwks = source as (PrivateKeySource & { publicJwks?: () => readonly object[] }) | undefined;
+  return typeof withJwks?.publicJwks === 'function' ? withJwks.publicJwks() : undefined;
+}
+
+/** A start failure of the admin listener or key registry server as a ConfigError at its key. */
+function placed(error: unknown, at: string, config: LoadedConfig): unknown {
+  if (error instanceof ConfigError) return error;
+  return config.errorAt(at, `cannot start: ${messageOf(error)}`);
+}

@@ -1,0 +1,156 @@
+/**
+ * One worker thread of `jwtproxy` with `workers: N` (N > 1): runs the proxies of the configuration
+ * (run.ts, as a single-threaded jwtproxy does) on ports every worker binds with SO_REUSEPORT, so
+ * that the kernel spreads connections among them. The primary (supervisor.ts) started it; what
+ * must be one per process comes from there:
+ *
+ * - the signer's key: the primary runs the key source and sends each active key (`signer-key`);
+ * - the nonces of a `local` store: one SharedArrayBuffer table, asked for through `sharedState`;
+ * - the admin listener and the key registry server run in the primary, which asks each worker for
+ *   its metrics and readiness.
+ *
+ * Logs are written with the primary's level and format, each line naming the worker (`worker=2`);
+ * a worker thread's stderr is forwarded to the process's by Node, line by line.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { ConfigError, NoActiveKeyError, createLogger, silentLogger, type Logger, type PrivateKeySource, type SigningKey } from '@jwtproxy/core';
+import { parseConfig, type LoadedConfig } from '@jwtproxy/config';
+import type { JwtProxyMetrics, Readiness } from '@jwtproxy/admin';
+import { createJwtProxyRuntime } from './builtins.js';
+import { loadPlugins } from './plugins.js';
+import { startJwtProxy, type RunningJwtProxy, type WorkerSeams } from './run.js';
+import type { ConfigSource, FromWorker, ToWorker, WorkerData } from './worker-protocol.js';
+
+/** The signer's key as the primary last sent it: the worker signs with it, the primary rotates it. */
+class PrimaryKeySource implements PrivateKeySource {
+  #key: SigningKey | undefined;
+  constructor(key: SigningKey | undefined) {
+    this.#key = key;
+  }
+  set(key: SigningKey | undefined): void {
+    this.#key = key;
+  }
+  activeKey(): SigningKey {
+    if (!this.#key) throw new NoActiveKeyError();
+    return this.#key;
+  }
+}
+
+/**
+ * The configuration a worker runs: the primary's file as parsed there (its warnings were logged
+ * there once), with the addresses the first worker bound for port 0, and without the admin
+ * listener and key registry server, which the primary runs.
+ */
+export function workerConfig(source: ConfigSource, listenAddrs: Record<string, string>): LoadedConfig {
+  const config = parseConfig(source.text, source.file, { logger: silentLogger });
+  const at = (path: string, listenAddr: string): string => listenAddrs[path] ?? listenAddr;
+  const { admin: _admin, keyregistry: _keyregistry, ...rest } = config;
+  return {
+    ...rest,
+    ...(config.signerProxy ? { signerProxy: { ...config.signerProxy, listenAddr: at(config.signerProxy.path, config.signerProxy.listenAddr) } } : {}),
+    verifierProxies: config.verifierProxies.map((proxy) => ({ ...proxy, listenAddr: at(proxy.path, proxy.listenAddr) })),
+  };
+}
+
+async function runWorker(): Promise<void> {
+  const port = parentPort;
+  if (!port) throw new Error('worker-main.js runs in a worker thread that jwtproxy starts');
+  const data = workerData as WorkerData;
+  const send = (message: FromWorker): void => port.postMessage(message);
+  const logger: Logger = createLogger({ level: data.logLevel, format: data.logFormat }).child?.({ worker: data.worker }) ?? silentLogger;
+
+  const keySource = new PrimaryKeySource(data.signerKey);
+  let nextRequest = 0;
+  const pending = new Map<number, (reply: Extract<ToWorker, { type: 'reply' }>) => void>();
+  const ask = (key: string, maxEntries: number): Promise<SharedArrayBuffer | undefined> =>
+    new Promise((resolve, reject) => {
+      const id = ++nextRequest;
+      pending.set(id, (reply) => (reply.error ? reject(new Error(reply.error)) : resolve(reply.buffer)));
+      send({ type: 'nonce-table', id, key, maxEntries });
+    });
+
+  let metrics: JwtProxyMetrics | undefined;
+  let readiness: Readiness | undefined;
+  if (data.admin) {
+    const admin = await import('@jwtproxy/admin');
+    // Process metrics (CPU, RSS, heap) are the primary's to report, once for the process.
+    metrics = new admin.JwtProxyMetrics({ processMetrics: false });
+    readiness = new admin.Readiness();
+  }
+  const seams: WorkerSeams = {
+    sharedState: { nonceTable: ask },
+    signerKeySource: keySource,
+    ...(metrics ? { metrics } : {}),
+    ...(readiness ? { readiness } : {}),
+    reusePort: true,
+  };
+
+  let running: RunningJwtProxy | undefined;
+  let stopping = false;
+  let chain = Promise.resolve();
+  /** Reloads and the stop run one after the other, in the order the primary sent them. */
+  const serially = (work: () => Promise<void>): void => {
+    chain = chain.then(work, work);
+  };
+
+  port.on('message', (message: ToWorker) => {
+    switch (message.type) {
+      case 'reply':
+        pending.get(message.id)?.(message);
+        pending.delete(message.id);
+        return;
+      case 'signer-key':
+        keySource.set(message.key);
+        return;
+      case 'metrics':
+        if (metrics) void metrics.snapshot().then((snapshot) => send({ type: 'metrics', id: message.id, snapshot }));
+        else send({ type: 'metrics', id: message.id, snapshot: [] });
+        return;
+      case 'readiness':
+        if (readiness) void readiness.evaluate().then((report) => send({ type: 'readiness', id: message.id, report }));
+        else send({ type: 'readiness', id: message.id, report: { ready: true, checks: [] } });
+        return;
+      case 'reload':
+        serially(async () => {
+          if (stopping || !running) return;
+          try {
+            const servers = await running.reload(workerConfig(message.source, message.listenAddrs));
+            send({ type: 'reloaded', id: message.id, servers, checks: readiness?.names ?? [] });
+          } catch (error) {
+            send({ type: 'reload-failed', id: message.id, error: (error as Error)?.message ?? String(error) });
+          }
+        });
+        return;
+      case 'stop':
+        stopping = true;
+        serially(async () => {
+          try {
+            await running?.stop();
+          } finally {
+            send({ type: 'stopped' });
+            // Pools and timers of stopped components must not keep the thread alive (as main.ts).
+            process.exit(0);
+          }
+        });
+        return;
+    }
+  });
+
+  try {
+    const runtime = createJwtProxyRuntime(logger);
+    await loadPlugins(data.plugins, runtime);
+    running = await startJwtProxy(workerConfig(data.source, data.listenAddrs), logger, { runtime, worker: seams });
+  } catch (error) {
+    send({ type: 'start-failed', error: (error as Error)?.message ?? String(error), configError: error instanceof ConfigError });
+    process.exit(1);
+  }
+  send({ type: 'started', servers: running.servers, checks: readiness?.names ?? [] });
+  if (data.crashAfterMs !== undefined) {
+    // Fault injection (JWTPROXY_FAULT_WORKER_CRASH, for tests): an uncaught error, as a bug would throw.
+    setTimeout(() => {
+      throw new Error(`fault injection: worker ${data.worker} crashes (JWTPROXY_FAULT_WORKER_CRASH)`);
+    }, data.crashAfterMs);
+  }
+}
+
+await runWorker();

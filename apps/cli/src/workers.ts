@@ -1,0 +1,65 @@
+/**
+ * How many worker threads `jwtproxy` runs: `-workers N`, else `jwtproxy.workers`, else one per
+ * core this process may use (the machine's, or fewer under a container's CPU limit), and 1 where
+ * worker threads cannot share a port.
+ */
+import { readFileSync } from 'node:fs';
+import os from 'node:os';
+import type { LoadedConfig } from '@jwtproxy/config';
+
+/** Where cgroup v2 keeps a container's CPU limit: `max 100000` (none) or `<quota> <period>` (µs). */
+export const CGROUP_CPU_MAX = '/sys/fs/cgroup/cpu.max';
+
+/** Cores the limit in `cpu.max`'s text allows (a fraction rounds up: 1.5 CPUs is 2 threads' worth), or undefined for none. */
+export function coresOfCpuMax(text: string): number | undefined {
+  const [quota, period] = text.trim().split(/\s+/);
+  if (quota === undefined || quota === 'max') return undefined;
+  const q = Number(quota);
+  const p = Number(period ?? 100_000);
+  if (!Number.isFinite(q) || !Number.isFinite(p) || q <= 0 || p <= 0) return undefined;
+  return Math.max(1, Math.ceil(q / p));
+}
+
+/** The cores this process may use: os.availableParallelism(), capped by the cgroup v2 CPU quota when there is one. */
+export function availableCores(cpuMaxFile = CGROUP_CPU_MAX): number {
+  const parallelism = typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
+  let limit: number | undefined;
+  try {
+    limit = coresOfCpuMax(readFileSync(cpuMaxFile, 'utf8'));
+  } catch {
+    // No cgroup v2 (or not readable): the machine's count.
+  }
+  return Math.max(1, Math.min(parallelism, limit ?? parallelism));
+}
+
+/**
+ * Whether `server.listen({ reusePort: true })` works here: Node 22.12+ (and 23.1+). Without it,
+ * worker threads cannot listen on one port, and jwtproxy runs one.
+ */
+export function hasReusePort(versions: NodeJS.ProcessVersions = process.versions): boolean {
+  const [major = 0, minor = 0] = versions.node.split('.').map(Number);
+  return major > 23 || (major === 23 && minor >= 1) || (major === 22 && minor >= 12);
+}
+
+export interface WorkerPlan {
+  /** Threads that run proxies; 1: everything on the main thread, no worker at all. */
+  count: number;
+  /** Why fewer than asked (or than the cores), for the one line said at start; undefined when nothing to say. */
+  fallback?: string;
+  /** Where the count came from: `-workers`, `jwtproxy.workers` or `cores`. */
+  from: 'flag' | 'config' | 'cores';
+}
+
+/** The workers to run for `config` given the flag (which wins over the file). */
+export function planWorkers(config: LoadedConfig, flag: number | undefined, options: { cores?: number; reusePort?: boolean } = {}): WorkerPlan {
+  const from = flag !== undefined ? 'flag' : config.workers !== undefined ? 'config' : 'cores';
+  const wanted = flag ?? config.workers ?? options.cores ?? availableCores();
+  if (wanted <= 1) return { count: 1, from };
+  if (!(options.reusePort ?? hasReusePort())) {
+    return { count: 1, from, fallback: `Node.js ${process.versions.node} has no listen({ reusePort }) (22.12 or later has): one worker instead of ${wanted}` };
+  }
+  const unix = [config.signerProxy, ...config.verifierProxies].find((p) => p?.enabled && p.listenAddr.startsWith('unix:'));
+  if (unix) return { count: 1, from, fallback: `${unix.path} listens on a unix socket, which worker threads cannot share: one worker instead of ${wanted}` };
+  if (!config.signerProxy?.enabled && !config.verifierProxies.some((p) => p.enabled)) return { count: 1, from };
+  return { count: wanted, from };
+}
