@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { ConfigError, childLogger, createLogger, type Logger } from '@jwtproxy/core';
 import { loadConfig, type LoadedConfig } from '@jwtproxy/config';
 import { parseArguments, usage, UsageError } from './args.js';
+import { flushCompileCache } from './compile-cache.js';
 import { loadPlugins, PluginError } from './plugins.js';
 import type { StartedServer } from './run.js';
 import type { ConfigSource } from './worker-protocol.js';
@@ -90,7 +91,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       logger.error('No proxy is enabled', { config: config.file });
       return 1;
     }
-    const plan = planWorkers(config, args.workers);
+    const plan = planWorkers(config, args.workers, { plugins: args.plugins.length });
     // Asked for (flag or file): a warning; the default one per core: said, not warned about.
     if (plan.fallback) logger[plan.from === 'cores' ? 'info' : 'warn'](plan.fallback, { workers: 1 });
     if (plan.count > 1) {
@@ -107,6 +108,8 @@ export async function main(argv: readonly string[]): Promise<number> {
   if (!shutdown.abortSignal.aborted) {
     for (const server of running.servers) logger.info('listening', { server: server.name, address: server.address });
     logger.info('ready', { servers: running.servers.length });
+    // The code the start compiled goes to the on-disk cache now, not only at a clean exit.
+    flushCompileCache();
   }
   reloadRequested = reloader(args.configFile!, running, logger, () => !shutdown.abortSignal.aborted);
   await shutdown.requested;

@@ -90,7 +90,7 @@ function listenErrorIn(error: unknown, listenAddr: string): ListenError | undefi
 }
 
 /** One clear ConfigError for a proxy that could not start, naming its key. */
-function startFailure(error: unknown, at: string, listenAddr: string, config: LoadedConfig): ConfigError {
+export function startFailure(error: unknown, at: string, listenAddr: string, config: LoadedConfig): ConfigError {
   if (error instanceof ConfigError) return placeConfigError(error, at, config);
   const listen = listenErrorIn(error, listenAddr);
   if (listen) return config.errorAt(`${at}.listen_addr`, listen.message);
@@ -153,6 +153,8 @@ export interface WorkerSeams {
   readiness?: Readiness;
   /** Listen with SO_REUSEPORT, as every worker does on the same ports. */
   reusePort: boolean;
+  /** The signer's forged certificates (TLS interception): the primary forges each host once for the process. */
+  forgedCertificates?: (host: string) => Promise<{ key: string; cert: string }>;
 }
 
 export async function startJwtProxy(config: LoadedConfig, logger: Logger, options: StartOptions = {}): Promise<RunningJwtProxy> {
@@ -323,6 +325,7 @@ export async function startJwtProxy(config: LoadedConfig, logger: Logger, option
               shutdownTimeout: signerProxy.shutdownTimeout,
               ...signerSettings(next, signerProxy, assembly.signer.signer),
               ...(metrics && adminPackage ? { certificateObserver: adminPackage.certificateObserver(metrics, { proxy: signerProxy.path }) } : {}),
+              ...(seams?.forgedCertificates ? { forgedCertificates: seams.forgedCertificates } : {}),
             });
             metrics?.watchConnections(signerProxy.path, server);
             let open = true;

@@ -34,10 +34,11 @@ import {
   type SigningKey,
 } from '@jwtproxy/core';
 import type { JwtProxyMetrics, MetricSnapshot, Readiness, ReadinessReport, RunningAdminServer } from '@jwtproxy/admin';
-import { createComponent, expandEnv, parseConfig, type LoadedConfig } from '@jwtproxy/config';
+import { createComponent, expandEnv, parseConfig, placeConfigError, type LoadedConfig } from '@jwtproxy/config';
 import { DEFAULT_MAX_ENTRIES, SharedNonceTables, sharedNonceTableKey } from '@jwtproxy/nonce-stores';
-import type { RunningJwtProxy, StartedServer } from './run.js';
-import type { ConfigSource, FromWorker, StartedServerInfo, ToWorker, WorkerData } from './worker-protocol.js';
+import type { CertificateForger } from '@jwtproxy/forward-proxy';
+import { startFailure, type RunningJwtProxy, type StartedServer } from './run.js';
+import type { ConfigSource, FromWorker, KeyProblem, StartedServerInfo, ToWorker, WorkerData } from './worker-protocol.js';
 
 /** How often the primary looks at its key source for a new active key (rotation, approval). */
 export const KEY_PUSH_INTERVAL_MS = 200;
@@ -135,7 +136,10 @@ export async function startWorkers(source: ConfigSource, config: LoadedConfig, l
   let registry: { name: string; server: RunningProxy } | undefined;
   const readiness: Readiness | undefined = adminPackage ? new adminPackage.Readiness() : undefined;
   let keySource: { block: string; source: PrivateKeySource } | undefined;
+  /** The signer's CA (TLS interception): certificates are forged here, once per host, for every worker. */
+  let forger: { files: string; forger: CertificateForger } | undefined;
   let sentKey: SigningKey | undefined;
+  let sentProblem: KeyProblem | undefined;
   let keyTimer: NodeJS.Timeout | undefined;
 
   const slots: Slot[] = Array.from({ length: options.count }, (_, i) => ({
@@ -188,18 +192,21 @@ export async function startWorkers(source: ConfigSource, config: LoadedConfig, l
       post(slot, message);
     });
 
-  const currentKey = (): SigningKey | undefined => {
+  /** The key source's answer now: its key, or why it has none (awaiting approval, or its own failure). */
+  const currentKey = (): { key: SigningKey | undefined; problem?: KeyProblem } => {
     try {
-      return keySource?.source.activeKey();
-    } catch {
-      return undefined;
+      return { key: keySource?.source.activeKey() };
+    } catch (error) {
+      return { key: undefined, problem: { code: (error as { code?: string })?.code, message: messageOf(error) } };
     }
   };
   const pushKey = (): void => {
-    const key = currentKey();
-    if (key === sentKey || (key && sentKey && key.kid === sentKey.kid && key.privateKey === sentKey.privateKey)) return;
+    const { key, problem } = currentKey();
+    const same = key ? key === sentKey || (sentKey !== undefined && key.kid === sentKey.kid && key.privateKey === sentKey.privateKey) : !sentKey && problem?.message === sentProblem?.message;
+    if (same) return;
     sentKey = key;
-    for (const slot of slots) if (slot.worker) post(slot, { type: 'signer-key', key });
+    sentProblem = problem;
+    for (const slot of slots) if (slot.worker) post(slot, { type: 'signer-key', key, ...(problem ? { problem } : {}) });
   };
 
   /** Readiness checks, named as the workers name theirs: ready when ready in every worker. */
@@ -265,6 +272,7 @@ export async function startWorkers(source: ConfigSource, config: LoadedConfig, l
       plugins: options.plugins,
       admin: Boolean(config.admin),
       signerKey: sentKey,
+      ...(sentProblem ? { signerKeyProblem: sentProblem } : {}),
       ...(crashAfter !== undefined ? { crashAfterMs: crashAfter } : {}),
     };
     const worker = new Worker(workerUrl, { workerData: data, stderr: false, stdout: false });
@@ -288,6 +296,13 @@ export async function startWorkers(source: ConfigSource, config: LoadedConfig, l
           case 'start-failed':
             reject(message.configError ? new WorkerStartError(message.error) : new WorkerStartError(`worker ${slot.n} cannot start: ${message.error}`));
             return;
+          case 'certificate': {
+            const answer = (certificate?: { key: string; cert: string }, error?: string): void =>
+              post(slot, { type: 'reply', id: message.id, ...(certificate ? { certificate } : {}), ...(error ? { error } : {}) });
+            if (!forger) answer(undefined, 'no CA is configured');
+            else forger.forger.forgedFor(message.host).then((certificate) => answer(certificate), (error: unknown) => answer(undefined, messageOf(error)));
+            return;
+          }
           case 'nonce-table': {
             let reply: ToWorker;
             try {
@@ -350,6 +365,20 @@ export async function startWorkers(source: ConfigSource, config: LoadedConfig, l
     return { block, source: await createComponent(runtime.privateKeySources, signer.signer.privateKey, at, context, next) };
   };
 
+  /** The CA forger for `next`: the running one if the files are the same, else one loaded from them. */
+  const forgerFor = async (next: LoadedConfig): Promise<{ files: string; forger: CertificateForger } | undefined> => {
+    const signer = next.signerProxy?.enabled ? next.signerProxy : undefined;
+    if (!signer?.caKeyFile || !signer.caCrtFile) return undefined;
+    const files = JSON.stringify([signer.caKeyFile, signer.caCrtFile]);
+    if (forger?.files === files) return forger;
+    const { CertificateForger } = await import('@jwtproxy/forward-proxy');
+    try {
+      return { files, forger: await CertificateForger.load({ caKeyFile: signer.caKeyFile, caCertFile: signer.caCrtFile }) };
+    } catch (error) {
+      throw error instanceof ConfigError ? placeConfigError(error, signer.path, next) : error;
+    }
+  };
+
   const stopWorkers = async (): Promise<void> => {
     for (const slot of slots) clearTimeout(slot.restartTimer);
     const shutdown = Math.max(5_000, current.config.signerProxy?.shutdownTimeout ?? 0, ...current.config.verifierProxies.map((p) => p.shutdownTimeout));
@@ -384,6 +413,13 @@ export async function startWorkers(source: ConfigSource, config: LoadedConfig, l
   };
 
   let proxies: StartedServerInfo[] = [];
+  const empty: RunningWorkers = { servers: [], stop: async () => {}, reload: async () => [] };
+  // A signal while starting: the workers stop what they built, nothing more starts, no restart.
+  const onAbort = (): void => {
+    stopping = true;
+    for (const slot of slots) post(slot, { type: 'stop' });
+  };
+  options.signal?.addEventListener('abort', onAbort, { once: true });
   try {
     if (config.admin && adminPackage) {
       const { path: at, listenAddr } = config.admin;
@@ -396,11 +432,12 @@ export async function startWorkers(source: ConfigSource, config: LoadedConfig, l
           ...(config.admin.serveJwks ? { publicJwks: () => publicJwksOf(keySource?.source) } : {}),
         });
       } catch (error) {
-        throw placed(error, at, config);
+        throw startFailure(error, at, listenAddr, config);
       }
     }
     if (config.keyregistry?.enabled) {
       const at = config.keyregistry.path;
+      const listenAddr = typeof config.keyregistry.options.listen_addr === 'string' ? config.keyregistry.options.listen_addr : ':8081';
       try {
         const [{ startKeyRegistryFromConfig }, { keyRegistryStorageAnswers }] = await Promise.all([import('./keyregistry-command.js'), import('@jwtproxy/keyregistry-server')]);
         const server = await startKeyRegistryFromConfig(config.keyregistry.options, config.baseDir, logger);
@@ -409,24 +446,30 @@ export async function startWorkers(source: ConfigSource, config: LoadedConfig, l
           readiness?.register(`${at}: storage`, () => keyRegistryStorageAnswers(server.registry));
         }
       } catch (error) {
-        throw placed(error, at, config);
+        throw startFailure(error, at, listenAddr, config);
       }
     }
     keySource = await keySourceFor(config);
-    sentKey = currentKey();
+    forger = await forgerFor(config);
+    ({ key: sentKey, problem: sentProblem } = currentKey());
     keyTimer = setInterval(pushKey, KEY_PUSH_INTERVAL_MS).unref();
 
     // The first worker binds any port 0; the others then bind the same ports.
-    proxies = await launch(slots[0]!);
-    noteBound(config, proxies);
-    await Promise.all(slots.slice(1).map(launch));
+    if (!options.signal?.aborted) {
+      proxies = await launch(slots[0]!);
+      noteBound(config, proxies);
+    }
+    if (!options.signal?.aborted) await Promise.all(slots.slice(1).map(launch));
     if (options.signal?.aborted) {
       await stop();
-      return { servers: [], stop: async () => {}, reload: async () => [] };
+      return empty;
     }
   } catch (error) {
     await stop();
+    if (options.signal?.aborted) return empty;
     throw error;
+  } finally {
+    options.signal?.removeEventListener('abort', onAbort);
   }
   logger.info('workers started', { workers: options.count });
 
@@ -443,6 +486,7 @@ export async function startWorkers(source: ConfigSource, config: LoadedConfig, l
     await checkConfiguration(next, runtime, logger);
     if (next.workers !== current.config.workers) logger.warn('workers is read at start only: restart jwtproxy to change it', { running: options.count });
     const nextKey = await keySourceFor(next);
+    const nextForger = await forgerFor(next);
     const listenAddrs = listenAddrsFor(next);
     const [first, ...others] = slots.filter((slot) => slot.running);
     if (!first) throw new Error('no worker is running');
@@ -454,6 +498,7 @@ export async function startWorkers(source: ConfigSource, config: LoadedConfig, l
     // From here the new configuration is the one: a worker that fails to apply it starts anew with it.
     const previousKey = keySource;
     keySource = nextKey;
+    forger = nextForger;
     current = { config: next, source: nextSource };
     first.checks = answer.checks;
     proxies = answer.servers;
@@ -498,10 +543,4 @@ function localNonceTableKeys(config: LoadedConfig): string[] {
 function publicJwksOf(source: PrivateKeySource | undefined): readonly object[] | undefined {
   const withJwks = source as (PrivateKeySource & { publicJwks?: () => readonly object[] }) | undefined;
   return typeof withJwks?.publicJwks === 'function' ? withJwks.publicJwks() : undefined;
-}
-
-/** A start failure of the admin listener or key registry server as a ConfigError at its key. */
-function placed(error: unknown, at: string, config: LoadedConfig): unknown {
-  if (error instanceof ConfigError) return error;
-  return config.errorAt(at, `cannot start: ${messageOf(error)}`);
 }

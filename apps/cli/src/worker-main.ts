@@ -13,27 +13,49 @@
  * a worker thread's stderr is forwarded to the process's by Node, line by line.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { ConfigError, NoActiveKeyError, createLogger, silentLogger, type Logger, type PrivateKeySource, type SigningKey } from '@jwtproxy/core';
+import { ConfigError, NoActiveKeyError, SigningError, childLogger, createLogger, silentLogger, type Logger, type PrivateKeySource, type SigningKey } from '@jwtproxy/core';
 import { parseConfig, type LoadedConfig } from '@jwtproxy/config';
 import type { JwtProxyMetrics, Readiness } from '@jwtproxy/admin';
 import { createJwtProxyRuntime } from './builtins.js';
 import { loadPlugins } from './plugins.js';
 import { startJwtProxy, type RunningJwtProxy, type WorkerSeams } from './run.js';
-import type { ConfigSource, FromWorker, ToWorker, WorkerData } from './worker-protocol.js';
+import type { ConfigSource, FromWorker, KeyProblem, ToWorker, WorkerData } from './worker-protocol.js';
 
 /** The signer's key as the primary last sent it: the worker signs with it, the primary rotates it. */
 class PrimaryKeySource implements PrivateKeySource {
   #key: SigningKey | undefined;
-  constructor(key: SigningKey | undefined) {
+  #problem: KeyProblem | undefined;
+  constructor(key: SigningKey | undefined, problem: KeyProblem | undefined) {
     this.#key = key;
+    this.#problem = problem;
   }
-  set(key: SigningKey | undefined): void {
+  set(key: SigningKey | undefined, problem: KeyProblem | undefined): void {
     this.#key = key;
+    this.#problem = problem;
   }
   activeKey(): SigningKey {
-    if (!this.#key) throw new NoActiveKeyError();
-    return this.#key;
+    if (this.#key) return this.#key;
+    // As the primary's source said it: awaiting approval, or its own failure (502 with its message).
+    if (!this.#problem || this.#problem.code === 'ERR_NO_ACTIVE_KEY') throw new NoActiveKeyError();
+    throw new SigningError(this.#problem.message);
   }
+}
+
+/**
+ * The worker's logger: the primary's level and format, and `worker=N` at the end of each line
+ * (after the line's own fields, so that a line reads as it does without workers up to there).
+ */
+function workerLogger(base: Logger, worker: number): Logger {
+  const tag = { worker };
+  const withTag = (fields: Record<string, unknown> | undefined): Record<string, unknown> => (fields ? { ...fields, worker } : tag);
+  return {
+    debug: (message, fields) => base.debug(message, withTag(fields)),
+    info: (message, fields) => base.info(message, withTag(fields)),
+    warn: (message, fields) => base.warn(message, withTag(fields)),
+    error: (message, fields) => base.error(message, withTag(fields)),
+    enabled: (level) => base.enabled?.(level) ?? true,
+    child: (bindings) => workerLogger(childLogger(base, bindings), worker),
+  };
 }
 
 /**
@@ -57,16 +79,17 @@ async function runWorker(): Promise<void> {
   if (!port) throw new Error('worker-main.js runs in a worker thread that jwtproxy starts');
   const data = workerData as WorkerData;
   const send = (message: FromWorker): void => port.postMessage(message);
-  const logger: Logger = createLogger({ level: data.logLevel, format: data.logFormat }).child?.({ worker: data.worker }) ?? silentLogger;
+  const logger = workerLogger(createLogger({ level: data.logLevel, format: data.logFormat }), data.worker);
 
-  const keySource = new PrimaryKeySource(data.signerKey);
+  const keySource = new PrimaryKeySource(data.signerKey, data.signerKeyProblem);
   let nextRequest = 0;
   const pending = new Map<number, (reply: Extract<ToWorker, { type: 'reply' }>) => void>();
-  const ask = (key: string, maxEntries: number): Promise<SharedArrayBuffer | undefined> =>
+  /** Asks the primary; resolves with its reply (rejects with the error it sent). */
+  const ask = (question: { type: 'nonce-table'; key: string; maxEntries: number } | { type: 'certificate'; host: string }): Promise<Extract<ToWorker, { type: 'reply' }>> =>
     new Promise((resolve, reject) => {
       const id = ++nextRequest;
-      pending.set(id, (reply) => (reply.error ? reject(new Error(reply.error)) : resolve(reply.buffer)));
-      send({ type: 'nonce-table', id, key, maxEntries });
+      pending.set(id, (reply) => (reply.error ? reject(new Error(reply.error)) : resolve(reply)));
+      send({ ...question, id });
     });
 
   let metrics: JwtProxyMetrics | undefined;
@@ -78,7 +101,12 @@ async function runWorker(): Promise<void> {
     readiness = new admin.Readiness();
   }
   const seams: WorkerSeams = {
-    sharedState: { nonceTable: ask },
+    sharedState: { nonceTable: async (key, maxEntries) => (await ask({ type: 'nonce-table', key, maxEntries })).buffer },
+    forgedCertificates: async (host) => {
+      const { certificate } = await ask({ type: 'certificate', host });
+      if (!certificate) throw new Error(`no certificate for ${host} from the primary`);
+      return certificate;
+    },
     signerKeySource: keySource,
     ...(metrics ? { metrics } : {}),
     ...(readiness ? { readiness } : {}),
@@ -87,7 +115,26 @@ async function runWorker(): Promise<void> {
 
   let running: RunningJwtProxy | undefined;
   let stopping = false;
-  let chain = Promise.resolve();
+  // A stop that comes while the proxies start: what was built is stopped, nothing more listens.
+  const abort = new AbortController();
+  let chain = (async (): Promise<void> => {
+    try {
+      const runtime = createJwtProxyRuntime(logger);
+      await loadPlugins(data.plugins, runtime);
+      running = await startJwtProxy(workerConfig(data.source, data.listenAddrs), logger, { runtime, worker: seams, signal: abort.signal });
+    } catch (error) {
+      send({ type: 'start-failed', error: (error as Error)?.message ?? String(error), configError: error instanceof ConfigError });
+      process.exit(1);
+    }
+    if (abort.signal.aborted) return;
+    send({ type: 'started', servers: running.servers, checks: readiness?.names ?? [] });
+    if (data.crashAfterMs !== undefined) {
+      // Fault injection (JWTPROXY_FAULT_WORKER_CRASH, for tests): an uncaught error, as a bug would throw.
+      setTimeout(() => {
+        throw new Error(`fault injection: worker ${data.worker} crashes (JWTPROXY_FAULT_WORKER_CRASH)`);
+      }, data.crashAfterMs);
+    }
+  })();
   /** Reloads and the stop run one after the other, in the order the primary sent them. */
   const serially = (work: () => Promise<void>): void => {
     chain = chain.then(work, work);
@@ -100,7 +147,7 @@ async function runWorker(): Promise<void> {
         pending.delete(message.id);
         return;
       case 'signer-key':
-        keySource.set(message.key);
+        keySource.set(message.key, message.problem);
         return;
       case 'metrics':
         if (metrics) void metrics.snapshot().then((snapshot) => send({ type: 'metrics', id: message.id, snapshot }));
@@ -123,6 +170,7 @@ async function runWorker(): Promise<void> {
         return;
       case 'stop':
         stopping = true;
+        abort.abort();
         serially(async () => {
           try {
             await running?.stop();
@@ -135,22 +183,6 @@ async function runWorker(): Promise<void> {
         return;
     }
   });
-
-  try {
-    const runtime = createJwtProxyRuntime(logger);
-    await loadPlugins(data.plugins, runtime);
-    running = await startJwtProxy(workerConfig(data.source, data.listenAddrs), logger, { runtime, worker: seams });
-  } catch (error) {
-    send({ type: 'start-failed', error: (error as Error)?.message ?? String(error), configError: error instanceof ConfigError });
-    process.exit(1);
-  }
-  send({ type: 'started', servers: running.servers, checks: readiness?.names ?? [] });
-  if (data.crashAfterMs !== undefined) {
-    // Fault injection (JWTPROXY_FAULT_WORKER_CRASH, for tests): an uncaught error, as a bug would throw.
-    setTimeout(() => {
-      throw new Error(`fault injection: worker ${data.worker} crashes (JWTPROXY_FAULT_WORKER_CRASH)`);
-    }, data.crashAfterMs);
-  }
 }
 
 await runWorker();

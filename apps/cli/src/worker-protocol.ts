@@ -19,10 +19,17 @@ export interface WorkerData {
   plugins: string[];
   /** The primary runs an admin listener: count metrics and keep readiness checks for it. */
   admin: boolean;
-  /** The signer's key now (undefined: none active yet, or no signer). */
+  /** The signer's key now (undefined: none active yet, or no signer), or why there is none. */
   signerKey: SigningKey | undefined;
+  signerKeyProblem?: KeyProblem;
   /** Fault injection for tests (JWTPROXY_FAULT_WORKER_CRASH): throw an uncaught error this long after starting. */
   crashAfterMs?: number;
+}
+
+/** Why the primary's key source gives no key: its error's code (ERR_NO_ACTIVE_KEY: awaiting approval) and message. */
+export interface KeyProblem {
+  code: string | undefined;
+  message: string;
 }
 
 export interface ConfigSource {
@@ -39,10 +46,10 @@ export interface StartedServerInfo {
 export type ToWorker =
   | { type: 'reload'; id: number; source: ConfigSource; listenAddrs: Record<string, string> }
   | { type: 'stop' }
-  | { type: 'signer-key'; key: SigningKey | undefined }
+  | { type: 'signer-key'; key: SigningKey | undefined; problem?: KeyProblem }
   | { type: 'metrics'; id: number }
   | { type: 'readiness'; id: number }
-  | { type: 'reply'; id: number; buffer?: SharedArrayBuffer | undefined; error?: string };
+  | { type: 'reply'; id: number; buffer?: SharedArrayBuffer | undefined; certificate?: { key: string; cert: string }; error?: string };
 
 /** Worker → primary. */
 export type FromWorker =
@@ -53,4 +60,5 @@ export type FromWorker =
   | { type: 'stopped' }
   | { type: 'metrics'; id: number; snapshot: MetricSnapshot }
   | { type: 'readiness'; id: number; report: ReadinessReport }
-  | { type: 'nonce-table'; id: number; key: string; maxEntries: number };
+  | { type: 'nonce-table'; id: number; key: string; maxEntries: number }
+  | { type: 'certificate'; id: number; host: string };

@@ -51,10 +51,16 @@ export interface WorkerPlan {
 }
 
 /** The workers to run for `config` given the flag (which wins over the file). */
-export function planWorkers(config: LoadedConfig, flag: number | undefined, options: { cores?: number; reusePort?: boolean } = {}): WorkerPlan {
+export function planWorkers(config: LoadedConfig, flag: number | undefined, options: { cores?: number; reusePort?: boolean; plugins?: number } = {}): WorkerPlan {
   const from = flag !== undefined ? 'flag' : config.workers !== undefined ? 'config' : 'cores';
   const wanted = flag ?? config.workers ?? options.cores ?? availableCores();
   if (wanted <= 1) return { count: 1, from };
+  // A plugin's components are built once per worker: one that keeps state in memory (a nonce
+  // store) would then keep it per worker, and a replay could pass once in each. Asked for, fine;
+  // by default, fail closed with one worker.
+  if (from === 'cores' && (options.plugins ?? 0) > 0) {
+    return { count: 1, from, fallback: `with --plugin, workers must be set (-workers N or jwtproxy.workers): a plugin's components would run once per worker; one worker instead of ${wanted}` };
+  }
   if (!(options.reusePort ?? hasReusePort())) {
     return { count: 1, from, fallback: `Node.js ${process.versions.node} has no listen({ reusePort }) (22.12 or later has): one worker instead of ${wanted}` };
   }

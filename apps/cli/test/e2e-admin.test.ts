@@ -102,7 +102,8 @@ describe('the admin listener of jwtproxy -config', () => {
       `      nonce_storage: {type: redis, options: {url: "redis://127.0.0.1:6379", key_prefix: "e2e-admin:${randomUUID()}:"}}`,
       '',
     ].join('\n');
-    const cli = await startCli(['-config', await files.write('jwtproxy.yaml', yaml)], { cwd: files.dir });
+    // One worker: the counts below are of one key registry cache (each worker has its own; e2e-workers covers the sums).
+    const cli = await startCli(['-config', await files.write('jwtproxy.yaml', yaml), '-workers', '1'], { cwd: files.dir });
     running.push(cli);
     const admin = cli.servers.admin!;
     expect(admin).toBe(`http://127.0.0.1:${adminPort}`);

@@ -13,6 +13,7 @@
  * there is none, jwtproxy runs one worker and must say so in one line, and the same behaviour
  * (exactly one pass, reload, graceful stop) is asserted of it.
  */
+import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
@@ -28,6 +29,8 @@ function hasReusePort(version: string): boolean {
 
 /** The node binary to run the CLI with: this one if it can share ports, else the newest under /opt/node that can, else this one. */
 function pickNode(): string {
+  // To see what a machine without a newer Node sees: JWTPROXY_E2E_NODE=$(which node) (Node 20).
+  if (process.env.JWTPROXY_E2E_NODE) return process.env.JWTPROXY_E2E_NODE;
   if (hasReusePort(process.versions.node)) return process.execPath;
   let candidates: Array<{ major: number; bin: string }> = [];
   try {
@@ -45,7 +48,7 @@ function pickNode(): string {
 }
 
 const node = pickNode();
-const nodeVersion = node === process.execPath ? process.versions.node : /(\d+\.\d+\.\d+)/.exec(path.basename(path.dirname(path.dirname(path.dirname(node)))))![1]!;
+const nodeVersion = node === process.execPath ? process.versions.node : execFileSync(node, ['--version'], { encoding: 'utf8' }).trim().replace(/^v/, '');
 const sharesPorts = hasReusePort(nodeVersion);
 const replayBody = "jwtproxy: unable to verify request: Missing or invalid 'jti' claim";
 

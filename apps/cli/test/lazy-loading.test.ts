@@ -2,7 +2,9 @@
  * Start-up loads only what the configuration uses (issue 19): a signer without a CA and a
  * verifier on local nonces never load node-forge, ioredis, prom-client or jose; a CA loads
  * node-forge; the cold path (--help, -check) loads neither proxy. The real CLI runs with an
- * `--import` hook that writes the name of every package it resolves to a file.
+ * `--import` hook that writes every module URL it resolves to a file. The command is a bundle
+ * (bundle/build.mjs): a chunk of it stands for the packages dist/bundle-contents.json lists for
+ * it; a module from node_modules or a package's dist (@jwtproxy/core, a plugin's imports) for its own.
  */
 import { readFileSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
@@ -15,7 +17,7 @@ let hook: string;
 
 beforeAll(async () => {
   files = await tempDir();
-  // The resolve hook runs on the loader thread: it appends each package it resolves, by name.
+  // The resolve hook runs on the loader thread: it appends each module URL it resolves.
   const resolver = await files.write(
     'record-resolve.mjs',
     `import { appendFileSync } from 'node:fs';
@@ -23,10 +25,7 @@ let file;
 export function initialize(data) { file = data.file; }
 export async function resolve(specifier, context, next) {
   const resolved = await next(specifier, context);
-  const inModules = /\\/node_modules\\/((?:@[^/]+\\/)?[^/]+)\\/(?!.*\\/node_modules\\/)/.exec(resolved.url);
-  const inWorkspace = /\\/packages\\/([^/]+)\\/dist\\//.exec(resolved.url);
-  const name = inModules ? inModules[1] : inWorkspace ? '@jwtproxy/' + inWorkspace[1] : undefined;
-  if (name) appendFileSync(file, name + '\\n');
+  if (resolved.url.startsWith('file:')) appendFileSync(file, resolved.url + '\\n');
   return resolved;
 }
 `,
@@ -43,18 +42,31 @@ afterAll(async () => {
   await files?.cleanup();
 });
 
+const cliDist = new URL('../dist/', import.meta.url).href;
+/** dist/bundle-contents.json: for each file of the bundle, the packages whose code it holds. */
+const bundleContents = JSON.parse(readFileSync(new URL('../dist/bundle-contents.json', import.meta.url), 'utf8')) as Record<string, string[]>;
+
+/** The packages a module URL holds code of. */
+function packagesOf(url: string): string[] {
+  if (url.startsWith(cliDist)) return bundleContents[url.slice(cliDist.length)] ?? ['@jwtproxy/cli'];
+  const inModules = /\/node_modules\/((?:@[^/]+\/)?[^/]+)\/(?!.*\/node_modules\/)/.exec(url);
+  const inWorkspace = /\/packages\/([^/]+)\/dist\//.exec(url);
+  return inModules ? [inModules[1]!] : inWorkspace ? [`@jwtproxy/${inWorkspace[1]}`] : [];
+}
+
 /** The packages a run of the CLI loaded, by name. */
 async function loadedBy(args: string[], name: string, { start }: { start: boolean }): Promise<Set<string>> {
   const record = `${files.dir}/loaded-${name}.txt`;
   const env = { NODE_OPTIONS: `--import ${pathToFileURL(hook).href}`, JWTPROXY_TEST_LOADED: record };
   if (start) {
-    const cli = await startCli(args, { env });
+    // One thread: the hook records what the main thread loads (worker threads record their own).
+    const cli = await startCli([...args, '-workers', '1'], { env });
     await cli.stop();
   } else {
     const result = await runCli(args, { env });
     expect(result.code, result.stderr).toBe(0);
   }
-  return new Set(readFileSync(record, 'utf8').split('\n').filter(Boolean));
+  return new Set(readFileSync(record, 'utf8').split('\n').filter(Boolean).flatMap(packagesOf));
 }
 
 const signerAndVerifier = (extraSigner: string[] = []): string =>

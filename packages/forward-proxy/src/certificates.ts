@@ -34,6 +34,21 @@ export interface CertificateForgingObserver {
   forged(event: { durationMs: number; failed: boolean; cachedHosts: number }): void;
 }
 
+/** Where an intercepted tunnel's TLS context comes from: a CertificateForger, or SharedCertificates in a worker thread. */
+export interface SecureContextSource {
+  secureContextFor(host: string): Promise<SecureContext>;
+  readonly cachedHosts: number;
+}
+
+/** A forged certificate and its key, as PEM: what a primary thread hands its workers. */
+export interface ForgedCertificate {
+  key: string;
+  cert: string;
+}
+
+/** Gives the forged certificate for a host (lower-case DNS name or IP address), forging it once. */
+export type ForgedCertificateSource = (host: string) => Promise<ForgedCertificate>;
+
 const DAY = 24 * 3600_000;
 /** Forged certificates live a year at most (and never beyond the CA's own expiry). */
 const LEAF_LIFETIME = 365 * DAY;
@@ -55,7 +70,7 @@ async function readConfigFile(file: string, key: string, what: string): Promise<
  * thread pool. Forged contexts are cached in a bounded LRU, and concurrent tunnels to a new
  * host share one forging.
  */
-export class CertificateForger {
+export class CertificateForger implements SecureContextSource {
   readonly #caKey: KeyObject;
   readonly #issuer: Forge.pki.CertificateField[];
   readonly #caNotAfter: number;
@@ -64,6 +79,9 @@ export class CertificateForger {
   readonly #leafKeyPem: string;
   readonly #contexts: LRUCache<string, Promise<SecureContext>>;
   readonly #observer: CertificateForgingObserver | undefined;
+  /** PEMs handed out by `forgedFor` (to worker threads), by host; made on first use. */
+  #pems: LRUCache<string, Promise<ForgedCertificate>> | undefined;
+  readonly #cacheSize: number;
 
   private constructor(
     caKey: KeyObject,
@@ -82,6 +100,7 @@ export class CertificateForger {
     this.#leafPublicKey = leafPublicKey;
     this.#leafKeyPem = leafKeyPem;
     this.#contexts = new LRUCache({ max: cacheSize });
+    this.#cacheSize = cacheSize;
   }
 
   /**
@@ -160,6 +179,32 @@ export class CertificateForger {
     return context;
   }
 
+  /**
+   * The certificate for `host` and the leaf key, as PEM, forged once per host while cached (and
+   * once for concurrent asks): a primary thread answers its workers with it, so that N workers
+   * do not forge a host's certificate N times.
+   */
+  forgedFor(host: string): Promise<ForgedCertificate> {
+    const name = host.toLowerCase();
+    const pems = (this.#pems ??= new LRUCache({ max: this.#cacheSize }));
+    let forged = pems.get(name);
+    if (!forged) {
+      const started = performance.now();
+      const forging = this.#forgeCertificate(name).then(({ pem }) => ({ key: this.#leafKeyPem, cert: pem }));
+      forged = forging;
+      pems.set(name, forging);
+      const told = (failed: boolean): void => this.#observer?.forged({ durationMs: performance.now() - started, failed, cachedHosts: pems.size });
+      forging.then(
+        () => told(false),
+        () => {
+          if (pems.get(name) === forging) pems.delete(name);
+          told(true);
+        },
+      );
+    }
+    return forged;
+  }
+
   /** The PEM certificate forged for `host` (for tests and diagnostics). */
   async certificateFor(host: string): Promise<string> {
     return (await this.#forgeCertificate(host.toLowerCase())).pem;
@@ -198,5 +243,37 @@ export class CertificateForger {
     const signature = await signAsync('sha256', tbsDer, this.#caKey);
     cert.signature = signature.toString('binary');
     return { pem: forge.pki.certificateToPem(cert) };
+  }
+}
+
+/**
+ * The TLS contexts of a worker thread's signer: certificates come from `source` (the primary's
+ * CertificateForger.forgedFor, one forging per host for the process); the contexts made from
+ * them are cached here, bounded as the forger's are.
+ */
+export class SharedCertificates implements SecureContextSource {
+  readonly #source: ForgedCertificateSource;
+  readonly #contexts: LRUCache<string, Promise<SecureContext>>;
+
+  constructor(source: ForgedCertificateSource, options: { cacheSize?: number } = {}) {
+    this.#source = source;
+    this.#contexts = new LRUCache({ max: options.cacheSize ?? 1000 });
+  }
+
+  get cachedHosts(): number {
+    return this.#contexts.size;
+  }
+
+  secureContextFor(host: string): Promise<SecureContext> {
+    const name = host.toLowerCase();
+    let context = this.#contexts.get(name);
+    if (!context) {
+      const making = this.#source(name).then(({ key, cert }) => createSecureContext({ key, cert }));
+      context = making;
+      this.#contexts.set(name, making);
+      // A failure must not stay cached.
+      making.catch(() => this.#contexts.get(name) === making && this.#contexts.delete(name));
+    }
+    return context;
   }
 }

@@ -1,7 +1,7 @@
 import type { Duplex } from 'node:stream';
 import { TLSSocket, type SecureContext } from 'node:tls';
 import type { Logger } from '@jwtproxy/core';
-import type { CertificateForger } from './certificates.js';
+import type { SecureContextSource } from './certificates.js';
 
 /** What a client may send before its tunnel's certificate is ready: a ClientHello is far smaller. */
 const MAX_EARLY_BYTES = 64 * 1024;
@@ -21,11 +21,11 @@ export interface TlsInterceptorOptions {
  * connection over (to the signer's inner HTTP server, which is never bound to a port).
  */
 export class TlsInterceptor {
-  #forger: CertificateForger;
+  #forger: SecureContextSource;
   readonly #options: TlsInterceptorOptions;
   readonly #tunnels = new Set<Duplex>();
 
-  constructor(forger: CertificateForger, options: TlsInterceptorOptions) {
+  constructor(forger: SecureContextSource, options: TlsInterceptorOptions) {
     this.#forger = forger;
     this.#options = options;
   }
@@ -107,7 +107,7 @@ export class TlsInterceptor {
   }
 
   /** Forges with another CA from now on (a reload); tunnels already intercepted keep theirs. */
-  setForger(forger: CertificateForger): void {
+  setForger(forger: SecureContextSource): void {
     this.#forger = forger;
   }
 

@@ -15,7 +15,7 @@ import {
   type ServerLimits,
 } from '@jwtproxy/core';
 import { ProxyEngine, type AccessRecord, type ProxyHooks } from '@jwtproxy/proxy-engine';
-import { CertificateForger, type CertificateForgingObserver } from './certificates.js';
+import { CertificateForger, SharedCertificates, type CertificateForgingObserver, type ForgedCertificateSource, type SecureContextSource } from './certificates.js';
 import { TlsInterceptor } from './interception.js';
 import { absoluteTarget, isAbsoluteForm, tunnelTarget, type RequestTarget } from './targets.js';
 import { ConnectTunnels } from './tunnels.js';
@@ -50,6 +50,11 @@ export interface SignerProxyOptions {
   onAccess?: (record: AccessRecord) => void;
   /** Told of each certificate forged for an intercepted tunnel (metrics). */
   certificateObserver?: CertificateForgingObserver;
+  /**
+   * With the CA files given: where forged certificates come from instead of forging them here
+   * (a worker thread asks its primary's CertificateForger.forgedFor: one forging per host for the process).
+   */
+  forgedCertificates?: ForgedCertificateSource;
 }
 
 const LISTEN_ADDR_KEY = 'signer_proxy.listen_addr';
@@ -153,8 +158,9 @@ export async function startSignerProxy(options: SignerProxyOptions): Promise<Run
   if (Boolean(options.caKeyFile) !== Boolean(options.caCertFile)) {
     throw new ConfigError(options.caKeyFile ? 'signer_proxy.ca_crt_file' : 'signer_proxy.ca_key_file', 'ca_key_file and ca_crt_file must be given together');
   }
-  const forger =
-    options.caKeyFile && options.caCertFile ? await CertificateForger.load({ caKeyFile: options.caKeyFile, caCertFile: options.caCertFile }, { observer: options.certificateObserver }) : undefined;
+  const interception = async (files: { caKeyFile: string; caCertFile: string }): Promise<SecureContextSource> =>
+    options.forgedCertificates ? new SharedCertificates(options.forgedCertificates) : CertificateForger.load(files, { observer: options.certificateObserver });
+  const forger = options.caKeyFile && options.caCertFile ? await interception({ caKeyFile: options.caKeyFile, caCertFile: options.caCertFile }) : undefined;
   const trustedCertificates = options.trustedCertificates?.length ? await readTrustedCertificates(options.trustedCertificates) : undefined;
   const pools = new UpstreamPools({ trustedCertificates, insecureSkipVerify: options.insecureSkipVerify ?? false });
   const state = { current: { signer: options.signer, pools } };
@@ -230,7 +236,7 @@ export async function startSignerProxy(options: SignerProxyOptions): Promise<Run
       }
       const caChanged = next.caKeyFile !== options.caKeyFile || next.caCertFile !== options.caCertFile;
       const newForger = caChanged && next.caKeyFile && next.caCertFile
-        ? await CertificateForger.load({ caKeyFile: next.caKeyFile, caCertFile: next.caCertFile }, { observer: options.certificateObserver })
+        ? await interception({ caKeyFile: next.caKeyFile, caCertFile: next.caCertFile })
         : undefined;
       const tlsChanged = JSON.stringify(next.trustedCertificates ?? []) !== JSON.stringify(options.trustedCertificates ?? []) || (next.insecureSkipVerify ?? false) !== (options.insecureSkipVerify ?? false);
       const trusted = !tlsChanged ? trustedCertificates : next.trustedCertificates?.length ? await readTrustedCertificates(next.trustedCertificates) : undefined;

@@ -1,0 +1,45 @@
+import { ConfigError } from '@jwtproxy/core';
+import { describe, expect, it } from 'vitest';
+import { parseConfig } from '../src/index.js';
+
+const verifier = [
+  '  verifier_proxies:',
+  '  - listen_addr: 127.0.0.1:0',
+  '    verifier:',
+  '      upstream: http://127.0.0.1:9000',
+  '      audience: http://localhost:8082',
+  '      key_server:',
+  '        type: preshared',
+  '        options: {issuer: a, key_id: k, public_key_path: k.pub}',
+  '',
+].join('\n');
+
+function errorOf(text: string): ConfigError {
+  try {
+    parseConfig(text, 'config.yaml');
+  } catch (error) {
+    expect(error).toBeInstanceOf(ConfigError);
+    return error as ConfigError;
+  }
+  throw new Error('expected a ConfigError');
+}
+
+describe('jwtproxy.workers', () => {
+  it('reads a whole number of worker threads; absent, it is left to the command (one per core)', () => {
+    expect(parseConfig(`jwtproxy:\n  workers: 4\n${verifier}`, 'c.yaml').workers).toBe(4);
+    expect(parseConfig(`jwtproxy:\n  workers: 1\n${verifier}`, 'c.yaml').workers).toBe(1);
+    expect(parseConfig(`jwtproxy:\n${verifier}`, 'c.yaml').workers).toBeUndefined();
+  });
+
+  it.each([
+    ['0', 'workers: must be from 1 to 256, got 0'],
+    ['-2', 'workers: must be from 1 to 256, got -2'],
+    ['257', 'workers: must be from 1 to 256, got 257'],
+    ['1.5', 'workers: must be an integer, got number 1.5'],
+    ['auto', 'workers: must be an integer, got "auto"'],
+  ])('refuses workers: %s with the key and file:line', (value, problem) => {
+    const error = errorOf(`jwtproxy:\n${verifier}  workers: ${value}\n`);
+    expect(error.message).toContain(problem);
+    expect(error.message).toContain('config.yaml:10');
+  });
+});
