@@ -1,5 +1,5 @@
 /**
- * V8 heap settings, applied before anything else loads (main.ts imports this first).
+ * V8 heap settings, applied before anything else loads (main.ts calls this first).
  *
  * `JWTPROXY_V8_FLAGS` is handed to V8 as it is. A memory-tight sidecar may set
  * `JWTPROXY_V8_FLAGS=--semi-space-growth-factor=1`: the young generation then stays at its initial
@@ -13,5 +13,8 @@ import v8 from 'node:v8';
 /** The flags docs/memory.md recommends for a sidecar with a tight memory limit. */
 export const sidecarV8Flags = '--semi-space-growth-factor=1';
 
-const chosen = process.env.JWTPROXY_V8_FLAGS ?? '';
-if (chosen.trim()) v8.setFlagsFromString(chosen);
+/** Hands `JWTPROXY_V8_FLAGS` (if set) to V8. */
+export function applyV8Flags(env: NodeJS.ProcessEnv = process.env): void {
+  const chosen = env.JWTPROXY_V8_FLAGS ?? '';
+  if (chosen.trim()) v8.setFlagsFromString(chosen);
+}

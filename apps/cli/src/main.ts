@@ -1,7 +1,12 @@
 #!/usr/bin/env node
-// First: V8 heap settings for a sidecar, before the rest loads (see heap-limits.ts).
-import './heap-limits.js';
-import { main } from './cli.js';
+// The `jwtproxy` command. This entry is kept small on purpose: V8 flags and the compile cache are
+// set before the rest of the command is loaded (import() below), so that the cache covers it.
+import { applyV8Flags } from './heap-limits.js';
+import { enableCompileCache } from './compile-cache.js';
+
+applyV8Flags();
+enableCompileCache();
+const { main } = await import('./cli.js');
 
 // Exit explicitly: pools and timers of stopped components must not keep the process alive.
 main(process.argv.slice(2)).then(
