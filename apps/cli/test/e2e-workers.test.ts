@@ -16,9 +16,11 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import http from 'node:http';
+import type net from 'node:net';
 import path from 'node:path';
+import tls from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
-import { freeLoopbackPort, listenOnLoopback, startEchoService } from '@jwtproxy/testkit';
+import { freeLoopbackPort, listenOnLoopback, makeCa, startEchoService, writePemFiles } from '@jwtproxy/testkit';
 import { cliMain, e2eConfig, httpRequest, jwtproxyConfig, keyRegistryConfig, kidOf, mintToken, startCli, tempDir, type RunningCli } from './helpers.js';
 
 /** Node 22.12+ / 23.1+: listen({ reusePort }) works. */
@@ -277,4 +279,40 @@ describe(`jwtproxy -workers 2 (CLI on Node ${nodeVersion}: ${sharesPorts ? 'two 
     expect(result.code).toBe(0);
     expect(result.stderr).toMatch(/msg="stopped"/);
   }, 90_000);
+
+  it("TLS interception: a host's certificate is forged once for the process, whichever worker a tunnel lands on", async () => {
+    files ??= await tempDir();
+    const ca = makeCa('jwtproxy e2e-workers CA');
+    const caFiles = await writePemFiles(ca, files.dir, 'ca');
+    const extra = [`ca_key_file: ${JSON.stringify(caFiles.keyFile)}`, `ca_crt_file: ${JSON.stringify(caFiles.certFile)}`];
+    const cli = await start('signer-ca.yaml', jwtproxyConfig({ signer: e2eConfig.signer({ extra }) }));
+    expectWorkersStarted(cli);
+    const proxy = new URL(cli.servers.signer_proxy!);
+    /** CONNECT to `target` through the signer, then TLS inside the tunnel trusting the CA: the serial of the certificate presented. */
+    const serialThroughTunnel = async (target: string): Promise<string> => {
+      const raw = await new Promise<net.Socket>((resolve, reject) => {
+        http
+          .request({ method: 'CONNECT', host: proxy.hostname, port: proxy.port, path: target, agent: false })
+          .on('connect', (res, socket) => (res.statusCode === 200 ? resolve(socket) : reject(new Error(`CONNECT answered ${res.statusCode}`))))
+          .on('error', reject)
+          .end();
+      });
+      const secure = await new Promise<tls.TLSSocket>((resolve, reject) => {
+        const socket = tls.connect({ socket: raw, ca: ca.cert, servername: target.split(':')[0] }, () => resolve(socket));
+        socket.once('error', reject);
+      });
+      const serial = secure.getPeerCertificate().serialNumber;
+      secure.destroy();
+      return serial;
+    };
+    // 40 tunnels at once, each its own connection, to one new host; then 40 to another.
+    for (const host of ['first.workers.test', 'second.workers.test']) {
+      const serials = await Promise.all(Array.from({ length: 40 }, () => serialThroughTunnel(`${host}:443`)));
+      expect(new Set(serials).size).toBe(1);
+    }
+    if (sharesPorts) {
+      await cli.waitForLog(/msg="access".*component=signer_proxy.*worker=2/);
+      expect(accessWorkers(cli, 'signer_proxy')).toEqual(new Set(['1', '2']));
+    }
+  }, 60_000);
 });
