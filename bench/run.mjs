@@ -46,6 +46,9 @@ const { values: args } = parseArgs({
     // Another build's CLI (apps/cli/dist/main.js of an older checkout): each proxy case runs on it
     // first, then on this one, back to back, and the table gives both with their ratio.
     baseline: { type: 'string' },
+    // The sidecar case's load (signer and verifier in one process): long enough for the heap to
+    // settle at the size a saturated sidecar keeps (issue 19 measures RSS after 30 s).
+    'sidecar-seconds': { type: 'string', default: '30' },
     // The reference Go jwtproxy binary (quay/jwtproxy built from source): the cases it can run
     // (goCases) run on it too, after this build, in the same run, and a summary compares the two.
     go: { type: 'string' },
@@ -332,6 +335,52 @@ const cases = [
   },
 ];
 
+// The sidecar shape (the seed's example, Eclipse Che's jwtproxy): one process runs the signer and
+// the verifier, preshared keys; the load goes signer → verifier (same process) → upstream for
+// --sidecar-seconds. Its start-up and RSS are compared with issue 19's targets and Go's figures below.
+const sidecarSeconds = Number(args['sidecar-seconds']);
+function sidecarConfig(signerPort, verifierPort, upstream) {
+  return yamlConfig(`jwtproxy:
+  signer_proxy:
+    listen_addr: 127.0.0.1:${signerPort}
+    signer:
+      issuer: jwtproxy
+      private_key:
+        type: preshared
+        options:
+          ${keyOptions}
+          private_key_path: ${path.join(interop, 'mykey.key')}
+  verifier_proxies:
+  - listen_addr: 127.0.0.1:${verifierPort}
+    verifier:
+      upstream: ${upstream}
+      audience: http://127.0.0.1:${verifierPort}
+      key_server:
+        type: preshared
+        options:
+          issuer: jwtproxy
+          ${keyOptions}
+          public_key_path: ${path.join(interop, 'mykey.pub')}
+`);
+}
+cases.push({
+  name: 'sidecar',
+  label: 'sidecar: signer + verifier, one process',
+  async run() {
+    const [signerPort, verifierPort] = [await freeLoopbackPort(), await freeLoopbackPort()];
+    const target = `http://127.0.0.1:${verifierPort}/`;
+    // Listening means both ports: the verifier's is opened last.
+    const proxy = await start('sidecar', process.execPath, [cli, '-config', sidecarConfig(signerPort, verifierPort, upstreamUrl), '-log-level', 'warn'], verifierPort);
+    try {
+      wrk(`http://127.0.0.1:${signerPort}/`, { script: 'absolute.lua', env: { TARGET: target }, seconds: 1 });
+      return { ...wrk(`http://127.0.0.1:${signerPort}/`, { script: 'absolute.lua', env: { TARGET: target }, seconds: sidecarSeconds }), note: `${sidecarSeconds} s load` };
+    } finally {
+      await proxy.stop();
+    }
+  },
+});
+goCases.add('sidecar');
+
 // HTTPS: a CA for the signer and an upstream certificate for 127.0.0.1 … 127.0.0.101.
 const newHosts = Array.from({ length: 100 }, (_, i) => `127.0.0.${i + 2}`);
 let https;
@@ -413,6 +462,7 @@ const results = [];
 console.log(`wrk -t${threads} -c${connections} -d${duration}s on loopback, ${os.cpus().length} cores, node ${process.version}`);
 if (args.baseline) console.log(`baseline: ${args.baseline} (each proxy case runs on it first, then on this build)`);
 const mb = (value) => (value === undefined ? '-' : value.toFixed(0));
+const mb1 = (value) => (value === undefined ? '-' : value.toFixed(1));
 async function runCase(c, which) {
   caseProcesses = [];
   const r = await c.run();
@@ -508,6 +558,28 @@ if (!only || only.has('latency')) {
     console.log(`${pad(r.label, 34)}${pad(r.p50.toFixed(2), 9)}${pad(r.p99.toFixed(2), 9)}${pad(r.max.toFixed(1), 9)}${pad(added(r.p50, bare.p50), 11)}${pad(added(r.p99, bare.p99), 11)}${notes}`);
   }
 }
+// Start-up and memory, case by case, beside issue 19's targets for the sidecar shape and the Go
+// jwtproxy's figures from the issue (same machine, when --go did not measure them in this run).
+const GO_REFERENCE = { startMs: 14, idleRss: 7.5, loadedRss: 15 };
+const SIDECAR_TARGETS = { startMs: 150, idleRss: 50, loadedRss: 96 };
+const withProcesses = results.filter((r) => r.processes?.length);
+if (withProcesses.length) {
+  console.log(`\nstart-up (spawn to port open) and RSS (idle 300 ms after listening → right after the load), MB`);
+  console.log(`${pad('case', 56)}${pad('start ms', 10)}${pad('RSS idle', 10)}${pad('RSS loaded', 12)}`);
+  for (const r of withProcesses) {
+    for (const p of r.processes) console.log(`${pad(`${r.label}: ${p.name}`, 56)}${pad(p.startMs.toFixed(0), 10)}${pad(mb1(p.idleRss), 10)}${pad(mb1(p.loadedRss), 12)}`);
+  }
+  console.log(`${pad('Go jwtproxy (issue 19 reference, signer + verifier)', 56)}${pad(GO_REFERENCE.startMs, 10)}${pad(GO_REFERENCE.idleRss, 10)}${pad(GO_REFERENCE.loadedRss, 12)}`);
+  for (const r of withProcesses.filter((o) => o.name === 'sidecar' && o.which !== 'baseline' && o.which !== 'go')) {
+    const p = r.processes[0];
+    const mark = (value, target) => (value === undefined ? '?' : value <= target ? 'within' : 'OVER');
+    console.log(
+      `sidecar targets: start ≤ ${SIDECAR_TARGETS.startMs} ms: ${mark(p.startMs, SIDECAR_TARGETS.startMs)}; RSS idle ≤ ${SIDECAR_TARGETS.idleRss} MB: ${mark(p.idleRss, SIDECAR_TARGETS.idleRss)}; ` +
+        `RSS after ${sidecarSeconds} s ≤ ${SIDECAR_TARGETS.loadedRss} MB: ${mark(p.loadedRss, SIDECAR_TARGETS.loadedRss)} (node ${process.version})`,
+    );
+  }
+}
+
 if (args.json) writeFileSync(args.json, JSON.stringify({ duration, connections, threads, rate, results, latencies }, null, 2));
 cleanup();
 process.exit(0);
