@@ -8,9 +8,133 @@ export function isLogLevel(value: string): value is LogLevel {
   return value in ranks;
 }
 
+/** Whether `text` is written bare in a logfmt line: one or more of `A-Z a-z 0-9 _ . / : @ -`. */
+function isBare(text: string): boolean {
+  const length = text.length;
+  if (length === 0) return false;
+  for (let i = 0; i < length; i++) {
+    const c = text.charCodeAt(i);
+    // a-z, A-Z, 0-9, then _ . / : @ -
+    if ((c >= 97 && c <= 122) || (c >= 65 && c <= 90) || (c >= 45 && c <= 58) || c === 95 || c === 64) continue;
+    return false;
+  }
+  return true;
+}
+
+/** A field's value in a logfmt line: bare when it is a plain token, else a JSON string. */
 function quote(value: unknown): string {
-  const text = value instanceof Error ? value.message : typeof value === 'string' ? value : JSON.stringify(value);
-  return /^[\w./:@-]+$/.test(text ?? '') ? String(text) : JSON.stringify(text);
+  // The common cases first (an access line is mostly short tokens and numbers), without a regex.
+  if (typeof value === 'string') return isBare(value) ? value : JSON.stringify(value);
+  if (typeof value === 'number') {
+    // As JSON.stringify would write it: NaN and ±Infinity as null; 1e+21 quoted for its `+`.
+    if (!Number.isFinite(value)) return 'null';
+    const text = String(value);
+    return text.includes('+') ? `"${text}"` : text;
+  }
+  const text = value instanceof Error ? value.message : JSON.stringify(value);
+  return isBare(text ?? '') ? String(text) : JSON.stringify(text);
+}
+
+/**
+ * `time=` values: `new Date(ms).toISOString()`, with the part up to the second kept while the
+ * second lasts (a busy proxy writes thousands of lines a second; formatting a date each time is
+ * most of a line's cost besides the write).
+ */
+function isoTimestamps(): (ms: number) => string {
+  let second = NaN;
+  let prefix = '';
+  return (ms) => {
+    // Toward zero, as Date does with a fraction of a millisecond.
+    const whole = Math.trunc(ms);
+    const at = Math.floor(whole / 1000);
+    if (at !== second) {
+      // Throws RangeError for a time that is no date, as toISOString does.
+      prefix = new Date(at * 1000).toISOString().slice(0, -4);
+      second = at;
+    }
+    const milli = whole - at * 1000;
+    return prefix + (milli < 10 ? '00' : milli < 100 ? '0' : '') + milli + 'Z';
+  };
+}
+
+/**
+ * Lines for one stream, written together once per event-loop turn (setImmediate) rather than one
+ * write each: under load a proxy ends many requests per turn, and each write to stderr is a
+ * system call (stderr to a file or a pipe is written synchronously by Node). A warn or error
+ * line is written at once with the lines before it, so that what explains a failure is never
+ * held back, and lines keep their order with anything the process writes to stderr on its way
+ * out. Lines gathered are bounded: at 64 KiB they are written at once, as each line was before
+ * (the process waits for a slow reader then, as it did; no line is dropped). Whatever is
+ * gathered is written when the process exits (process.exit, a signal's graceful stop, an
+ * uncaught exception); only a kill -9 or a crash of the runtime itself loses a turn's lines.
+ */
+class LineBatch {
+  readonly #stream: NodeJS.WritableStream;
+  #pending = '';
+  #scheduled = false;
+
+  constructor(stream: NodeJS.WritableStream) {
+    this.#stream = stream;
+  }
+
+  add(line: string, now: boolean): void {
+    this.#pending += line;
+    if (now || this.#pending.length >= MAX_PENDING_CHARS) {
+      this.flush();
+      return;
+    }
+    if (!this.#scheduled) {
+      this.#scheduled = true;
+      unflushed.add(this);
+      setImmediate(this.#flushSoon);
+    }
+  }
+
+  readonly #flushSoon = (): void => {
+    this.#scheduled = false;
+    this.flush();
+  };
+
+  /** Writes what is gathered, in one write. */
+  flush(): void {
+    if (!this.#scheduled) unflushed.delete(this);
+    const text = this.#pending;
+    if (text === '') return;
+    this.#pending = '';
+    try {
+      this.#stream.write(text);
+    } catch {
+      // A log that cannot be written (stderr to a full disk: Node writes files synchronously and
+      // throws) must not take the proxy down from a timer callback: these lines are lost.
+    }
+  }
+}
+
+/** Characters gathered for one stream before they are written without waiting for the turn's end. */
+const MAX_PENDING_CHARS = 64 * 1024;
+
+/**
+ * Batches with lines waiting for their turn's end, written at exit. The batch of a stream is
+ * the stream's, whichever logger writes to it (the CLI makes a new logger at a reload that
+ * changes the level): so it is kept with the stream, not with a logger or a runtime.
+ */
+const unflushed = new Set<LineBatch>();
+const batches = new WeakMap<NodeJS.WritableStream, LineBatch>();
+let exitHookInstalled = false;
+
+function batchFor(stream: NodeJS.WritableStream): LineBatch {
+  let batch = batches.get(stream);
+  if (batch === undefined) {
+    batch = new LineBatch(stream);
+    batches.set(stream, batch);
+    if (!exitHookInstalled) {
+      exitHookInstalled = true;
+      process.on('exit', () => {
+        for (const pending of [...unflushed]) pending.flush();
+      });
+    }
+  }
+  return batch;
 }
 
 export type LogFormat = 'text' | 'json';
@@ -35,15 +159,26 @@ export interface LoggerOptions {
  */
 export function createLogger(options: LoggerOptions = {}): Logger {
   if (options.format === 'json') return jsonLogger(options);
-  return textLogger(ranks[options.level ?? 'info'], options.stream ?? process.stderr, options.clock ?? Date.now, '');
+  const now = options.clock ?? Date.now;
+  const timestamp = isoTimestamps();
+  return textLogger(ranks[options.level ?? 'info'], batchFor(options.stream ?? process.stderr), () => timestamp(now()), '');
 }
 
-function textLogger(threshold: number, stream: NodeJS.WritableStream, now: () => number, bound: string): Logger {
+/** `time=… level=… msg=` for each level, ready to be completed. */
+const levelParts: Readonly<Record<LogLevel, string>> = { debug: ' level=debug msg=', info: ' level=info msg=', warn: ' level=warn msg=', error: ' level=error msg=' };
+
+function textLogger(threshold: number, batch: LineBatch, time: () => string, bound: string): Logger {
   const write = (level: LogLevel, message: string, fields?: Record<string, unknown>): void => {
-    if (ranks[level] < threshold) return;
-    let line = `time=${new Date(now()).toISOString()} level=${level} msg=${JSON.stringify(message)}${bound}`;
-    if (fields) for (const key in fields) if (fields[key] !== undefined) line += ` ${key}=${quote(fields[key])}`;
-    stream.write(line + '\n');
+    const rank = ranks[level];
+    if (rank < threshold) return;
+    let line = 'time=' + time() + levelParts[level] + JSON.stringify(message) + bound;
+    if (fields) {
+      for (const key in fields) {
+        const value = fields[key];
+        if (value !== undefined) line += ' ' + key + '=' + quote(value);
+      }
+    }
+    batch.add(line + '\n', rank >= ranks.warn);
   };
   return {
     debug: (m, f) => write('debug', m, f),
@@ -54,7 +189,7 @@ function textLogger(threshold: number, stream: NodeJS.WritableStream, now: () =>
     child(bindings) {
       let more = bound;
       for (const key in bindings) if (bindings[key] !== undefined) more += ` ${key}=${quote(bindings[key])}`;
-      return textLogger(threshold, stream, now, more);
+      return textLogger(threshold, batch, time, more);
     },
   };
 }
@@ -71,31 +206,42 @@ interface PinoLike {
 type PinoFactory = (options: object, stream?: NodeJS.WritableStream) => PinoLike & { constructor: unknown };
 
 function jsonLogger(options: LoggerOptions): Logger {
-  const pino = createRequire(import.meta.url)('pino') as PinoFactory & { stdTimeFunctions: { isoTime: () => string } };
-  const now = options.clock;
+  const pino = createRequire(import.meta.url)('pino') as PinoFactory;
+  const now = options.clock ?? Date.now;
+  const timestamp = isoTimestamps();
+  const batch = batchFor(options.stream ?? process.stderr);
   const base = pino(
     {
       level: options.level ?? 'info',
       base: undefined,
       messageKey: 'msg',
-      timestamp: now ? () => `,"time":"${new Date(now()).toISOString()}"` : pino.stdTimeFunctions.isoTime,
+      // pino's stdTimeFunctions.isoTime, with the second's part kept while it lasts.
+      timestamp: () => ',"time":"' + timestamp(now()) + '"',
       formatters: { level: (label: string) => ({ level: label }) },
       // An Error as its message, as in the text format (stacks stay out of access and refusal lines).
       serializers: { error: (value: unknown) => (value instanceof Error ? value.message : value) },
     },
-    options.stream ?? process.stderr,
+    // pino writes each line whole: gathered per turn like the text format's.
+    { write: (line: string) => batch.add(line, false) } as unknown as NodeJS.WritableStream,
   );
-  return wrapPino(base);
+  return wrapPino(base, batch);
 }
 
-function wrapPino(pino: PinoLike): Logger {
+function wrapPino(pino: PinoLike, batch: LineBatch): Logger {
   const clean = (fields?: Record<string, unknown>): object => fields ?? {};
   return {
     debug: (m, f) => pino.debug(clean(f), m),
     info: (m, f) => pino.info(clean(f), m),
-    warn: (m, f) => pino.warn(clean(f), m),
-    error: (m, f) => pino.error(clean(f), m),
-    child: (bindings) => wrapPino(pino.child(bindings)),
+    // Written at once, with the lines before them (see LineBatch).
+    warn: (m, f) => {
+      pino.warn(clean(f), m);
+      batch.flush();
+    },
+    error: (m, f) => {
+      pino.error(clean(f), m);
+      batch.flush();
+    },
+    child: (bindings) => wrapPino(pino.child(bindings), batch),
     enabled: (level) => pino.isLevelEnabled(level),
   };
 }
