@@ -125,3 +125,28 @@ describe('access log', () => {
     expect(lines.filter((line) => line.msg === 'access')).toEqual([]);
   });
 });
+
+describe('access log at a graceful stop', () => {
+  it('a burst of passes and refusals answered just before SIGTERM: every request has its access line', async () => {
+    const chain = await startChain();
+    const passes = 40;
+    const refusals = 300;
+    const answers = await Promise.all([
+      ...Array.from({ length: passes }, (_, i) => httpRequest(`${chain.verifier}/burst/pass/${i}`, { proxy: chain.signer })),
+      ...Array.from({ length: refusals }, (_, i) => httpRequest(`${chain.verifier}/burst/refused/${i}`)),
+    ]);
+    expect(answers.filter((answer) => answer.status === 200)).toHaveLength(passes);
+    expect(answers.filter((answer) => answer.status === 403)).toHaveLength(refusals);
+    // At once: lines of the last requests may still be waiting to be written.
+    const result = await chain.cli.stop('SIGTERM');
+    expect(result.code).toBe(0);
+    const lines = result.stderr.split('\n').filter(Boolean).map((line) => parseLogfmt(line));
+    const burst = lines.filter((line) => line.msg === 'access' && line.path?.startsWith('/burst/'));
+    const verifierPaths = new Set(burst.filter((line) => line.component === 'verifier_proxies[0]').map((line) => line.path));
+    const signerPaths = new Set(burst.filter((line) => line.component === 'signer_proxy').map((line) => line.path));
+    expect(verifierPaths.size).toBe(passes + refusals);
+    expect(signerPaths.size).toBe(passes);
+    expect(burst).toHaveLength(passes * 2 + refusals);
+    expect(lines.at(-1)?.msg).toBe('stopped');
+  });
+});
