@@ -1,8 +1,9 @@
 import { readFileSync } from 'node:fs';
-import type { IncomingMessage, Server, ServerOptions, ServerResponse } from 'node:http';
+import { maxHeaderSize, type IncomingMessage, type Server, type ServerOptions, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { Server as TlsServer } from 'node:tls';
 import { BadRequestError, httpAnswerFor, type HttpAnswer } from './errors.js';
+import { writeRawAnswer } from './http.js';
 
 /**
  * What every jwtproxy listener bounds, so that no client can hold the process: slow or silent
@@ -72,9 +73,39 @@ export function httpServerOptions(limits: ServerLimits): ServerOptions {
 /** Applies what `http.createServer` options cannot carry: the connection cap and header count. */
 export function applyServerLimits(server: Server, limits: ServerLimits): void {
   server.maxConnections = limits.maxConnections;
-  // Node keeps at most this many header lines and drops the rest; one more than allowed lets
-  // `requestHeadAnswer` see the excess and refuse it.
+  // Node 20 keeps at most this many header lines and drops the rest; one more than allowed lets
+  // `requestHeadAnswer` see the excess and refuse it. Node 22 and later refuse the excess in the
+  // parser instead (HPE_HEADER_OVERFLOW): `answerClientError` gives that the same answer.
   server.maxHeadersCount = limits.maxHeaderLines + 1;
+  if (!server.listeners('clientError').includes(answerClientError)) server.on('clientError', answerClientError);
+}
+
+/** Node's own answers to a request it could not parse, as it writes them without a 'clientError' listener. */
+const PARSE_ERROR_ANSWERS: Readonly<Record<string, string>> = {
+  HPE_HEADER_OVERFLOW: '431 Request Header Fields Too Large',
+  HPE_CHUNK_EXTENSIONS_OVERFLOW: '413 Payload Too Large',
+  ERR_HTTP_REQUEST_TIMEOUT: '408 Request Timeout',
+};
+
+/**
+ * A request head Node could not take: too many header lines (Node 22+ counts them against
+ * maxHeadersCount in the parser) or too many bytes is answered 431 with the reason, as
+ * `checkRequestHead` answers it on Node 20; every other parse error as Node answers it itself.
+ */
+function answerClientError(this: Server, error: NodeJS.ErrnoException & { bytesParsed?: number }, socket: Socket): void {
+  const response = (socket as { _httpMessage?: ServerResponse })._httpMessage;
+  if (!socket.writable || (response !== undefined && response.headersSent)) {
+    socket.destroy();
+    return;
+  }
+  if (error.code === 'HPE_HEADER_OVERFLOW') {
+    // Fewer bytes than the size limit read: the parser stopped at the line count.
+    const reason = (error.bytesParsed ?? Infinity) < ((this as { maxHeaderSize?: number }).maxHeaderSize ?? maxHeaderSize) ? 'too many header lines' : 'request head too large';
+    writeRawAnswer(socket, httpAnswerFor(new BadRequestError(reason, 431)));
+    return;
+  }
+  socket.end(`HTTP/1.1 ${PARSE_ERROR_ANSWERS[error.code ?? ''] ?? '400 Bad Request'}\r\nConnection: close\r\n\r\n`);
+  socket.destroy();
 }
 
 /** RFC 9110 §7.2 / RFC 3986 authority: host (reg-name, IPv4, [IPv6]) and an optional port. */
