@@ -1,12 +1,12 @@
 /**
- * V8 heap settings, applied before anything else loads (main.ts calls this first).
+ * V8 heap settings for a sidecar (issue 19, docs/memory.md), applied before anything else loads
+ * (main.ts calls applyV8Flags first, cli.ts releaseStartUpFlags once the proxies listen).
  *
- * `JWTPROXY_V8_FLAGS` is handed to V8 as it is. A memory-tight sidecar may set
- * `JWTPROXY_V8_FLAGS=--semi-space-growth-factor=1`: the young generation then stays at its initial
- * size (1 MiB semi-spaces instead of growing to 16 MiB under load), the one heap-size flag that
- * still acts when set at run time (`--max-old-space-size` only acts in NODE_OPTIONS). It is off by
- * default: measured side by side (bench, verifier and signer → verifier, 5 s each) it saved 20-25 MB
- * of RSS under load and cost 12-15 % of throughput (more frequent scavenges).
+ * `JWTPROXY_V8_FLAGS` is handed to V8 as it is. `--max-semi-space-size` and `--max-old-space-size`
+ * only act when node starts (NODE_OPTIONS); what is set here acts at run time. The young
+ * generation held at 2 × 1 MiB for good (`JWTPROXY_V8_FLAGS=--semi-space-growth-factor=1`) saved
+ * 20-25 MB more under load but cost 12-15 % of throughput (bench, verifier and signer → verifier):
+ * opt-in; the 8 MB cap below is the default.
  */
 import v8 from 'node:v8';
 
@@ -14,7 +14,7 @@ import v8 from 'node:v8';
 export const sidecarV8Flags = '--semi-space-growth-factor=1';
 
 /**
- * V8 settings held while the command starts, then given back to V8's defaults once the proxies
+ * Held while the command starts, then given back to V8's defaults once the proxies
  * listen (`releaseStartUpFlags`), so that requests run as V8 would run them otherwise:
  *
  * - `--semi-space-growth-factor=1` (default 2): the young generation stays at its initial 2 × 1 MiB
@@ -28,6 +28,14 @@ export const sidecarV8Flags = '--semi-space-growth-factor=1';
  *
  * A flag the user sets (JWTPROXY_V8_FLAGS, NODE_OPTIONS, node's own arguments) is left alone.
  */
+/**
+ * Set for the whole run: `--heap-growing-percent=50`. V8 sizes the old generation's next
+ * collection from the machine's memory, not the container's, and under load let promoted request
+ * garbage pile up to 28-35 MB of old space before collecting; with 50 the next full collection comes
+ * when the heap is 1.5 × what the last one kept. Acts at run time (unlike --max-old-space-size).
+ */
+const RUN_FLAGS: ReadonlyArray<{ name: string; value: string }> = [{ name: '--heap-growing-percent', value: '--heap-growing-percent=50' }];
+
 const START_UP_FLAGS: ReadonlyArray<{ name: string; start: string; standard: string }> = [
   { name: '--semi-space-growth-factor', start: '--semi-space-growth-factor=1', standard: '--semi-space-growth-factor=2' },
 ];
@@ -38,7 +46,9 @@ let held: string[] = [];
 export function applyV8Flags(env: NodeJS.ProcessEnv = process.env): void {
   const chosen = env.JWTPROXY_V8_FLAGS ?? '';
   if (chosen.trim()) v8.setFlagsFromString(chosen);
-  const userSet = [chosen, env.NODE_OPTIONS ?? '', ...process.execArgv].join(' ');
+  // V8 takes --a_b as --a-b.
+  const userSet = [chosen, env.NODE_OPTIONS ?? '', ...process.execArgv].join(' ').replaceAll('_', '-');
+  for (const flag of RUN_FLAGS) if (!userSet.includes(flag.name)) v8.setFlagsFromString(flag.value);
   held = [];
   for (const flag of START_UP_FLAGS) {
     if (userSet.includes(flag.name)) continue;
@@ -47,8 +57,48 @@ export function applyV8Flags(env: NodeJS.ProcessEnv = process.env): void {
   }
 }
 
-/** After the start: V8's defaults again for what the start held (no-op when it held nothing). */
-export function releaseStartUpFlags(): void {
+/** After the start: V8's defaults again for what the start held, then the young generation's cap. */
+export function releaseStartUpFlags(env: NodeJS.ProcessEnv = process.env): void {
+  const wasHeld = held.length > 0;
   for (const standard of held) v8.setFlagsFromString(standard);
   held = [];
+  // A growth factor the user chose is theirs: no cap on top of it.
+  if (wasHeld) capYoungGeneration(youngGenerationCapMb(env));
+}
+
+/**
+ * The young generation's cap, MB for both semi-spaces: `JWTPROXY_YOUNG_GENERATION_MB`, else 8;
+ * 0 lets V8 grow it to its own maximum (2 × 16 MiB on 64-bit).
+ */
+export const DEFAULT_YOUNG_GENERATION_MB = 8;
+export function youngGenerationCapMb(env: NodeJS.ProcessEnv = process.env): number {
+  const text = env.JWTPROXY_YOUNG_GENERATION_MB?.trim();
+  if (!text) return DEFAULT_YOUNG_GENERATION_MB;
+  const value = Number(text);
+  return Number.isFinite(value) && value >= 0 ? value : DEFAULT_YOUNG_GENERATION_MB;
+}
+
+/**
+ * Keeps V8's young generation at or under `capMb`. `--max-semi-space-size` only acts when node
+ * starts (NODE_OPTIONS), but the growth factor acts at run time: this looks at the young
+ * generation's size every 50 ms (one `getHeapSpaceStatistics`, no allocation worth counting) and
+ * sets the factor to 1 once it reached the cap, back to 2 if V8 shrank it below. V8 grows it by
+ * doubling (1, 2, 4, 8, 16 MiB per semi-space), so with the default 8 it stays at 2 × 4 MiB.
+ * Returns the function that stops watching.
+ */
+export function capYoungGeneration(capMb: number, intervalMs = 50): () => void {
+  if (!(capMb > 0)) return () => {};
+  const cap = capMb * 1024 * 1024;
+  let growing = true;
+  const check = (): void => {
+    const size = v8.getHeapSpaceStatistics().find((space) => space.space_name === 'new_space')?.space_size ?? 0;
+    const grow = size < cap;
+    if (grow === growing) return;
+    growing = grow;
+    v8.setFlagsFromString(grow ? '--semi-space-growth-factor=2' : '--semi-space-growth-factor=1');
+  };
+  check();
+  const timer = setInterval(check, intervalMs);
+  timer.unref();
+  return () => clearInterval(timer);
 }

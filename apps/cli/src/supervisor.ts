@@ -100,7 +100,9 @@ interface Slot {
   restartTimer: NodeJS.Timeout | undefined;
   /** Runs of this slot so far (the fault injection applies to the first). */
   runs: number;
-  waiting: Map<number, (message: FromWorker) => void>;
+  /** The configuration it runs (as started or last reloaded). */
+  source: ConfigSource | undefined;
+  waiting: Map<number, (message: FromWorker | undefined) => void>;
   exited: Promise<number>;
 }
 
@@ -152,6 +154,7 @@ export async function startWorkers(source: ConfigSource, config: LoadedConfig, l
     crashesInARow: 0,
     restartTimer: undefined,
     runs: 0,
+    source: undefined,
     waiting: new Map(),
     exited: Promise.resolve(0),
   }));
@@ -188,8 +191,8 @@ export async function startWorkers(source: ConfigSource, config: LoadedConfig, l
         resolve(answer as Reply<T> | undefined);
       };
       slot.waiting.set(message.id, done);
-      void slot.exited.then(() => done(undefined));
-      post(slot, message);
+      if (slot.worker) post(slot, message);
+      else done(undefined);
     });
 
   /** The key source's answer now: its key, or why it has none (awaiting approval, or its own failure). */
@@ -277,6 +280,7 @@ export async function startWorkers(source: ConfigSource, config: LoadedConfig, l
     };
     const worker = new Worker(workerUrl, { workerData: data, stderr: false, stdout: false });
     slot.worker = worker;
+    slot.source = data.source;
     slot.threadId = worker.threadId;
     slot.running = false;
     let exit: (code: number) => void = () => {};
@@ -292,6 +296,8 @@ export async function startWorkers(source: ConfigSource, config: LoadedConfig, l
             slot.checks = message.checks;
             syncChecks();
             resolve(message.servers);
+            // Restarted while a reload went on: it started with the configuration before it.
+            if (slot.source !== current.source) void catchUp(slot);
             return;
           case 'start-failed':
             reject(message.configError ? new WorkerStartError(message.error) : new WorkerStartError(`worker ${slot.n} cannot start: ${message.error}`));
@@ -323,6 +329,8 @@ export async function startWorkers(source: ConfigSource, config: LoadedConfig, l
       worker.on('exit', (code) => {
         slot.running = false;
         slot.worker = undefined;
+        // Questions it will not answer now: answered "no answer" (undefined).
+        for (const done of [...slot.waiting.values()]) done(undefined);
         // It may have been terminated inside a claim: its lock on a nonce table is released.
         nonceTables.threadExited(worker.threadId);
         exit(code);
@@ -337,6 +345,22 @@ export async function startWorkers(source: ConfigSource, config: LoadedConfig, l
         scheduleRestart(slot);
       });
     });
+  };
+
+  /** Brings a worker to the current configuration (a reload it missed); if it cannot apply it, it starts anew with it. */
+  const catchUp = async (slot: Slot): Promise<void> => {
+    const target = current;
+    const reply = await ask<'reloaded' | 'reload-failed'>(slot, { type: 'reload', id: ++nextId, source: target.source, listenAddrs: listenAddrsFor(target.config) }, Infinity);
+    if (reply?.type === 'reloaded') {
+      slot.source = target.source;
+      slot.checks = reply.checks;
+      syncChecks();
+      if (slot.source !== current.source) await catchUp(slot);
+      return;
+    }
+    if (!reply) return; // it exited: the restart starts it with the current configuration
+    logger.error('worker could not apply the reload; restarting it with the new configuration', { worker: slot.n, error: reply.type === 'reload-failed' ? reply.error : 'exited' });
+    void slot.worker?.terminate();
   };
 
   const scheduleRestart = (slot: Slot): void => {
@@ -455,11 +479,16 @@ export async function startWorkers(source: ConfigSource, config: LoadedConfig, l
     keyTimer = setInterval(pushKey, KEY_PUSH_INTERVAL_MS).unref();
 
     // The first worker binds any port 0; the others then bind the same ports.
-    if (!options.signal?.aborted) {
+    // The first worker binds any port 0 and the others then bind the ports it got; without a
+    // port 0 they all start at once.
+    const portZero = [config.signerProxy, ...config.verifierProxies].some((p) => p?.enabled && /:0$/.test(p.listenAddr));
+    if (!options.signal?.aborted && portZero) {
       proxies = await launch(slots[0]!);
       noteBound(config, proxies);
+      if (!options.signal?.aborted) await Promise.all(slots.slice(1).map(launch));
+    } else if (!options.signal?.aborted) {
+      [proxies = []] = await Promise.all(slots.map(launch));
     }
-    if (!options.signal?.aborted) await Promise.all(slots.slice(1).map(launch));
     if (options.signal?.aborted) {
       await stop();
       return empty;
@@ -488,7 +517,7 @@ export async function startWorkers(source: ConfigSource, config: LoadedConfig, l
     const nextKey = await keySourceFor(next);
     const nextForger = await forgerFor(next);
     const listenAddrs = listenAddrsFor(next);
-    const [first, ...others] = slots.filter((slot) => slot.running);
+    const first = slots.find((slot) => slot.running);
     if (!first) throw new Error('no worker is running');
     const answer = await ask<'reloaded' | 'reload-failed'>(first, { type: 'reload', id: ++nextId, source: nextSource, listenAddrs }, Infinity);
     if (answer?.type !== 'reloaded') {
@@ -505,21 +534,9 @@ export async function startWorkers(source: ConfigSource, config: LoadedConfig, l
     noteBound(next, answer.servers);
     pushKey();
     if (previousKey && previousKey !== nextKey) void previousKey.source.stop?.(Date.now() + 5_000);
-    const listenAddrsNow = listenAddrsFor(next);
-    await Promise.all(
-      others.map(async (slot) => {
-        const reply = await ask<'reloaded' | 'reload-failed'>(slot, { type: 'reload', id: ++nextId, source: nextSource, listenAddrs: listenAddrsNow }, Infinity);
-        if (reply?.type === 'reloaded') {
-          slot.checks = reply.checks;
-          return;
-        }
-        logger.error('worker could not apply the reload; restarting it with the new configuration', {
-          worker: slot.n,
-          error: reply?.type === 'reload-failed' ? reply.error : 'exited',
-        });
-        void slot.worker?.terminate();
-      }),
-    );
+    first.source = nextSource;
+    // The others (and any that started meanwhile with the old file) apply it now.
+    await Promise.all(slots.filter((slot) => slot !== first && slot.running && slot.source !== nextSource).map(catchUp));
     syncChecks();
     // Tables of nonce stores the new configuration no longer has are forgotten (workers drop theirs as they go).
     nonceTables.retainOnly(localNonceTableKeys(next));

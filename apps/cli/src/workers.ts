@@ -55,6 +55,8 @@ export function planWorkers(config: LoadedConfig, flag: number | undefined, opti
   const from = flag !== undefined ? 'flag' : config.workers !== undefined ? 'config' : 'cores';
   const wanted = flag ?? config.workers ?? options.cores ?? availableCores();
   if (wanted <= 1) return { count: 1, from };
+  // Only the proxies run in workers (a key registry server alone runs in the primary).
+  if (!config.signerProxy?.enabled && !config.verifierProxies.some((p) => p.enabled)) return { count: 1, from };
   // A plugin's components are built once per worker: one that keeps state in memory (a nonce
   // store) would then keep it per worker, and a replay could pass once in each. Asked for, fine;
   // by default, fail closed with one worker.
@@ -66,6 +68,5 @@ export function planWorkers(config: LoadedConfig, flag: number | undefined, opti
   }
   const unix = [config.signerProxy, ...config.verifierProxies].find((p) => p?.enabled && p.listenAddr.startsWith('unix:'));
   if (unix) return { count: 1, from, fallback: `${unix.path} listens on a unix socket, which worker threads cannot share: one worker instead of ${wanted}` };
-  if (!config.signerProxy?.enabled && !config.verifierProxies.some((p) => p.enabled)) return { count: 1, from };
   return { count: wanted, from };
 }

@@ -118,14 +118,21 @@ describe(`jwtproxy -workers 2 (CLI on Node ${nodeVersion}: ${sharesPorts ? 'two 
     const echo = await startEchoService();
     closers.push(() => echo.close());
     const audience = 'http://workers.test';
-    // Worker 2's first run throws an uncaught error 2 s after it started (fault injection, documented in docs/scaling.md).
-    const cli = await start('verifier.yaml', jwtproxyConfig({ verifiers: [e2eConfig.verifier({ upstream: echo.url, audience })] }), { JWTPROXY_FAULT_WORKER_CRASH: '2:2000' });
+    // Worker 2's first run throws an uncaught error 8 s after it started (fault injection, documented
+    // in docs/scaling.md): after the first burst, which must be over by then (requests in flight on a
+    // crashing worker are lost with it).
+    const crashAfterMs = 8_000;
+    const cli = await start('verifier.yaml', jwtproxyConfig({ verifiers: [e2eConfig.verifier({ upstream: echo.url, audience })] }), {
+      JWTPROXY_FAULT_WORKER_CRASH: `2:${crashAfterMs}`,
+    });
+    const ready = performance.now();
     expectWorkersStarted(cli);
     const verifier = cli.servers['verifier_proxies[0]']!;
 
     const token = `Bearer ${await mintToken(audience)}`;
     const first = await burst(`${verifier}/replay`, token, 1_000);
     expect(tally(first)).toEqual({ '200': 1, '403 replay': 999 });
+    expect(performance.now() - ready, 'the first burst ended before the injected crash').toBeLessThan(crashAfterMs);
     expect(echo.seen).toHaveLength(1);
     if (sharesPorts) expect(accessWorkers(cli, 'verifier_proxies[0]')).toEqual(new Set(['1', '2']));
 
@@ -217,6 +224,9 @@ describe(`jwtproxy -workers 2 (CLI on Node ${nodeVersion}: ${sharesPorts ? 'two 
       .reduce((sum, m) => sum + Number(m[2]), 0);
     expect(passed).toBe(sent);
     expect(metrics).toMatch(/^jwtproxy_signer_active_key\{proxy="signer_proxy"\} 1$/m);
+    // Each worker saw every rotation of the one key: counted once for the process, not once per worker.
+    const rotations = Number(/^jwtproxy_signer_key_rotations_total\{proxy="signer_proxy"\} (\d+)$/m.exec(metrics)?.[1]);
+    expect(rotations).toBe(kids.size - 1);
     const ready = await httpRequest(`${admin}/readyz`);
     expect(ready.status).toBe(200);
     const checks = (JSON.parse(ready.body) as { checks: Array<{ name: string; ready: boolean }> }).checks;

@@ -195,6 +195,8 @@ export class JwtProxyMetrics {
       help: "Times the signer's active key changed to another key (seen while signing or at a scrape).",
       labelNames: ['proxy'],
       registers,
+      // Every worker sees the one rotation of the process.
+      aggregator: 'max',
     });
     this.certificateCacheSize = new Gauge({
       name: 'jwtproxy_signer_certificate_cache_size',

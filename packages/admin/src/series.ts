@@ -28,6 +28,8 @@ export interface SeriesConfiguration<T extends string> {
   help: string;
   labelNames: readonly T[];
   registers: Registry[];
+  /** How a primary thread sums this over its workers (prom-client's AggregatorRegistry); default sum. */
+  aggregator?: 'sum' | 'max' | 'min';
 }
 
 /** A prom-client Counter fed through per-label-set series (see `series`). */
