@@ -117,6 +117,9 @@ async function start(name, command, argv, port, { logFile } = {}) {
   // The Go binary takes the same `-config FILE -log-level LEVEL` flags as our CLI.
   const onGo = goBinary !== undefined && command === process.execPath && argv[0] === cli;
   if (onGo) [command, argv] = [goBinary, argv.slice(1)];
+  // This build runs one worker thread unless a case asks (`-workers 2`, the *-2w cases): its default,
+  // one per core, would make every case a multi-core one under a Node with listen({ reusePort }).
+  else if (argv[0] === currentCli && !argv.includes('-workers')) argv = [...argv, '-workers', '1'];
   const started = performance.now();
   const stderrTarget = logFile ? openSync(logFile, 'a') : 'pipe';
   // One scheduler thread for Go when the proxies are pinned to one core (`--pin`, where this bench has it).
@@ -457,6 +460,46 @@ cases.push(
   },
 );
 
+// Two worker threads against one (the cases above), same tokens, same load: the ratio is what a second core buys.
+// Needs a Node with listen({ reusePort }) (22.12+): run the bench itself with it, as the proxies run on process.execPath.
+/** Starts this build's CLI with `-workers 2` and waits until the second worker listens too (the port opens with the first). */
+async function startTwoWorkers(name, config, port) {
+  const proxy = await start(name, process.execPath, [cli, '-config', config, '-log-level', 'warn', '-workers', '2'], port);
+  await new Promise((resolve) => setTimeout(resolve, 1_500));
+  return proxy;
+}
+cases.push(
+  {
+    name: 'verifier-2w',
+    label: 'verifier (RS256, local nonces), 2 workers',
+    async run() {
+      const port = await freeLoopbackPort();
+      const audience = 'http://verifier.bench';
+      const tokens = await mintTokens(audience, TOKENS_PER_RUN);
+      const proxy = await startTwoWorkers('verifier', verifierConfig(port, upstreamUrl, audience), port);
+      try {
+        return wrkWithTokens(`http://127.0.0.1:${port}/`, tokens);
+      } finally {
+        await proxy.stop();
+      }
+    },
+  },
+  {
+    name: 'signer-2w',
+    label: 'signer (RS256), 2 workers',
+    async run() {
+      const port = await freeLoopbackPort();
+      const proxy = await startTwoWorkers('signer', signerConfig(port), port);
+      try {
+        wrk(`http://127.0.0.1:${port}/`, { script: 'absolute.lua', env: { TARGET: `${upstreamUrl}/` }, seconds: 1 });
+        return wrk(`http://127.0.0.1:${port}/`, { script: 'absolute.lua', env: { TARGET: `${upstreamUrl}/` } });
+      } finally {
+        await proxy.stop();
+      }
+    },
+  },
+);
+
 const only = args.only ? new Set(args.only.split(',')) : undefined;
 const results = [];
 console.log(`wrk -t${threads} -c${connections} -d${duration}s on loopback, ${os.cpus().length} cores, node ${process.version}`);
@@ -471,7 +514,7 @@ async function runCase(c, which) {
 }
 for (const c of cases) {
   if (only && !only.has(c.name) && c.name !== 'upstream') continue;
-  if (args.baseline && c.name !== 'upstream') {
+  if (args.baseline && c.name !== 'upstream' && !c.name.endsWith('-2w')) {
     cli = path.resolve(args.baseline);
     await runCase(c, 'baseline');
     cli = currentCli;
@@ -495,6 +538,11 @@ for (const r of results) {
   const vsBaseline = baselineRun && !Number.isNaN(r.rps) ? `${(r.rps / baselineRun.rps).toFixed(2)}×` : '';
   const notes = [r.non2xx ? `${r.non2xx} non-2xx of ${r.total}` : '', r.errors ?? '', r.note ?? '', r.memory ?? ''].filter(Boolean).join('; ');
   console.log(`${pad(r.label, 48)}${pad(Number.isNaN(r.rps) ? '-' : r.rps.toFixed(0), 10)}${pad(r.p50.toFixed(2), 9)}${pad(r.p99.toFixed(2), 9)}${pad(ratio, 13)}${pad(vsBaseline, 13)}${notes}`);
+}
+
+for (const r of results.filter((o) => o.name.endsWith('-2w'))) {
+  const one = results.find((o) => o.name === r.name.slice(0, -3) && (o.which === undefined || o.which === 'this build'));
+  if (one) console.log(`${r.name}: 2 workers / 1 worker = ${(r.rps / one.rps).toFixed(2)}× req/s (p99 ${one.p99.toFixed(2)} → ${r.p99.toFixed(2)} ms)`);
 }
 
 /** Latency at `rate` req/s through each of: the bare upstream, the verifier, the signer, the chain. */
