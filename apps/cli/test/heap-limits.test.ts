@@ -1,0 +1,56 @@
+/**
+ * The heap settings the command applies (src/heap-limits.ts, issue 19), in a node process of
+ * their own (V8 flags are per process): under an allocation pattern like a proxy's (short-lived
+ * garbage with some survivors), the young generation stays at the cap, where V8 alone grows it to
+ * its maximum; and a growth factor the user sets is left alone.
+ */
+import { spawnSync } from 'node:child_process';
+import { pathToFileURL } from 'node:url';
+import { describe, expect, it } from 'vitest';
+
+const heapLimits = pathToFileURL(new URL('../dist/heap-limits.js', import.meta.url).pathname).href;
+
+/** Runs `body` in a fresh node with heap-limits.js imported as `h`; returns the young generation's size in MB at the end. */
+function youngGenerationAfterLoad(body: string, env: NodeJS.ProcessEnv = {}): number {
+  const script = `
+import v8 from 'node:v8';
+const h = await import(${JSON.stringify(heapLimits)});
+${body}
+// Request-like churn for ~1.5 s: most objects die young, one in 50 lives for a while.
+const kept = [];
+const until = Date.now() + 1500;
+while (Date.now() < until) {
+  for (let i = 0; i < 2000; i++) {
+    const o = { a: 'x'.repeat(64) + i, b: [i, i + 1, i + 2], c: { d: i } };
+    if (i % 50 === 0) kept.push(o);
+  }
+  if (kept.length > 40000) kept.splice(0, 20000);
+  await new Promise((r) => setImmediate(r));
+}
+const young = v8.getHeapSpaceStatistics().find((s) => s.space_name === 'new_space').space_size;
+process.stdout.write(String(young / 1048576));
+`;
+  const result = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 30_000 });
+  expect(result.status, result.stderr).toBe(0);
+  return Number(result.stdout);
+}
+
+describe('heap limits', () => {
+  it('the young generation stays at the 8 MB cap once the start is over; without the cap V8 grows it past that', () => {
+    const capped = youngGenerationAfterLoad(`h.applyV8Flags({}); h.releaseStartUpFlags({});`);
+    const uncapped = youngGenerationAfterLoad(`h.applyV8Flags({}); h.releaseStartUpFlags({ JWTPROXY_YOUNG_GENERATION_MB: '0' });`);
+    expect(capped).toBeLessThanOrEqual(8);
+    expect(uncapped).toBeGreaterThan(8);
+  }, 60_000);
+
+  it('JWTPROXY_YOUNG_GENERATION_MB sets another cap', () => {
+    const capped = youngGenerationAfterLoad(`h.applyV8Flags({}); h.releaseStartUpFlags({ JWTPROXY_YOUNG_GENERATION_MB: '4' });`);
+    expect(capped).toBeLessThanOrEqual(4);
+  }, 60_000);
+
+  it('a growth factor set in JWTPROXY_V8_FLAGS is the user\'s: kept after the start, no cap on top', () => {
+    const fixed = youngGenerationAfterLoad(`const env = { JWTPROXY_V8_FLAGS: '--semi-space-growth-factor=1' }; h.applyV8Flags(env); h.releaseStartUpFlags(env);`);
+    // Growth factor 1 for good: the initial 2 × 1 MiB (never grown to the 8 MB cap).
+    expect(fixed).toBeLessThanOrEqual(2);
+  }, 60_000);
+});
