@@ -21,8 +21,10 @@ const parameters: Record<AsymmetricAlgorithm, AlgorithmParameters> = {
   EdDSA: { hash: null },
 };
 
-function keyInput(alg: AsymmetricAlgorithm, key: KeyObject): SignKeyObjectInput & VerifyKeyObjectInput {
+function keyInput(alg: AsymmetricAlgorithm, key: KeyObject): KeyObject | (SignKeyObjectInput & VerifyKeyObjectInput) {
   const { padding, saltLength, dsaEncoding } = parameters[alg];
+  // RS256 and EdDSA need no options: the key itself, no object per call.
+  if (padding === undefined && dsaEncoding === undefined) return key;
   return { key, ...(padding !== undefined ? { padding, saltLength } : {}), ...(dsaEncoding ? { dsaEncoding } : {}) };
 }
 

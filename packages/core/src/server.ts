@@ -164,6 +164,8 @@ function saysClose(res: ServerResponse): boolean {
 const kConnectionState = Symbol('jwtproxy.connectionState');
 
 interface ConnectionState {
+  /** The tracker of the server the connection came to. */
+  readonly tracker: RequestTracker;
   /** Response to the request before this one, until it has been written out. */
   pending: ServerResponse | undefined;
   /** An answer on this connection said `Connection: close`: nothing after it is run. */
@@ -176,6 +178,8 @@ interface ConnectionState {
 const STOP_IDLE_GRACE_MS = 250;
 
 type TrackedSocket = Socket & { [kConnectionState]?: ConnectionState };
+/** A response in flight knows its connection's state: one listener shared by all responses finds it there. */
+type TrackedResponse = ServerResponse & { [kConnectionState]?: ConnectionState };
 
 /**
  * Requests of every connection of one server, for the rules that hold across requests:
@@ -199,7 +203,7 @@ export class RequestTracker {
   watch(server: Server): void {
     const event = server instanceof TlsServer ? 'secureConnection' : 'connection';
     server.on(event, (socket: TrackedSocket) => {
-      socket[kConnectionState] ??= { pending: undefined, closing: false, idleSince: Date.now() };
+      socket[kConnectionState] ??= this.#newState();
       this.#connections.add(socket);
       socket.once('close', () => this.#connections.delete(socket));
     });
@@ -223,24 +227,38 @@ export class RequestTracker {
     return this.#stopping;
   }
 
+  #newState(): ConnectionState {
+    return { tracker: this, pending: undefined, closing: false, idleSince: Date.now() };
+  }
+
   /**
-   * Runs `handle` for this request once the requests before it on its connection are answered;
-   * drops it (and the connection) when one of them closed the connection.
+   * A response's 'close', one function for every response (no closure per request): 'close' is
+   * emitted once, and a second call would find the request already counted done.
    */
-  admit(req: IncomingMessage, res: ServerResponse, handle: () => void): void {
+  static readonly #responseClosed = function (this: TrackedResponse): void {
+    const state = this[kConnectionState];
+    if (state) state.tracker.#done(this, state);
+  };
+
+  /**
+   * Runs `handle(req, res)` for this request once the requests before it on its connection are
+   * answered; drops it (and the connection) when one of them closed the connection.
+   */
+  admit(req: IncomingMessage, res: ServerResponse, handle: (req: IncomingMessage, res: ServerResponse) => void): void {
     const socket = req.socket as TrackedSocket;
-    const state = (socket[kConnectionState] ??= { pending: undefined, closing: false, idleSince: Date.now() });
+    const state = (socket[kConnectionState] ??= this.#newState());
     if (state.closing) {
       socket.destroy();
       return;
     }
     this.#inFlight.add(res);
-    res.once('close', () => this.#done(res, state));
+    (res as TrackedResponse)[kConnectionState] = state;
+    res.on('close', RequestTracker.#responseClosed);
     if (this.#stopping) res.shouldKeepAlive = false;
     const previous = state.pending;
     state.pending = res;
     if (previous === undefined || previous.writableFinished || previous.destroyed) {
-      handle();
+      handle(req, res);
       return;
     }
     previous.once('close', () => {
@@ -251,7 +269,7 @@ export class RequestTracker {
         this.#done(res, state);
         return;
       }
-      handle();
+      handle(req, res);
     });
   }
 

@@ -35,6 +35,11 @@ const BASE64URL = /^[A-Za-z0-9_-]*$/;
  * the last Bearer one is the signer's; otherwise the first header is read, as Go does.
  */
 export function extractToken(authorization: string | readonly string[] | undefined): string {
+  if (typeof authorization === 'string') {
+    // The usual case, one header: read without building a list.
+    const bearer = BEARER.exec(authorization.trim());
+    if (bearer) return bearer[1]!.trim();
+  }
   const values = typeof authorization === 'string' ? [authorization] : (authorization ?? []);
   for (let i = values.length - 1; i >= 0; i--) {
     const bearer = BEARER.exec(values[i]!.trim());
@@ -76,9 +81,12 @@ function decodeJsonSegment(segment: string): Record<string, unknown> {
  * an absent `kid` is MissingKidError.
  */
 export function parseJwt(token: string): ParsedJwt {
-  const parts = token.split('.');
-  if (parts.length !== 3) throw new TokenParseError();
-  const [encodedHeader, encodedClaims, encodedSignature] = parts as [string, string, string];
+  const firstDot = token.indexOf('.');
+  const secondDot = firstDot < 0 ? -1 : token.indexOf('.', firstDot + 1);
+  if (secondDot < 0 || token.indexOf('.', secondDot + 1) >= 0) throw new TokenParseError();
+  const encodedHeader = token.slice(0, firstDot);
+  const encodedClaims = token.slice(firstDot + 1, secondDot);
+  const encodedSignature = token.slice(secondDot + 1);
   const header = decodeJsonSegment(encodedHeader);
   const claims = decodeJsonSegment(encodedClaims);
   if (!BASE64URL.test(encodedSignature)) throw new TokenParseError();
@@ -88,7 +96,8 @@ export function parseJwt(token: string): ParsedJwt {
   return {
     header: header as JwtHeader,
     claims,
-    signingInput: `${encodedHeader}.${encodedClaims}`,
+    // A slice of the token, not a concatenation that would be flattened (copied) again to be hashed.
+    signingInput: token.slice(0, secondDot),
     signature: Buffer.from(encodedSignature, 'base64url'),
   };
 }
@@ -163,6 +172,8 @@ export interface VerifiedToken {
 export class RequestVerifier {
   readonly #options: RequestVerifierOptions & { clock: Clock };
   readonly #audience: { scheme: string; host: string };
+  /** The last `aud` string that matched: every token of one signer carries the same, parsed once. */
+  #acceptedAud: string | undefined;
 
   constructor(options: RequestVerifierOptions) {
     this.#options = { clock: systemClock, ...options };
@@ -172,8 +183,25 @@ export class RequestVerifier {
   }
 
   /** Verifies a request's Authorization header value(s); rejects with a VerificationError. */
-  async verifyRequest(authorization: string | readonly string[] | undefined): Promise<VerifiedToken> {
-    return this.verifyToken(extractToken(authorization));
+  verifyRequest(authorization: string | readonly string[] | undefined): Promise<VerifiedToken> {
+    // Not async: verifyToken's own promise is returned as it is (an async function would wrap it
+    // in one more promise and two more turns of the microtask queue).
+    let token: string;
+    try {
+      token = extractToken(authorization);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return this.verifyToken(token);
+  }
+
+  /** Throws InvalidClaimError('aud') unless `aud` names this verifier's scheme and host; remembers one that does. */
+  #checkAudience(aud: unknown): void {
+    const parsed = typeof aud === 'string' ? schemeAndHost(aud) : undefined;
+    if (!parsed || parsed.scheme !== this.#audience.scheme || parsed.host !== this.#audience.host) {
+      throw new InvalidClaimError('aud').with({ expected_aud: `${this.#audience.scheme}://${this.#audience.host}`, received_aud: typeof aud === 'string' ? aud.slice(0, 200) : typeof aud });
+    }
+    this.#acceptedAud = aud as string;
   }
 
   async verifyToken(token: string): Promise<VerifiedToken> {
@@ -183,10 +211,7 @@ export class RequestVerifier {
 
     const iss = claims.iss;
     if (typeof iss !== 'string') throw new InvalidClaimError('iss');
-    const aud = typeof claims.aud === 'string' ? schemeAndHost(claims.aud) : undefined;
-    if (!aud || aud.scheme !== this.#audience.scheme || aud.host !== this.#audience.host) {
-      throw new InvalidClaimError('aud').with({ expected_aud: `${this.#audience.scheme}://${this.#audience.host}`, received_aud: typeof claims.aud === 'string' ? claims.aud.slice(0, 200) : typeof claims.aud });
-    }
+    if (claims.aud !== this.#acceptedAud || claims.aud === undefined) this.#checkAudience(claims.aud);
     const exp = seconds(claims.exp);
     if (exp === undefined || exp * 1000 < now) throw new InvalidClaimError('exp').with(exp === undefined ? { problem: 'missing or not a number' } : { expired_s_ago: Math.round(now / 1000 - exp) });
     const nbf = seconds(claims.nbf);

@@ -120,18 +120,18 @@ function signerHooks(state: { current: SignerState }, tunnels: () => ConnectTunn
   return {
     droppedRequestHeaders: SIGNER_OWNED_HEADERS,
     keepConnectionAfterRefusal: false,
-    async route(req, head) {
+    route(req, head) {
       const target = targetOf(req, tunnels());
       const { signer, pools } = state.current;
-      // One async signature on libuv's thread pool: RSA never blocks the event loop.
-      const authorization = await signer.authorizationFor(target.audience);
-      return {
+      // One async signature on libuv's thread pool: RSA never blocks the event loop. A `then` on
+      // it rather than an async function: one promise and one turn of the microtask queue less.
+      return signer.sign(target.audience).then((jwt) => ({
         dispatcher: pools.poolFor(target.origin),
         path: target.path,
-        headers: ['host', target.host, ...head.headers, 'authorization', authorization],
+        headers: ['host', target.host, ...head.headers, 'authorization', `Bearer ${jwt}`],
         upstreamName: target.origin,
         token: { aud: target.audience },
-      };
+      }));
     },
     connect(req, socket, head) {
       // A CONNECT needs no Host header (RFC 9112 §3.2.3), but one that is there must be valid.

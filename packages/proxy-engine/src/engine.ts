@@ -25,7 +25,7 @@ import {
 } from '@jwtproxy/core';
 import type { Dispatcher } from 'undici';
 import { upstreamFailure, writeAnswer } from './answers.js';
-import { ResponseRelay } from './relay.js';
+import { ResponseRelay, kUpstreamFailed } from './relay.js';
 import { readRequestHead, type RequestHead } from './request-head.js';
 import { UpgradeRelay } from './upgrade.js';
 
@@ -335,8 +335,8 @@ export class ProxyEngine {
     applyServerLimits(server, this.limits);
     this.#servers.push(server);
     this.#requests.watch(server);
-    server.on('request', (req: IncomingMessage, res: ServerResponse) => this.#requests.admit(req, res, () => void this.#handle(req, res, false)));
-    server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => this.#requests.admit(req, res, () => void this.#handle(req, res, true)));
+    server.on('request', (req: IncomingMessage, res: ServerResponse) => this.#requests.admit(req, res, this.#runRequest));
+    server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => this.#requests.admit(req, res, this.#runExpectingContinue));
     server.on('upgrade', (req: IncomingMessage, socket: Duplex, bodyHead: Buffer) => void this.#handleUpgrade(req, socket, bodyHead));
     server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
       this.adoptRaw(socket);
@@ -399,28 +399,60 @@ export class ProxyEngine {
     return answer;
   }
 
-  async #handle(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): Promise<void> {
+  // One function each for every request (no closure per request), handed to the tracker's admit.
+  readonly #runRequest = (req: IncomingMessage, res: ServerResponse): void => this.#handle(req, res, false);
+  readonly #runExpectingContinue = (req: IncomingMessage, res: ServerResponse): void => this.#handle(req, res, true);
+
+  /**
+   * Check the head, read it, route (verify or sign), then relay. Without `async`: a hook that
+   * answers at once is relayed at once, and one that answers later costs one `then`, not the
+   * async function's own promise and hops on top.
+   */
+  #handle(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void {
     const exchange = this.#onAccess ? new Exchange(req, res, this.#onAccess) : undefined;
     let head: RequestHead | undefined;
+    let routed: Outbound | Promise<Outbound>;
     try {
-      const malformed = checkRequestHead(req, this.limits);
+      const malformed = checkRequestHead(req, this.#limits);
       if (malformed) throw malformed;
       head = readRequestHead(req.rawHeaders, this.#hooks.droppedRequestHeaders);
-      const outbound = await this.#hooks.route(req, head);
+      routed = this.#hooks.route(req, head);
+    } catch (error) {
+      this.#refused(req, res, head, expectsContinue, exchange, error);
+      return;
+    }
+    const routedHead = head;
+    if (routed instanceof Promise) {
+      routed.then(
+        (outbound) => this.#relay(req, res, routedHead, expectsContinue, exchange, outbound),
+        (error: unknown) => this.#refused(req, res, routedHead, expectsContinue, exchange, error),
+      );
+    } else this.#relay(req, res, routedHead, expectsContinue, exchange, routed);
+  }
+
+  /** A routed request: sent to its upstream, the answer relayed back. */
+  #relay(req: IncomingMessage, res: ServerResponse, head: RequestHead, expectsContinue: boolean, exchange: Exchange | undefined, outbound: Outbound): void {
+    try {
       if (exchange) exchange.token = outbound.token;
       if (res.destroyed) return;
       // Only a routed request is invited to send its body, and must then keep sending it.
       if (expectsContinue) res.writeContinue();
-      if (head.hasBody) watchRequestBody(req, this.limits.bodyIdleTimeoutMs);
-      const relay = new ResponseRelay(res, (error) => this.#upstreamFailed(req, res, error, outbound, head!, exchange), exchange);
-      this.#dispatch(outbound, req, head, relay);
+      if (head.hasBody) watchRequestBody(req, this.#limits.bodyIdleTimeoutMs);
+      this.#dispatch(outbound, req, head, new ResponseRelay(res, this, req, head, outbound, exchange));
     } catch (error) {
-      exchange?.refusedBy(error);
-      // A body not read yet is drained when small; else (or when the client waits for `100
-      // Continue`, or the proxy is stopping) the connection closes and nothing behind it runs.
-      const keep = this.#hooks.keepConnectionAfterRefusal && head !== undefined && !expectsContinue && !this.#stopping && (req.complete || head.drainable);
-      this.#refuse(res, this.answerFor(error, { method: req.method }), keep);
+      this.#refused(req, res, head, expectsContinue, exchange, error);
     }
+  }
+
+  /**
+   * A request refused (the client's fault) or failed before it was sent. A body not read yet is
+   * drained when small; else (or when the client waits for `100 Continue`, or the proxy is
+   * stopping) the connection closes and nothing behind it runs.
+   */
+  #refused(req: IncomingMessage, res: ServerResponse, head: RequestHead | undefined, expectsContinue: boolean, exchange: Exchange | undefined, error: unknown): void {
+    exchange?.refusedBy(error);
+    const keep = this.#hooks.keepConnectionAfterRefusal && head !== undefined && !expectsContinue && !this.#stopping && (req.complete || head.drainable);
+    this.#refuse(res, this.answerFor(error, { method: req.method }), keep);
   }
 
   #refuse(res: ServerResponse, answer: HttpAnswer, keep: boolean): void {
@@ -437,10 +469,10 @@ export class ProxyEngine {
       body: upgrade === undefined && head.hasBody ? req : null,
       // undici takes `servername` per request although its types do not list it.
       servername: outbound.servername,
-      ...(upgrade !== undefined ? { upgrade } : {}),
     };
+    if (upgrade !== undefined) options.upgrade = upgrade;
     try {
-      (handler as { exchange?: Exchange }).exchange?.upstreamStart();
+      (handler as { exchange?: Exchange | undefined }).exchange?.upstreamStart();
       outbound.dispatcher.dispatch(options, handler);
     } catch (error) {
       // undici refused the request outright (a header it cannot send, say).
@@ -448,7 +480,8 @@ export class ProxyEngine {
     }
   }
 
-  #upstreamFailed(req: IncomingMessage, res: ServerResponse, error: Error, outbound: Outbound, head: RequestHead, exchange: Exchange | undefined): void {
+  /** The upstream could not answer before the response started (ResponseRelay's failure): 502, logged. */
+  [kUpstreamFailed](req: IncomingMessage, res: ServerResponse, error: Error, outbound: Outbound, head: RequestHead, exchange: Exchange | undefined): void {
     const failure = upstreamFailure(error, outbound.upstreamName);
     exchange?.refusedBy(failure);
     this.#repeats.write('warn', failure.message, 'upstream request failed', { upstream: outbound.upstreamName, method: req.method, error: failure.message });

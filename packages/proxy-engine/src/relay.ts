@@ -1,13 +1,21 @@
-import type { ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Dispatcher } from 'undici';
-import type { Exchange } from './engine.js';
-import { responseHeaders, type UpstreamHeaders } from './request-head.js';
+import type { Exchange, Outbound } from './engine.js';
+import { responseHeaders, type RequestHead, type UpstreamHeaders } from './request-head.js';
 
 /** Passed to undici when the client went away, so the upstream request is cancelled. */
 export const CLIENT_GONE = new Error('client closed the connection');
 
-/** What the engine does when the upstream cannot answer before the response started. */
+/** What the engine does when an upgrade's upstream cannot answer. */
 export type UpstreamFailed = (error: Error) => void;
+
+/** The engine's method a relay calls when the upstream failed (a symbol: not part of the engine's public surface). */
+export const kUpstreamFailed = Symbol('jwtproxy.upstreamFailed');
+
+/** Who answers an upstream failure: the engine (a reference, not a closure per request). */
+export interface UpstreamFailureSink {
+  [kUpstreamFailed](req: IncomingMessage, res: ServerResponse, error: Error, outbound: Outbound, head: RequestHead, exchange: Exchange | undefined): void;
+}
 
 /**
  * A status text Node writes as it came: printable ASCII. Node throws on others (undici decodes the
@@ -38,7 +46,10 @@ export class ResponseRelay implements Dispatcher.DispatchHandler {
 
   constructor(
     private readonly res: ServerResponse,
-    private readonly failed: UpstreamFailed,
+    private readonly sink: UpstreamFailureSink,
+    private readonly req: IncomingMessage,
+    private readonly head: RequestHead,
+    private readonly outbound: Outbound,
     /** The access record's account, when someone listens. */
     readonly exchange?: Exchange | undefined,
   ) {
@@ -74,7 +85,7 @@ export class ResponseRelay implements Dispatcher.DispatchHandler {
     if (this.#clientGone || error === CLIENT_GONE) return;
     // Logged either way; once the answer has started, the engine cuts it (the client must see a
     // broken response, not a short one), else it answers 502.
-    this.failed(error);
+    this.sink[kUpstreamFailed](this.req, this.res, error, this.outbound, this.head, this.exchange);
   }
 
   clientClosed(): void {
