@@ -10,10 +10,15 @@
 // busy connections measure throughput, and their latency is mostly queueing at saturation.
 //
 //   pnpm bench [--duration 5] [--connections 32] [--threads 2] [--rate 500] [--baseline OLD/apps/cli/dist/main.js]
-//              [--go /opt/go-jwtproxy/jwtproxy]
-//              [--only upstream,verifier,verifier-logged,signer,signer-es256,chain,verifier-redis,https-signer,https-new-hosts,latency]
+//              [--go /opt/go-jwtproxy/jwtproxy] [--pin]
+//              [--only upstream,passthrough,verifier,verifier-logged,signer,signer-es256,chain,verifier-redis,https-signer,https-new-hosts,verifier-2w,signer-2w,latency]
 //
 // Every proxy line ends with its start-up time (spawn to port open) and RSS idle → after the load.
+//
+// --pin: each proxy on core 0, and wrk, the upstream and the other clients on core 1 (taskset), so
+// that a proxy's req/s is what one core of its own gives. `passthrough` is the least a Node.js
+// reverse proxy does (node:http in, undici Pool.stream out, nothing checked): the verifier's req/s
+// and p99 beside it are the verifier's own cost per request.
 import { spawn, spawnSync } from 'node:child_process';
 import { createPrivateKey, generateKeyPairSync } from 'node:crypto';
 import { existsSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -52,6 +57,8 @@ const { values: args } = parseArgs({
     // The reference Go jwtproxy binary (quay/jwtproxy built from source): the cases it can run
     // (goCases) run on it too, after this build, in the same run, and a summary compares the two.
     go: { type: 'string' },
+    // Proxies on core 0, load and upstream on core 1 (taskset).
+    pin: { type: 'boolean', default: false },
   },
 });
 const duration = Number(args.duration);
@@ -62,6 +69,17 @@ const rate = Number(args.rate);
 if (spawnSync('wrk', ['--version']).error) {
   console.error('bench: wrk is not installed (apt-get install -y wrk)');
   process.exit(1);
+}
+if (args.pin && spawnSync('taskset', ['-c', '0', 'true']).status !== 0) {
+  console.error('bench: --pin needs taskset (util-linux) and at least 2 cores');
+  process.exit(1);
+}
+/** Under --pin: the proxy under test has core 0 to itself; wrk, the upstream and the clients share core 1. */
+const PROXY_CORE = '0';
+const LOAD_CORE = '1';
+/** `command argv` as spawned, on `core` under --pin (taskset execs it: the pid is the command's). */
+function pinned(core, command, argv) {
+  return args.pin ? ['taskset', ['-c', core, command, ...argv]] : [command, argv];
 }
 if (args.go && !existsSync(args.go)) {
   console.error(`bench: --go ${args.go}: no such file`);
@@ -124,7 +142,7 @@ async function start(name, command, argv, port, { logFile } = {}) {
   const stderrTarget = logFile ? openSync(logFile, 'a') : 'pipe';
   // One scheduler thread for Go when the proxies are pinned to one core (`--pin`, where this bench has it).
   const goEnv = onGo && args.pin && !process.env.GOMAXPROCS ? { GOMAXPROCS: '1' } : {};
-  const child = spawn(command, argv, { stdio: ['ignore', 'ignore', stderrTarget], env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '4', ...goEnv } });
+  const child = spawn(...pinned(argv[0] === path.join(here, 'upstream.mjs') ? LOAD_CORE : PROXY_CORE, command, argv), { stdio: ['ignore', 'ignore', stderrTarget], env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '4', ...goEnv } });
   let stderr = '';
   child.stderr?.on('data', (d) => (stderr = (stderr + d).slice(-4000)));
   children.add(child);
@@ -215,7 +233,7 @@ function parseLatency(text) {
 
 function wrk(url, { script, env = {}, seconds = duration } = {}) {
   const argv = [`-t${threads}`, `-c${connections}`, `-d${seconds}s`, '--latency', ...(script ? ['-s', path.join(here, script)] : []), url];
-  const result = spawnSync('wrk', argv, { encoding: 'utf8', env: { ...process.env, THREADS: String(threads), ...env } });
+  const result = spawnSync(...pinned(LOAD_CORE, 'wrk', argv), { encoding: 'utf8', env: { ...process.env, THREADS: String(threads), ...env } });
   const out = result.stdout;
   const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? NaN);
   const p50 = parseLatency(/^\s+50%\s+(\S+)/m.exec(out)?.[1] ?? '');
@@ -249,6 +267,23 @@ const cases = [
     async run() {
       wrk(`${upstreamUrl}/`, { seconds: 1 });
       return wrk(`${upstreamUrl}/`);
+    },
+  },
+  {
+    name: 'passthrough',
+    label: 'bare pass-through (undici Pool.stream)',
+    // Not this build's: runs once, also with --baseline.
+    ownProcess: true,
+    async run() {
+      const port = await freeLoopbackPort();
+      // The verifier case's requests (a token in Authorization), passed on unread.
+      const tokens = await mintTokens('http://verifier.bench', TOKENS_PER_RUN);
+      const proxy = await start('passthrough', process.execPath, [path.join(here, 'passthrough.mjs'), String(port), upstreamUrl], port);
+      try {
+        return wrkWithTokens(`http://127.0.0.1:${port}/`, tokens);
+      } finally {
+        await proxy.stop();
+      }
     },
   },
   {
@@ -404,7 +439,7 @@ async function httpsSetup() {
 }
 
 function httpsClient(argv) {
-  const result = spawnSync(process.execPath, [path.join(here, 'https-client.mjs'), ...argv], { encoding: 'utf8' });
+  const result = spawnSync(...pinned(LOAD_CORE, process.execPath, [path.join(here, 'https-client.mjs'), ...argv]), { encoding: 'utf8' });
   if (result.status !== 0) throw new Error(`https client failed: ${result.stderr}`);
   return JSON.parse(result.stdout);
 }
@@ -514,7 +549,7 @@ async function runCase(c, which) {
 }
 for (const c of cases) {
   if (only && !only.has(c.name) && c.name !== 'upstream') continue;
-  if (args.baseline && c.name !== 'upstream' && !c.name.endsWith('-2w')) {
+  if (args.baseline && c.name !== 'upstream' && !c.ownProcess && !c.name.endsWith('-2w')) {
     cli = path.resolve(args.baseline);
     await runCase(c, 'baseline');
     cli = currentCli;
@@ -545,12 +580,21 @@ for (const r of results.filter((o) => o.name.endsWith('-2w'))) {
   if (one) console.log(`${r.name}: 2 workers / 1 worker = ${(r.rps / one.rps).toFixed(2)}× req/s (p99 ${one.p99.toFixed(2)} → ${r.p99.toFixed(2)} ms)`);
 }
 
+// The verifier against the bare pass-through, same requests, same run: its own cost per request.
+const passthrough = results.find((r) => r.name === 'passthrough');
+for (const r of passthrough ? results.filter((o) => o.name === 'verifier') : []) {
+  console.log(
+    `${r.label} / pass-through${args.pin ? ' (one core each)' : ''}: ${(r.rps / passthrough.rps).toFixed(2)}× req/s; ` +
+      `p99 ${r.p99.toFixed(2)} vs ${passthrough.p99.toFixed(2)} ms (${(r.p99 / passthrough.p99).toFixed(2)}×)`,
+  );
+}
+
 /** Latency at `rate` req/s through each of: the bare upstream, the verifier, the signer, the chain. */
 function fixedRate(url, options = {}) {
   const argv = [path.join(here, 'fixed-rate.mjs'), '--url', url, '--rate', String(rate), '--duration', String(options.seconds ?? duration)];
   if (options.target) argv.push('--target', options.target);
   if (options.tokens) argv.push('--tokens', options.tokens, '--offset', String(options.offset ?? 0));
-  const result = spawnSync(process.execPath, argv, { encoding: 'utf8' });
+  const result = spawnSync(...pinned(LOAD_CORE, process.execPath, argv), { encoding: 'utf8' });
   if (result.status !== 0) throw new Error(`fixed-rate client failed: ${result.stderr}`);
   return JSON.parse(result.stdout);
 }
