@@ -37,6 +37,7 @@ import type { JwtProxyMetrics, MetricSnapshot, Readiness, ReadinessReport, Runni
 import { createComponent, expandEnv, parseConfig, placeConfigError, type LoadedConfig } from '@jwtproxy/config';
 import { DEFAULT_MAX_ENTRIES, SharedNonceTables, sharedNonceTableKey } from '@jwtproxy/nonce-stores';
 import type { CertificateForger } from '@jwtproxy/forward-proxy';
+import { youngGenerationCapMb } from './heap-limits.js';
 import { startFailure, type RunningJwtProxy, type StartedServer } from './run.js';
 import type { ConfigSource, FromWorker, KeyProblem, StartedServerInfo, ToWorker, WorkerData } from './worker-protocol.js';
 
@@ -283,7 +284,15 @@ export async function startWorkers(source: ConfigSource, config: LoadedConfig, l
       ...(sentProblem ? { signerKeyProblem: sentProblem } : {}),
       ...(crashAfter !== undefined ? { crashAfterMs: crashAfter } : {}),
     };
-    const worker = new Worker(workerUrl, { workerData: data, stderr: false, stdout: false });
+    // The main thread caps its young generation at 2 × 4 MiB semi-spaces (heap-limits.ts); a worker's
+    // isolate gets the same through resourceLimits (V8 counts 3 semi-spaces: 8 MB → 12).
+    const youngMb = youngGenerationCapMb(env);
+    const worker = new Worker(workerUrl, {
+      workerData: data,
+      stderr: false,
+      stdout: false,
+      ...(youngMb > 0 ? { resourceLimits: { maxYoungGenerationSizeMb: youngMb * 1.5 } } : {}),
+    });
     slot.worker = worker;
     slot.source = data.source;
     slot.threadId = worker.threadId;
