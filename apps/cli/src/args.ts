@@ -9,8 +9,8 @@ export interface CliArguments {
   logFormat?: LogFormat;
   /** ES modules (paths or package names) imported before the configuration is built. */
   plugins: string[];
-  /** From -workers; when absent, the configuration's `workers`, else one per available core. */
-  workers?: number;
+  /** From -workers (`auto`: one per available core); when absent, the configuration's `workers`, else 1. */
+  workers?: number | 'auto';
 }
 
 /** A mistake on the command line: printed with a pointer to --help, exit code 2 (as Go's flag package). */
@@ -30,9 +30,9 @@ Options:
   -config FILE          the YAML configuration file; $VAR and \${VAR} are expanded
   -log-level LEVEL      debug, info, warn or error (default: log.level of the file, else info)
   -log-format FORMAT    text (logfmt, as the Go tool) or json (default: log.format, else text)
-  -workers N            worker threads running the proxies on the same ports (default: workers
-                        of the file, else one per available core, within a container's CPU
-                        limit); 1 runs on the main thread alone. Needs Node.js 22.12 or later
+  -workers N|auto       worker threads running the proxies on the same ports (default: workers
+                        of the file, else 1: the main thread alone); auto: one per available
+                        core, within a container's CPU limit. Needs Node.js 22.12 or later
   --plugin MODULE       an ES module (path or package) imported before the configuration
                         is built, to register key servers, private key sources, nonce
                         storages or claims verifiers; may be repeated
@@ -73,8 +73,8 @@ export function parseArguments(argv: readonly string[]): CliArguments {
     else if (name === 'plugin') result.plugins.push(value);
     else if (name === 'workers') {
       const count = Number(value);
-      if (!/^\d+$/.test(value) || count < 1 || count > MAX_WORKERS) throw new UsageError(`-workers must be a whole number from 1 to ${MAX_WORKERS} (got ${JSON.stringify(value)})`);
-      result.workers = count;
+      if (value !== 'auto' && (!/^\d+$/.test(value) || count < 1 || count > MAX_WORKERS)) throw new UsageError(`-workers must be a whole number from 1 to ${MAX_WORKERS} or auto (got ${JSON.stringify(value)})`);
+      result.workers = value === 'auto' ? 'auto' : count;
     }
     else if (name === 'log-format') {
       if (!isLogFormat(value)) throw new UsageError(`-log-format must be text or json (got ${JSON.stringify(value)})`);

@@ -1,7 +1,10 @@
 /**
- * How many worker threads `jwtproxy` runs: `-workers N`, else `jwtproxy.workers`, else one per
- * core this process may use (the machine's, or fewer under a container's CPU limit), and 1 where
- * worker threads cannot share a port.
+ * How many worker threads `jwtproxy` runs: `-workers N`, else `jwtproxy.workers`, else 1; `auto`
+ * is one per core this process may use (the machine's, or fewer under a container's CPU limit).
+ * 1 where worker threads cannot share a port.
+ *
+ * The default is 1, not `auto`: with workers, key server caches are per worker (a key registry
+ * rotation can reach one worker before another), and each worker costs ~40-50 MB (docs/scaling.md).
  */
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
@@ -46,14 +49,16 @@ export interface WorkerPlan {
   count: number;
   /** Why fewer than asked (or than the cores), for the one line said at start; undefined when nothing to say. */
   fallback?: string;
-  /** Where the count came from: `-workers`, `jwtproxy.workers` or `cores`. */
-  from: 'flag' | 'config' | 'cores';
+  /** Where the count came from: `-workers`, `jwtproxy.workers`, `auto` (one per core) or neither (`default`, 1). */
+  from: 'flag' | 'config' | 'cores' | 'default';
 }
 
 /** The workers to run for `config` given the flag (which wins over the file). */
-export function planWorkers(config: LoadedConfig, flag: number | undefined, options: { cores?: number; reusePort?: boolean; plugins?: number } = {}): WorkerPlan {
-  const from = flag !== undefined ? 'flag' : config.workers !== undefined ? 'config' : 'cores';
-  const wanted = flag ?? config.workers ?? options.cores ?? availableCores();
+export function planWorkers(config: LoadedConfig, flag: number | 'auto' | undefined, options: { cores?: number; reusePort?: boolean; plugins?: number } = {}): WorkerPlan {
+  const asked = flag ?? config.workers;
+  if (asked === undefined) return { count: 1, from: 'default' };
+  const from = asked === 'auto' ? 'cores' : flag !== undefined ? 'flag' : 'config';
+  const wanted = asked === 'auto' ? (options.cores ?? availableCores()) : asked;
   if (wanted <= 1) return { count: 1, from };
   // Only the proxies run in workers (a key registry server alone runs in the primary).
   if (!config.signerProxy?.enabled && !config.verifierProxies.some((p) => p.enabled)) return { count: 1, from };
@@ -61,7 +66,7 @@ export function planWorkers(config: LoadedConfig, flag: number | undefined, opti
   // store) would then keep it per worker, and a replay could pass once in each. Asked for, fine;
   // by default, fail closed with one worker.
   if (from === 'cores' && (options.plugins ?? 0) > 0) {
-    return { count: 1, from, fallback: `with --plugin, workers must be set (-workers N or jwtproxy.workers): a plugin's components would run once per worker; one worker instead of ${wanted}` };
+    return { count: 1, from, fallback: `with --plugin, workers must be a number, not auto (-workers N or jwtproxy.workers: N): a plugin's components would run once per worker; one worker instead of ${wanted}` };
   }
   if (!(options.reusePort ?? hasReusePort())) {
     return { count: 1, from, fallback: `Node.js ${process.versions.node} has no listen({ reusePort }) (22.12 or later has): one worker instead of ${wanted}` };

@@ -44,13 +44,15 @@ describe('the worker count', () => {
     expect([at('20.20.2'), at('22.11.0'), at('22.12.0'), at('23.0.0'), at('23.1.0'), at('24.22.3')]).toEqual([false, false, true, false, true, true]);
   });
 
-  it('takes -workers over jwtproxy.workers over the cores, and falls back to 1 with the reason', () => {
-    expect(planWorkers(configOf(), undefined, { cores: 4, reusePort: true })).toEqual({ count: 4, from: 'cores' });
+  it('takes -workers over jwtproxy.workers over the default 1; auto is the cores; falls back to 1 with the reason', () => {
+    expect(planWorkers(configOf(), undefined, { cores: 4, reusePort: true })).toEqual({ count: 1, from: 'default' });
+    expect(planWorkers(configOf(), 'auto', { cores: 4, reusePort: true })).toEqual({ count: 4, from: 'cores' });
+    expect(planWorkers(configOf('  workers: auto\n'), undefined, { cores: 4, reusePort: true })).toEqual({ count: 4, from: 'cores' });
     expect(planWorkers(configOf('  workers: 3\n'), undefined, { cores: 4, reusePort: true })).toEqual({ count: 3, from: 'config' });
     expect(planWorkers(configOf('  workers: 3\n'), 2, { cores: 4, reusePort: true })).toEqual({ count: 2, from: 'flag' });
     expect(planWorkers(configOf(), 1, { cores: 4, reusePort: true })).toEqual({ count: 1, from: 'flag' });
-    expect(planWorkers(configOf(), undefined, { cores: 4, reusePort: false })).toMatchObject({ count: 1, fallback: expect.stringMatching(/no listen\(\{ reusePort \}\).*one worker instead of 4/) });
-    expect(planWorkers(configOf(), undefined, { cores: 4, reusePort: true, plugins: 1 })).toMatchObject({ count: 1, fallback: expect.stringMatching(/with --plugin, workers must be set/) });
+    expect(planWorkers(configOf(), 'auto', { cores: 4, reusePort: false })).toMatchObject({ count: 1, fallback: expect.stringMatching(/no listen\(\{ reusePort \}\).*one worker instead of 4/) });
+    expect(planWorkers(configOf(), 'auto', { cores: 4, reusePort: true, plugins: 1 })).toMatchObject({ count: 1, fallback: expect.stringMatching(/with --plugin, workers must be a number/) });
     expect(planWorkers(configOf(), 2, { cores: 4, reusePort: true, plugins: 1 })).toEqual({ count: 2, from: 'flag' });
     const unix = parseConfig(verifier.replace('127.0.0.1:0', 'unix:/tmp/jwtproxy-plan.sock'), 'c.yaml');
     expect(planWorkers(unix, 2, { reusePort: true })).toMatchObject({ count: 1, fallback: expect.stringMatching(/verifier_proxies\[0\] listens on a unix socket/) });
@@ -66,11 +68,11 @@ describe('through the command', () => {
     await files.cleanup();
   });
 
-  it('-workers takes a whole number from 1 to 256 (exit 2 otherwise)', async () => {
+  it('-workers takes a whole number from 1 to 256 or auto (exit 2 otherwise)', async () => {
     for (const bad of ['0', '257', 'two', '1.5']) {
       const result = await runCli(['-config', 'x.yaml', '-workers', bad]);
       expect(result.code).toBe(2);
-      expect(result.stderr).toBe(`jwtproxy: -workers must be a whole number from 1 to 256 (got ${JSON.stringify(bad)}) (see jwtproxy --help)\n`);
+      expect(result.stderr).toBe(`jwtproxy: -workers must be a whole number from 1 to 256 or auto (got ${JSON.stringify(bad)}) (see jwtproxy --help)\n`);
     }
   });
 
@@ -78,7 +80,7 @@ describe('through the command', () => {
     const file = await files.write('zero.yaml', `${verifier}  workers: 0\n`);
     const result = await runCli(['-config', file]);
     expect(result.code).toBe(1);
-    expect(result.stderr).toMatch(/^jwtproxy: workers: must be from 1 to 256, got 0 \(leave it out for one per available core\) \(\S*zero\.yaml:\d+\)\n$/);
+    expect(result.stderr).toMatch(/^jwtproxy: workers: must be from 1 to 256 or auto \(one per available core\), got 0 \(\S*zero\.yaml:\d+\)\n$/);
   });
 
   it('-workers 2 on a unix socket listener: one worker, said in one warning line, and it serves', async () => {
@@ -98,9 +100,9 @@ describe('through the command', () => {
     }
   });
 
-  it('-workers 1: no worker thread and no line about workers', async () => {
+  it.each([[['-workers', '1']], [[]]])('%j: no worker thread and no line about workers (1 is the default)', async (flags) => {
     const file = await files.write('one.yaml', verifier);
-    const cli = await startCli(['-config', file, '-workers', '1']);
+    const cli = await startCli(['-config', file, ...flags]);
     try {
       expect(cli.stderr()).not.toMatch(/worker/);
     } finally {

@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ConfigError, DEFAULT_SERVER_LIMITS, isLogFormat, isLogLevel, type LogFormat, type LogLevel, parseListenAddress, silentLogger, type ComponentConfig, type Logger, type ServerLimits } from '@jwtproxy/core';
-import { isMap, LineCounter, parseDocument } from 'yaml';
+import { isMap, isScalar, LineCounter, parseDocument } from 'yaml';
 import { expandEnv } from './expand-env.js';
 import { describe, MapReader, readComponent, YamlSource } from './reader.js';
 import type {
@@ -352,10 +352,12 @@ function readAdmin(block: MapReader | undefined): AdminConfig | undefined {
 /** Most worker threads `workers:` may ask for: far above any core count a sidecar gets. */
 export const MAX_WORKERS = 256;
 
-/** `workers: N` (our addition): 1 to MAX_WORKERS; absent means one per available core. */
-function readWorkers(block: MapReader): number {
+/** `workers: N` or `workers: auto` (our addition): 1 to MAX_WORKERS, or one per available core; absent means 1. */
+function readWorkers(block: MapReader): number | 'auto' {
+  const node = block.node('workers');
+  if (isScalar(node) && node.value === 'auto') return 'auto';
   const value = block.int('workers', 1);
-  if (value < 1 || value > MAX_WORKERS) block.fail('workers', `must be from 1 to ${MAX_WORKERS}, got ${value} (leave it out for one per available core)`);
+  if (value < 1 || value > MAX_WORKERS) block.fail('workers', `must be from 1 to ${MAX_WORKERS} or auto (one per available core), got ${value}`);
   return value;
 }
 

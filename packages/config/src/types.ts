@@ -131,10 +131,10 @@ export interface LoadedConfig {
   /** Present when the file has an `admin:` block. */
   admin?: AdminConfig;
   /**
-   * `workers` (our addition): worker threads running the proxies; absent means one per available
-   * core. 1 runs everything on the main thread, as before. Read at start only.
+   * `workers` (our addition): worker threads running the proxies; `auto` is one per available
+   * core; absent means 1, which runs everything on the main thread, as before. Read at start only.
    */
-  workers?: number;
+  workers?: number | 'auto';
   /**
    * The line of a key path inside `jwtproxy:` (`verifier_proxies[0].verifier.key_server.options.registry`);
    * for a path not in the file, the line of its nearest ancestor that is.
