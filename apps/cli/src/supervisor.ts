@@ -18,7 +18,6 @@
  * port 0), then the others; a file that does not load or build keeps everything as it was.
  * SIGINT/SIGTERM: every worker stops gracefully (its proxies drain within shutdown_timeout).
  */
-import { readFile } from 'node:fs/promises';
 import { Worker } from 'node:worker_threads';
 import {
   ConfigError,
@@ -34,7 +33,7 @@ import {
   type SigningKey,
 } from '@jwtproxy/core';
 import type { JwtProxyMetrics, MetricSnapshot, Readiness, ReadinessReport, RunningAdminServer } from '@jwtproxy/admin';
-import { createComponent, expandEnv, parseConfig, placeConfigError, type LoadedConfig } from '@jwtproxy/config';
+import { createComponent, parseConfig, placeConfigError, readConfigFile, type LoadedConfig } from '@jwtproxy/config';
 import { DEFAULT_MAX_ENTRIES, SharedNonceTables, sharedNonceTableKey } from '@jwtproxy/nonce-stores';
 import type { CertificateForger } from '@jwtproxy/forward-proxy';
 import { youngGenerationCapMb } from './heap-limits.js';
@@ -65,15 +64,8 @@ export class WorkerStartError extends Error {
 
 /** The configuration file's text with what it parses to: workers parse the same text, not the file again. */
 export async function loadConfigSource(file: string, logger: Logger): Promise<{ config: LoadedConfig; source: ConfigSource }> {
-  const expanded = expandEnv(file, process.env);
-  let text: string;
-  try {
-    text = await readFile(expanded, 'utf8');
-  } catch (error) {
-    const reason = (error as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (error as Error).message;
-    throw new ConfigError('', `cannot read configuration file ${JSON.stringify(expanded)}: ${reason}`);
-  }
-  return { config: parseConfig(text, expanded, { logger }), source: { text, file: expanded } };
+  const source = await readConfigFile(file);
+  return { config: parseConfig(source.text, source.file, { logger }), source };
 }
 
 export interface SupervisorOptions {

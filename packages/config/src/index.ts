@@ -1,4 +1,4 @@
-export { loadConfig, parseConfig, defaults, MAX_WORKERS, type LoadConfigOptions } from './load.js';
+export { loadConfig, readConfigFile, parseConfig, defaults, MAX_WORKERS, type LoadConfigOptions } from './load.js';
 export { checkComponent, createComponent, placeConfigError } from './component.js';
 export { expandEnv } from './expand-env.js';
 export type {

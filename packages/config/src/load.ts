@@ -45,15 +45,22 @@ export interface LoadConfigOptions {
  * as in Go's os.ExpandEnv. Throws ConfigError naming the key path and file:line of a mistake.
  */
 export async function loadConfig(file: string, options: LoadConfigOptions = {}): Promise<LoadedConfig> {
-  const expanded = expandEnv(file, options.env ?? process.env);
-  let text: string;
+  const { text, file: expanded } = await readConfigFile(file, options.env);
+  return parseConfig(text, expanded, options);
+}
+
+/**
+ * The configuration file's text and its path after `$VAR` expansion, without parsing it (the
+ * command's primary hands the same text to its workers). ConfigError when it cannot be read.
+ */
+export async function readConfigFile(file: string, env: Record<string, string | undefined> = process.env): Promise<{ text: string; file: string }> {
+  const expanded = expandEnv(file, env);
   try {
-    text = await readFile(expanded, 'utf8');
+    return { text: await readFile(expanded, 'utf8'), file: expanded };
   } catch (error) {
     const reason = (error as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (error as Error).message;
     throw new ConfigError('', `cannot read configuration file ${JSON.stringify(expanded)}: ${reason}`);
   }
-  return parseConfig(text, expanded, options);
 }
 
 /** Parses configuration text; `fileName` is used in messages and to resolve relative paths. */

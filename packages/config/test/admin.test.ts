@@ -1,28 +1,10 @@
-import { ConfigError, type Logger } from '@jwtproxy/core';
+import type { Logger } from '@jwtproxy/core';
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../src/index.js';
+import { configErrorOf, verifierBlock } from './helpers.js';
 
-const verifier = [
-  '  verifier_proxies:',
-  '  - listen_addr: 127.0.0.1:0',
-  '    verifier:',
-  '      upstream: http://127.0.0.1:9000',
-  '      audience: http://localhost:8082',
-  '      key_server:',
-  '        type: preshared',
-  '        options: {issuer: a, key_id: k, public_key_path: k.pub}',
-  '',
-].join('\n');
-
-function errorOf(text: string): ConfigError {
-  try {
-    parseConfig(text, 'config.yaml');
-  } catch (error) {
-    expect(error).toBeInstanceOf(ConfigError);
-    return error as ConfigError;
-  }
-  throw new Error('expected a ConfigError');
-}
+const verifier = verifierBlock;
+const errorOf = configErrorOf;
 
 describe('jwtproxy.admin (the admin listener)', () => {
   it('reads admin.listen_addr; without an admin block there is no admin listener', () => {
