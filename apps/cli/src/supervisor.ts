@@ -36,7 +36,7 @@ import type { JwtProxyMetrics, MetricSnapshot, Readiness, ReadinessReport, Runni
 import { createComponent, parseConfig, placeConfigError, readConfigFile, type LoadedConfig } from '@jwtproxy/config';
 import { DEFAULT_MAX_ENTRIES, SharedNonceTables, sharedNonceTableKey } from '@jwtproxy/nonce-stores';
 import type { CertificateForger } from '@jwtproxy/forward-proxy';
-import { youngGenerationCapMb } from './heap-limits.js';
+import { heapModeOf, youngGenerationCapMb } from './heap-limits.js';
 import { startFailure, type RunningJwtProxy, type StartedServer } from './run.js';
 import type { ConfigSource, FromWorker, KeyProblem, StartedServerInfo, ToWorker, WorkerData } from './worker-protocol.js';
 
@@ -276,9 +276,10 @@ export async function startWorkers(source: ConfigSource, config: LoadedConfig, l
       ...(sentProblem ? { signerKeyProblem: sentProblem } : {}),
       ...(crashAfter !== undefined ? { crashAfterMs: crashAfter } : {}),
     };
-    // The main thread caps its young generation at 2 × 4 MiB semi-spaces (heap-limits.ts); a worker's
-    // isolate gets the same through resourceLimits (V8 counts 3 semi-spaces: 8 MB → 12).
-    const youngMb = youngGenerationCapMb(env);
+    // In the lean heap mode (or with JWTPROXY_YOUNG_GENERATION_MB) the main thread caps its young
+    // generation (heap-limits.ts); a worker's isolate gets the same through resourceLimits (V8
+    // counts 3 semi-spaces: 8 MB → 12). In fast mode, V8's defaults, as on the main thread.
+    const youngMb = heapModeOf(env) === 'lean' || env.JWTPROXY_YOUNG_GENERATION_MB?.trim() ? youngGenerationCapMb(env) : 0;
     const worker = new Worker(workerUrl, {
       workerData: data,
       stderr: false,
