@@ -59,12 +59,17 @@ const { values: args } = parseArgs({
     go: { type: 'string' },
     // Proxies on core 0, load and upstream on core 1 (taskset).
     pin: { type: 'boolean', default: false },
+    // Rounds: each case (with its baseline and Go runs) runs this many times, the order of the
+    // builds alternating round by round, and the table gives each one's median run. On a noisy
+    // machine one run moves a ratio by ±20 %; the median of interleaved runs far less.
+    repeat: { type: 'string', default: '1' },
   },
 });
 const duration = Number(args.duration);
 const connections = Number(args.connections);
 const threads = Number(args.threads);
 const rate = Number(args.rate);
+const repeat = Math.max(1, Math.trunc(Number(args.repeat)) || 1);
 
 if (spawnSync('wrk', ['--version']).error) {
   console.error('bench: wrk is not installed (apt-get install -y wrk)');
@@ -108,7 +113,8 @@ async function waitForPort(port, child, name) {
       socket.on('error', () => resolve(false));
     });
     if (open) return;
-    await new Promise((r) => setTimeout(r, 50));
+    // 5 ms: the start-up figure is this loop's; at 50 ms it read up to 50 ms late.
+    await new Promise((r) => setTimeout(r, 5));
   }
   throw new Error(`${name} did not listen on ${port}`);
 }
@@ -536,41 +542,67 @@ cases.push(
 );
 
 const only = args.only ? new Set(args.only.split(',')) : undefined;
-const results = [];
 console.log(`wrk -t${threads} -c${connections} -d${duration}s on loopback, ${os.cpus().length} cores, node ${process.version}`);
 if (args.baseline) console.log(`baseline: ${args.baseline} (each proxy case runs on it first, then on this build)`);
 const mb = (value) => (value === undefined ? '-' : value.toFixed(0));
 const mb1 = (value) => (value === undefined ? '-' : value.toFixed(1));
+/** Each run of a case, by `name|which`, in the order they ran. */
+const runs = new Map();
 async function runCase(c, which) {
   caseProcesses = [];
   const r = await c.run();
   const memory = caseProcesses.map((p) => `${p.name} start ${p.startMs.toFixed(0)} ms, RSS ${mb(p.idleRss)} → ${mb(p.loadedRss)} MB`).join('; ');
-  results.push({ name: c.name, label: which ? `${c.label} [${which}]` : c.label, which, ...r, memory, processes: caseProcesses });
+  const key = `${c.name}|${which ?? ''}`;
+  if (!runs.has(key)) runs.set(key, []);
+  runs.get(key).push({ name: c.name, label: which ? `${c.label} [${which}]` : c.label, which, ...r, memory, processes: caseProcesses });
 }
+/** The run of median req/s (the lower middle one of an even count), with every run's req/s in a note. */
+function medianRun(list) {
+  if (list.length === 1) return list[0];
+  const sorted = [...list].sort((a, b) => (Number.isNaN(a.rps) ? -1 : Number.isNaN(b.rps) ? 1 : a.rps - b.rps));
+  const median = sorted[Math.floor((sorted.length - 1) / 2)];
+  const all = list.map((r) => (Number.isNaN(r.rps) ? '-' : r.rps.toFixed(0))).join('/');
+  return { ...median, note: [`median of ${list.length}: ${all}`, median.note].filter(Boolean).join('; '), allRuns: list };
+}
+if (repeat > 1) console.log(`each case ${repeat} times, builds in alternating order; the table gives the median run`);
 for (const c of cases) {
   if (only && !only.has(c.name) && c.name !== 'upstream') continue;
-  if (args.baseline && c.name !== 'upstream' && !c.ownProcess && !c.name.endsWith('-2w')) {
-    cli = path.resolve(args.baseline);
-    await runCase(c, 'baseline');
-    cli = currentCli;
-    await runCase(c, 'this build');
-  } else await runCase(c);
-  if (args.go && goCases.has(c.name)) {
-    goBinary = path.resolve(args.go);
-    try {
-      await runCase(c, 'go');
-    } finally {
-      goBinary = undefined;
+  const builds = [];
+  if (args.baseline && c.name !== 'upstream' && !c.ownProcess && !c.name.endsWith('-2w')) builds.push('baseline', 'this build');
+  else builds.push(undefined);
+  if (args.go && goCases.has(c.name)) builds.push('go');
+  for (let round = 0; round < repeat; round++) {
+    // Alternating order, so that a machine slowing down or warming up over the run favours none.
+    for (const which of round % 2 === 0 ? builds : [...builds].reverse()) {
+      cli = which === 'baseline' ? path.resolve(args.baseline) : currentCli;
+      if (which === 'go') goBinary = path.resolve(args.go);
+      try {
+        await runCase(c, which);
+      } finally {
+        goBinary = undefined;
+        cli = currentCli;
+      }
     }
   }
 }
+const results = [...runs.values()].map(medianRun);
 const base = results.find((r) => r.name === 'upstream');
+/**
+ * This build's req/s over the baseline's: with --repeat, the median of each round's ratio (the two
+ * ran back to back, so a round's ratio is free of the machine's drift across the run).
+ */
+function pairedRatio(r, baselineRun) {
+  const ours = r.allRuns ?? [r];
+  const theirs = baselineRun.allRuns ?? [baselineRun];
+  const ratios = ours.map((o, i) => o.rps / theirs[i].rps).filter((x) => !Number.isNaN(x)).sort((a, b) => a - b);
+  return ratios.length ? ratios[Math.floor((ratios.length - 1) / 2)] : NaN;
+}
 const pad = (s, n) => String(s).padEnd(n);
 console.log(`${pad('case', 48)}${pad('req/s', 10)}${pad('p50 ms', 9)}${pad('p99 ms', 9)}${pad('vs upstream', 13)}${pad('vs baseline', 13)}notes`);
 for (const r of results) {
   const ratio = base && r !== base && !Number.isNaN(r.rps) ? `${((r.rps / base.rps) * 100).toFixed(0)} %` : '';
   const baselineRun = r.which === 'this build' ? results.find((o) => o.name === r.name && o.which === 'baseline') : undefined;
-  const vsBaseline = baselineRun && !Number.isNaN(r.rps) ? `${(r.rps / baselineRun.rps).toFixed(2)}×` : '';
+  const vsBaseline = baselineRun && !Number.isNaN(r.rps) ? `${pairedRatio(r, baselineRun).toFixed(2)}×` : '';
   const notes = [r.non2xx ? `${r.non2xx} non-2xx of ${r.total}` : '', r.errors ?? '', r.note ?? '', r.memory ?? ''].filter(Boolean).join('; ');
   console.log(`${pad(r.label, 48)}${pad(Number.isNaN(r.rps) ? '-' : r.rps.toFixed(0), 10)}${pad(r.p50.toFixed(2), 9)}${pad(r.p99.toFixed(2), 9)}${pad(ratio, 13)}${pad(vsBaseline, 13)}${notes}`);
 }
@@ -578,6 +610,13 @@ for (const r of results) {
 for (const r of results.filter((o) => o.name.endsWith('-2w'))) {
   const one = results.find((o) => o.name === r.name.slice(0, -3) && (o.which === undefined || o.which === 'this build'));
   if (one) console.log(`${r.name}: 2 workers / 1 worker = ${(r.rps / one.rps).toFixed(2)}× req/s (p99 ${one.p99.toFixed(2)} → ${r.p99.toFixed(2)} ms)`);
+}
+
+// The access log and metrics (issue 15: at most 10 % of the verifier's throughput).
+const plainVerifier = results.find((r) => r.name === 'verifier' && (r.which === undefined || r.which === 'this build'));
+const loggedVerifier = results.find((r) => r.name === 'verifier-logged' && (r.which === undefined || r.which === 'this build'));
+if (plainVerifier && loggedVerifier) {
+  console.log(`verifier with access log and metrics / without: ${(loggedVerifier.rps / plainVerifier.rps).toFixed(2)}× req/s; p99 ${loggedVerifier.p99.toFixed(2)} vs ${plainVerifier.p99.toFixed(2)} ms`);
 }
 
 // The verifier against the bare pass-through, same requests, same run: its own cost per request.
