@@ -262,6 +262,36 @@ function wrkWithTokens(url, tokens) {
   return wrk(url, { script: 'tokens.lua', env: { TOKENS: tokens } });
 }
 
+/** The bench's verifier audience: the tokens minted for it are shared by every verifier case. */
+const VERIFIER_AUDIENCE = 'http://verifier.bench';
+
+/**
+ * A verifier case: `startProxy(port)` starts the process under test, which is loaded with single-use
+ * tokens; `after(result)` may add to the result while the process still runs.
+ */
+async function underTokens(startProxy, after = (result) => result) {
+  const port = await freeLoopbackPort();
+  const tokens = await mintTokens(VERIFIER_AUDIENCE, TOKENS_PER_RUN);
+  const proxy = await startProxy(port);
+  try {
+    return after(wrkWithTokens(`http://127.0.0.1:${port}/`, tokens));
+  } finally {
+    await proxy.stop();
+  }
+}
+
+/** A signer case: `startProxy(port)` starts it; absolute-form requests to the upstream go through it. */
+async function signing(startProxy) {
+  const port = await freeLoopbackPort();
+  const proxy = await startProxy(port);
+  try {
+    wrk(`http://127.0.0.1:${port}/`, { script: 'absolute.lua', env: { TARGET: `${upstreamUrl}/` }, seconds: 1 });
+    return wrk(`http://127.0.0.1:${port}/`, { script: 'absolute.lua', env: { TARGET: `${upstreamUrl}/` } });
+  } finally {
+    await proxy.stop();
+  }
+}
+
 const upstreamPort = await freeLoopbackPort();
 const upstreamUrl = `http://127.0.0.1:${upstreamPort}`;
 await start('upstream', process.execPath, [path.join(here, 'upstream.mjs'), String(upstreamPort)], upstreamPort);
@@ -280,84 +310,45 @@ const cases = [
     label: 'bare pass-through (undici Pool.stream)',
     // Not this build's: runs once, also with --baseline.
     ownProcess: true,
-    async run() {
-      const port = await freeLoopbackPort();
-      // The verifier case's requests (a token in Authorization), passed on unread.
-      const tokens = await mintTokens('http://verifier.bench', TOKENS_PER_RUN);
-      const proxy = await start('passthrough', process.execPath, [path.join(here, 'passthrough.mjs'), String(port), upstreamUrl], port);
-      try {
-        return wrkWithTokens(`http://127.0.0.1:${port}/`, tokens);
-      } finally {
-        await proxy.stop();
-      }
-    },
+    // The verifier case's requests (a token in Authorization), passed on unread.
+    run: () => underTokens((port) => start('passthrough', process.execPath, [path.join(here, 'passthrough.mjs'), String(port), upstreamUrl], port)),
   },
   {
     name: 'verifier',
     label: 'verifier (RS256, local nonces)',
-    async run() {
-      const port = await freeLoopbackPort();
-      const audience = 'http://verifier.bench';
-      const tokens = await mintTokens(audience, TOKENS_PER_RUN);
-      const proxy = await start('verifier', process.execPath, [cli, '-config', verifierConfig(port, upstreamUrl, audience), '-log-level', 'warn'], port);
-      try {
-        return wrkWithTokens(`http://127.0.0.1:${port}/`, tokens);
-      } finally {
-        await proxy.stop();
-      }
-    },
+    run: () => underTokens((port) => start('verifier', process.execPath, [cli, '-config', verifierConfig(port, upstreamUrl, VERIFIER_AUDIENCE), '-log-level', 'warn'], port)),
   },
   {
     name: 'verifier-logged',
     label: 'verifier, access log (+ metrics)',
     async run() {
-      const port = await freeLoopbackPort();
-      const audience = 'http://verifier.bench';
-      const tokens = await mintTokens(audience, TOKENS_PER_RUN);
       // One access line per request at info, to a file as a sidecar's log collector reads it;
       // with an admin listener (metrics) where this build has one.
       const adminPort = await freeLoopbackPort();
       const admin = cli === currentCli && existsSync(path.join(root, 'packages/admin/dist/index.js')) ? `  admin:\n    listen_addr: 127.0.0.1:${adminPort}\n` : '';
       const logFile = path.join(work, `access-${Date.now()}.log`);
-      const proxy = await start('verifier', process.execPath, [cli, '-config', verifierConfig(port, upstreamUrl, audience, 'type: local', admin), '-log-level', 'info'], port, { logFile });
-      try {
-        const result = wrkWithTokens(`http://127.0.0.1:${port}/`, tokens);
-        const lines = readFileSync(logFile, 'utf8').split('\n').filter((line) => line.includes('msg="access"')).length;
-        return { ...result, note: `${lines} access lines${admin ? ', metrics on' : ''}` };
-      } finally {
-        await proxy.stop();
-      }
+      return underTokens(
+        (port) => start('verifier', process.execPath, [cli, '-config', verifierConfig(port, upstreamUrl, VERIFIER_AUDIENCE, 'type: local', admin), '-log-level', 'info'], port, { logFile }),
+        (result) => {
+          const lines = readFileSync(logFile, 'utf8').split('\n').filter((line) => line.includes('msg="access"')).length;
+          return { ...result, note: `${lines} access lines${admin ? ', metrics on' : ''}` };
+        },
+      );
     },
   },
   {
     name: 'signer',
     label: 'signer (RS256)',
-    async run() {
-      const port = await freeLoopbackPort();
-      const proxy = await start('signer', process.execPath, [cli, '-config', signerConfig(port), '-log-level', 'warn'], port);
-      try {
-        wrk(`http://127.0.0.1:${port}/`, { script: 'absolute.lua', env: { TARGET: `${upstreamUrl}/` }, seconds: 1 });
-        return wrk(`http://127.0.0.1:${port}/`, { script: 'absolute.lua', env: { TARGET: `${upstreamUrl}/` } });
-      } finally {
-        await proxy.stop();
-      }
-    },
+    run: () => signing((port) => start('signer', process.execPath, [cli, '-config', signerConfig(port), '-log-level', 'warn'], port)),
   },
   {
     name: 'signer-es256',
     label: 'signer (ES256, EC P-256 key)',
     async run() {
-      const port = await freeLoopbackPort();
       const keyFile = path.join(work, 'ec-p256.key');
       const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
       writeFileSync(keyFile, privateKey.export({ type: 'sec1', format: 'pem' }));
-      const proxy = await start('signer', process.execPath, [cli, '-config', signerConfig(port, '', keyFile), '-log-level', 'warn'], port);
-      try {
-        wrk(`http://127.0.0.1:${port}/`, { script: 'absolute.lua', env: { TARGET: `${upstreamUrl}/` }, seconds: 1 });
-        return wrk(`http://127.0.0.1:${port}/`, { script: 'absolute.lua', env: { TARGET: `${upstreamUrl}/` } });
-      } finally {
-        await proxy.stop();
-      }
+      return signing((port) => start('signer', process.execPath, [cli, '-config', signerConfig(port, '', keyFile), '-log-level', 'warn'], port));
     },
   },
   {
@@ -455,16 +446,11 @@ cases.push(
     name: 'verifier-redis',
     label: 'verifier (RS256, redis nonces)',
     async run() {
-      const port = await freeLoopbackPort();
-      const audience = 'http://verifier.bench';
-      const tokens = await mintTokens(audience, TOKENS_PER_RUN);
       const prefix = `jwtproxy-bench:${process.pid}:${Date.now()}:`;
       const storage = `type: redis\n        options: {url: "redis://127.0.0.1:6379", key_prefix: "${prefix}"}`;
-      const proxy = await start('verifier', process.execPath, [cli, '-config', verifierConfig(port, upstreamUrl, audience, storage), '-log-level', 'warn'], port);
       try {
-        return wrkWithTokens(`http://127.0.0.1:${port}/`, tokens);
+        return await underTokens((port) => start('verifier', process.execPath, [cli, '-config', verifierConfig(port, upstreamUrl, VERIFIER_AUDIENCE, storage), '-log-level', 'warn'], port));
       } finally {
-        await proxy.stop();
         spawnSync('sh', ['-c', `redis-cli -h 127.0.0.1 --scan --pattern '${prefix}*' | xargs -r -n 1000 redis-cli -h 127.0.0.1 unlink >/dev/null`]);
       }
     },
@@ -513,31 +499,12 @@ cases.push(
   {
     name: 'verifier-2w',
     label: 'verifier (RS256, local nonces), 2 workers',
-    async run() {
-      const port = await freeLoopbackPort();
-      const audience = 'http://verifier.bench';
-      const tokens = await mintTokens(audience, TOKENS_PER_RUN);
-      const proxy = await startTwoWorkers('verifier', verifierConfig(port, upstreamUrl, audience), port);
-      try {
-        return wrkWithTokens(`http://127.0.0.1:${port}/`, tokens);
-      } finally {
-        await proxy.stop();
-      }
-    },
+    run: () => underTokens((port) => startTwoWorkers('verifier', verifierConfig(port, upstreamUrl, VERIFIER_AUDIENCE), port)),
   },
   {
     name: 'signer-2w',
     label: 'signer (RS256), 2 workers',
-    async run() {
-      const port = await freeLoopbackPort();
-      const proxy = await startTwoWorkers('signer', signerConfig(port), port);
-      try {
-        wrk(`http://127.0.0.1:${port}/`, { script: 'absolute.lua', env: { TARGET: `${upstreamUrl}/` }, seconds: 1 });
-        return wrk(`http://127.0.0.1:${port}/`, { script: 'absolute.lua', env: { TARGET: `${upstreamUrl}/` } });
-      } finally {
-        await proxy.stop();
-      }
-    },
+    run: () => signing((port) => startTwoWorkers('signer', signerConfig(port), port)),
   },
 );
 
@@ -656,7 +623,7 @@ if (args.go) {
 
 const latencies = [];
 if (!only || only.has('latency')) {
-  const audience = 'http://verifier.bench';
+  const audience = VERIFIER_AUDIENCE;
   const tokens = await mintTokens(audience, 30_000 * (duration + 1));
   const [verifierPort, signerPort, chainVerifierPort] = [await freeLoopbackPort(), await freeLoopbackPort(), await freeLoopbackPort()];
   const chainTarget = `http://127.0.0.1:${chainVerifierPort}`;
