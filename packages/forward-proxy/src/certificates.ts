@@ -159,24 +159,7 @@ export class CertificateForger implements SecureContextSource {
 
   /** A TLS context presenting a certificate for `host` (DNS name or IP address). */
   secureContextFor(host: string): Promise<SecureContext> {
-    const name = host.toLowerCase();
-    let context = this.#contexts.get(name);
-    if (!context) {
-      const started = performance.now();
-      const forging = this.#forge(name);
-      context = forging;
-      this.#contexts.set(name, forging);
-      const told = (failed: boolean): void => this.#observer?.forged({ durationMs: performance.now() - started, failed, cachedHosts: this.#contexts.size });
-      forging.then(
-        () => told(false),
-        () => {
-          // A failed forging must not stay cached.
-          if (this.#contexts.get(name) === forging) this.#contexts.delete(name);
-          told(true);
-        },
-      );
-    }
-    return context;
+    return cachedUntilFailed(this.#contexts, host.toLowerCase(), (name) => this.#forge(name), this.#tell(this.#contexts));
   }
 
   /**
@@ -185,24 +168,13 @@ export class CertificateForger implements SecureContextSource {
    * do not forge a host's certificate N times.
    */
   forgedFor(host: string): Promise<ForgedCertificate> {
-    const name = host.toLowerCase();
     const pems = (this.#pems ??= new LRUCache({ max: this.#cacheSize }));
-    let forged = pems.get(name);
-    if (!forged) {
-      const started = performance.now();
-      const forging = this.#forgeCertificate(name).then(({ pem }) => ({ key: this.#leafKeyPem, cert: pem }));
-      forged = forging;
-      pems.set(name, forging);
-      const told = (failed: boolean): void => this.#observer?.forged({ durationMs: performance.now() - started, failed, cachedHosts: pems.size });
-      forging.then(
-        () => told(false),
-        () => {
-          if (pems.get(name) === forging) pems.delete(name);
-          told(true);
-        },
-      );
-    }
-    return forged;
+    return cachedUntilFailed(pems, host.toLowerCase(), async (name) => ({ key: this.#leafKeyPem, cert: (await this.#forgeCertificate(name)).pem }), this.#tell(pems));
+  }
+
+  /** Tells the observer how long a forging took and how many hosts `cache` holds after it. */
+  #tell(cache: { readonly size: number }): (durationMs: number, failed: boolean) => void {
+    return (durationMs, failed) => this.#observer?.forged({ durationMs, failed, cachedHosts: cache.size });
   }
 
   /** The PEM certificate forged for `host` (for tests and diagnostics). */
@@ -265,15 +237,36 @@ export class SharedCertificates implements SecureContextSource {
   }
 
   secureContextFor(host: string): Promise<SecureContext> {
-    const name = host.toLowerCase();
-    let context = this.#contexts.get(name);
-    if (!context) {
-      const making = this.#source(name).then(({ key, cert }) => createSecureContext({ key, cert }));
-      context = making;
-      this.#contexts.set(name, making);
-      // A failure must not stay cached.
-      making.catch(() => this.#contexts.get(name) === making && this.#contexts.delete(name));
-    }
-    return context;
+    return cachedUntilFailed(this.#contexts, host.toLowerCase(), async (name) => {
+      const { key, cert } = await this.#source(name);
+      return createSecureContext({ key, cert });
+    });
   }
+}
+
+/**
+ * The promise `cache` holds for `key`, or a new one from `make`, cached at once so that concurrent
+ * asks for a host share one forging, and dropped again if it fails so that the next ask tries
+ * again instead of getting the failure for as long as it stays cached. `settled` hears how long
+ * a new one took and whether it failed.
+ */
+function cachedUntilFailed<T>(
+  cache: LRUCache<string, Promise<T>>,
+  key: string,
+  make: (key: string) => Promise<T>,
+  settled?: (durationMs: number, failed: boolean) => void,
+): Promise<T> {
+  const cached = cache.get(key);
+  if (cached) return cached;
+  const started = performance.now();
+  const made = make(key);
+  cache.set(key, made);
+  made.then(
+    () => settled?.(performance.now() - started, false),
+    () => {
+      if (cache.get(key) === made) cache.delete(key);
+      settled?.(performance.now() - started, true);
+    },
+  );
+  return made;
 }
