@@ -174,6 +174,69 @@ interface ConnectionState {
   idleSince: number;
 }
 
+const kPrevious = Symbol('jwtproxy.previous');
+const kNext = Symbol('jwtproxy.next');
+const kList = Symbol('jwtproxy.list');
+type Member<T> = T & { [kPrevious]?: Member<T> | undefined; [kNext]?: Member<T> | undefined; [kList]?: object | undefined };
+
+/**
+ * A set of objects that come and go on every request or connection, linked through the objects
+ * themselves; each object is in one such set at a time.
+ *
+ * Why not a Set: V8 moves a Set's entries to a new table as they are added and deleted, and the
+ * table it leaves behind still points at the objects it held. A long-lived Set's tables live in
+ * the old generation, and the young-generation GC takes every pointer from there into the young
+ * generation as a live reference, dead table or not: so every response (and all it holds: the
+ * request, its headers, the upstream's answer) lived through two scavenges, was promoted, and
+ * waited for a full GC. Measured on the verifier: 2.5-3 MB promoted per scavenge and scavenges of
+ * 10-25 ms, against none and ~1 ms with this list (issue 16's p99).
+ */
+class LinkedSet<T extends object> implements Iterable<T> {
+  #first: Member<T> | undefined;
+  #size = 0;
+
+  get size(): number {
+    return this.#size;
+  }
+
+  add(item: T): void {
+    const member = item as Member<T>;
+    if (member[kList] !== undefined) return;
+    member[kList] = this;
+    member[kPrevious] = undefined;
+    member[kNext] = this.#first;
+    if (this.#first) this.#first[kPrevious] = member;
+    this.#first = member;
+    this.#size++;
+  }
+
+  /** Removes `item`; false when it was not in this set. */
+  delete(item: T): boolean {
+    const member = item as Member<T>;
+    if (member[kList] !== this) return false;
+    const previous = member[kPrevious];
+    const next = member[kNext];
+    if (previous) previous[kNext] = next;
+    else this.#first = next;
+    if (next) next[kPrevious] = previous;
+    // Cleared, so that a member that did reach the old generation keeps no neighbour alive.
+    member[kPrevious] = undefined;
+    member[kNext] = undefined;
+    member[kList] = undefined;
+    this.#size--;
+    return true;
+  }
+
+  *[Symbol.iterator](): Iterator<T> {
+    // The next one is read first: the caller may delete the member it was given.
+    for (let member = this.#first; member !== undefined; ) {
+      const next: Member<T> | undefined = member[kNext];
+      yield member;
+      member = next;
+    }
+  }
+}
+
 /** How long a connection must have been idle before a graceful stop closes it (see `drain`). */
 const STOP_IDLE_GRACE_MS = 250;
 
@@ -190,9 +253,9 @@ type TrackedResponse = ServerResponse & { [kConnectionState]?: ConnectionState }
  *    and wait until they are done.
  */
 export class RequestTracker {
-  readonly #inFlight = new Set<ServerResponse>();
+  readonly #inFlight = new LinkedSet<ServerResponse>();
   /** Open HTTP connections of the watched servers (upgraded and tunnelled ones are let go). */
-  readonly #connections = new Set<TrackedSocket>();
+  readonly #connections = new LinkedSet<TrackedSocket>();
   #stopping = false;
   #drained: (() => void) | undefined;
 
