@@ -24,15 +24,21 @@ export interface RequestHead {
   readonly upgrade: string | undefined;
 }
 
+/** `keep-alive` or `close` alone, in any case: nearly every Connection header, naming no header. */
+const CONNECTION_OPTION_ONLY = /^(?:keep-alive|close)$/i;
+
 /**
- * Adds the header names a `Connection` value lists (RFC 9110 §7.6.1). `close` and `keep-alive`
- * are connection options, not header names.
+ * Adds the header names a `Connection` value lists (RFC 9110 §7.6.1) to `into`, made when the
+ * first one is found. `close` and `keep-alive` are connection options, not header names; a value
+ * that is only one of them is not split (every kept-alive response from the upstream has one).
  */
-function addConnectionTokens(value: string, into: Set<string>): void {
+function addConnectionTokens(value: string, into: Set<string> | undefined): Set<string> | undefined {
+  if (CONNECTION_OPTION_ONLY.test(value)) return into;
   for (const token of value.split(',')) {
     const name = token.trim().toLowerCase();
-    if (name && name !== 'close' && name !== 'keep-alive') into.add(name);
+    if (name && name !== 'close' && name !== 'keep-alive') (into ??= new Set()).add(name);
   }
+  return into;
 }
 
 const NOTHING_DROPPED: ReadonlySet<string> = new Set();
@@ -56,7 +62,7 @@ export function readRequestHead(rawHeaders: readonly string[], drop: ReadonlySet
     const value = rawHeaders[i + 1]!;
     const lower = name.toLowerCase();
     if (HOP_BY_HOP_HEADERS.has(lower)) {
-      if (lower === 'connection') addConnectionTokens(value, (named ??= new Set()));
+      if (lower === 'connection') named = addConnectionTokens(value, named);
       else if (lower === 'transfer-encoding') {
         hasBody = true;
         drainable = false;
@@ -98,8 +104,7 @@ export function readRequestHead(rawHeaders: readonly string[], drop: ReadonlySet
 /** The upstream's response headers without hop-by-hop headers (and those its `Connection` names), for `res.writeHead`. */
 export function responseHeaders(upstream: UpstreamHeaders): OutgoingHttpHeaders {
   const connection = upstream.connection;
-  let named: Set<string> | undefined;
-  if (connection) addConnectionTokens(Array.isArray(connection) ? connection.join(',') : connection, (named = new Set()));
+  const named = connection ? addConnectionTokens(Array.isArray(connection) ? connection.join(',') : connection, undefined) : undefined;
   const headers: OutgoingHttpHeaders = {};
   for (const name in upstream) {
     if (HOP_BY_HOP_HEADERS.has(name) || named?.has(name)) continue;
