@@ -16,7 +16,8 @@
  * from 250 ms to 30 s, reset once it ran a minute); the others keep serving meanwhile. SIGHUP: the
  * primary reads and checks the file once, then the first worker applies it (which binds any new
  * port 0), then the others; a file that does not load or build keeps everything as it was.
- * SIGINT/SIGTERM: every worker stops gracefully (its proxies drain within shutdown_timeout).
+ * SIGINT/SIGTERM: every worker closes its listeners; once none listens, every worker stops
+ * gracefully (its proxies drain within shutdown_timeout).
  */
 import { Worker } from 'node:worker_threads';
 import {
@@ -413,6 +414,11 @@ export async function startWorkers(source: ConfigSource, config: LoadedConfig, l
   const stopWorkers = async (): Promise<void> => {
     for (const slot of slots) clearTimeout(slot.restartTimer);
     const shutdown = Math.max(5_000, current.config.signerProxy?.shutdownTimeout ?? 0, ...current.config.verifierProxies.map((p) => p.shutdownTimeout));
+    // First every worker closes its listeners, and only then does any drain: a worker that drains
+    // tells its clients `Connection: close`, and their next connection must find the port closed
+    // (refused) rather than sit in the accept queue of a worker still listening, whose close would
+    // reset it (SO_REUSEPORT: one queue per socket). Meanwhile open connections are served as usual.
+    await Promise.all(slots.map((slot) => (slot.worker ? ask<'listeners-closed'>(slot, { type: 'close-listeners', id: ++nextId }, QUESTION_TIMEOUT_MS) : undefined)));
     await Promise.all(
       slots.map(async (slot) => {
         const worker = slot.worker;

@@ -12,6 +12,8 @@
  * Logs are written with the primary's level and format, each line naming the worker (`worker=2`);
  * a worker thread's stderr is forwarded to the process's by Node, line by line.
  */
+import diagnostics from 'node:diagnostics_channel';
+import net from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
 import { ConfigError, NoActiveKeyError, SigningError, childLogger, createLogger, silentLogger, type Logger, type PrivateKeySource, type SigningKey } from '@jwtproxy/core';
 import { parseConfig, type LoadedConfig } from '@jwtproxy/config';
@@ -38,6 +40,53 @@ class PrimaryKeySource implements PrivateKeySource {
     // As the primary's source said it: awaiting approval, or its own failure (502 with its message).
     if (!this.#problem || this.#problem.code === 'ERR_NO_ACTIVE_KEY') throw new NoActiveKeyError();
     throw new SigningError(this.#problem.message);
+  }
+}
+
+/**
+ * This thread's listening sockets, to close them before the proxies drain (`close-listeners`).
+ *
+ * Why: with SO_REUSEPORT every worker's listener is its own socket with its own accept queue, and
+ * a connection still in that queue when its socket closes is reset by the kernel. A worker that
+ * drains answers `Connection: close`, and its clients connect again at once; if another worker
+ * still listens, those connections land in its queue and are reset when it closes in turn (1-8
+ * per stop under keep-alive load, measured). So the primary has every worker close its listeners
+ * first, and tells them to drain only when none listens: a client told to close then finds the
+ * port closed (refused, never accepted), as with one thread.
+ *
+ * The servers are found through Node's `net.server.listen` tracing channel (Node 22.3+; workers
+ * need 22.12+): the engine owns them and does not hand them out. Its own stop closes them again
+ * later, which net.Server allows (it then waits for the same 'close').
+ */
+class Listeners {
+  readonly #open = new Set<net.Server>();
+  #closed = false;
+  constructor() {
+    diagnostics.subscribe('tracing:net.server.listen:asyncEnd', (message) => {
+      const server = (message as { server?: unknown }).server;
+      if (!(server instanceof net.Server)) return;
+      // One that starts listening after the close (a reload under way when the stop came) closes too.
+      if (this.#closed) this.#close(server);
+      else {
+        this.#open.add(server);
+        server.once('close', () => this.#open.delete(server));
+      }
+    });
+  }
+
+  /** Closes every listening socket of this thread now (open connections are left to the drain). */
+  closeAll(): number {
+    this.#closed = true;
+    const count = this.#open.size;
+    for (const server of this.#open) this.#close(server);
+    this.#open.clear();
+    return count;
+  }
+
+  #close(server: net.Server): void {
+    // net.Server's close, not http.Server's: that one would also close idle keep-alive connections
+    // at once, resetting a request racing it (the engine's stop closes each once it stays idle).
+    if (server.listening) net.Server.prototype.close.call(server);
   }
 }
 
@@ -81,6 +130,7 @@ async function runWorker(): Promise<void> {
   const send = (message: FromWorker): void => port.postMessage(message);
   const logger = workerLogger(createLogger({ level: data.logLevel, format: data.logFormat }), data.worker);
 
+  const listeners = new Listeners();
   const keySource = new PrimaryKeySource(data.signerKey, data.signerKeyProblem);
   let nextRequest = 0;
   const pending = new Map<number, (reply: Extract<ToWorker, { type: 'reply' }>) => void>();
@@ -167,6 +217,9 @@ async function runWorker(): Promise<void> {
             send({ type: 'reload-failed', id: message.id, error: (error as Error)?.message ?? String(error) });
           }
         });
+        return;
+      case 'close-listeners':
+        send({ type: 'listeners-closed', id: message.id, count: listeners.closeAll() });
         return;
       case 'stop':
         stopping = true;

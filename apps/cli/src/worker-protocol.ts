@@ -45,6 +45,9 @@ export interface StartedServerInfo {
 /** Primary → worker. */
 export type ToWorker =
   | { type: 'reload'; id: number; source: ConfigSource; listenAddrs: Record<string, string> }
+  /** A stop's first step: close the listening sockets, keep serving open connections (see worker-main.ts' Listeners). */
+  | { type: 'close-listeners'; id: number }
+  /** Drain and exit (each proxy within its shutdown_timeout). */
   | { type: 'stop' }
   | { type: 'signer-key'; key: SigningKey | undefined; problem?: KeyProblem }
   | { type: 'metrics'; id: number }
@@ -57,6 +60,7 @@ export type FromWorker =
   | { type: 'start-failed'; error: string; configError: boolean }
   | { type: 'reloaded'; id: number; servers: StartedServerInfo[]; checks: string[] }
   | { type: 'reload-failed'; id: number; error: string }
+  | { type: 'listeners-closed'; id: number; count: number }
   | { type: 'stopped' }
   | { type: 'metrics'; id: number; snapshot: MetricSnapshot }
   | { type: 'readiness'; id: number; report: ReadinessReport }
