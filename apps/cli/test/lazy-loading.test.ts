@@ -2,9 +2,10 @@
  * Start-up loads only what the configuration uses (issue 19): a signer without a CA and a
  * verifier on local nonces never load node-forge, ioredis, prom-client or jose; a CA loads
  * node-forge; the cold path (--help, -check) loads neither proxy. The real CLI runs with an
- * `--import` hook that writes every module URL it resolves to a file. The command is a bundle
- * (bundle/build.mjs): a chunk of it stands for the packages dist/bundle-contents.json lists for
- * it; a module from node_modules or a package's dist (@jwtproxy/core, a plugin's imports) for its own.
+ * `--import` hook that writes every module URL it resolves to a file, and a `--require` hook the
+ * files in require.cache at exit. The command is a bundle (bundle/build.mjs): a file of it stands
+ * for the packages dist/bundle-contents.json lists for it; a module from node_modules or a
+ * package's dist (@jwtproxy/core, a plugin's imports) for its own.
  */
 import { readFileSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
@@ -14,6 +15,7 @@ import { e2eConfig, jwtproxyConfig, runCli, startCli, tempDir } from './helpers.
 
 let files: Awaited<ReturnType<typeof tempDir>>;
 let hook: string;
+let requireHook: string;
 
 beforeAll(async () => {
   files = await tempDir();
@@ -34,6 +36,18 @@ export async function resolve(specifier, context, next) {
     'record.mjs',
     `import { register } from 'node:module';
 register(${JSON.stringify(pathToFileURL(resolver).href)}, { data: { file: process.env.JWTPROXY_TEST_LOADED } });
+`,
+  );
+  // The command's bundle is CommonJS (bundle/build.mjs), which resolve hooks do not see on Node 20:
+  // the files in require.cache when the process exits are recorded too.
+  requireHook = await files.write(
+    'record-required.cjs',
+    `const { appendFileSync } = require('node:fs');
+const { pathToFileURL } = require('node:url');
+process.on('exit', () => {
+  const urls = Object.keys(require.cache).map((file) => pathToFileURL(file).href);
+  appendFileSync(process.env.JWTPROXY_TEST_LOADED, urls.join('\\n') + '\\n');
+});
 `,
   );
 });
@@ -57,7 +71,7 @@ function packagesOf(url: string): string[] {
 /** The packages a run of the CLI loaded, by name. */
 async function loadedBy(args: string[], name: string, { start }: { start: boolean }): Promise<Set<string>> {
   const record = `${files.dir}/loaded-${name}.txt`;
-  const env = { NODE_OPTIONS: `--import ${pathToFileURL(hook).href}`, JWTPROXY_TEST_LOADED: record };
+  const env = { NODE_OPTIONS: `--import ${pathToFileURL(hook).href} --require ${requireHook}`, JWTPROXY_TEST_LOADED: record };
   if (start) {
     // One thread: the hook records what the main thread loads (worker threads record their own).
     const cli = await startCli([...args, '-workers', '1'], { env });
