@@ -1,5 +1,6 @@
-// Claims per second in one thread: the `local` store on its own Map (lru-cache) against the same
-// store on a SharedNonceTable, and the table alone. Not a test: run after `pnpm build`,
+// Claims per second in one thread: the `local` store on its own tables (which grow with the
+// nonces) against the same store on one SharedNonceTable of max_entries, and the table alone.
+// For the store of an older build, see bench/fill.mjs --dist. Not a test: run after `pnpm build`,
 //   node packages/nonce-stores/bench/claims.mjs [--count 500000] [--rounds 5] [--max-entries 1000000]
 // Rounds of each kind alternate so that a busy machine slows them alike; medians are reported.
 import { randomBytes } from 'node:crypto';
@@ -45,7 +46,7 @@ async function throughStore(store, ids) {
 }
 
 const kinds = {
-  'local store, Map (today)': (ids) => throughStore(new LocalNonceStore({ maxEntries, purgeIntervalMs: 0 }), ids),
+  'local store, own tables': (ids) => throughStore(new LocalNonceStore({ maxEntries, purgeIntervalMs: 0 }), ids),
   'local store, shared table': (ids) => throughStore(new LocalNonceStore({ sharedTable: SharedNonceTable.create(maxEntries), purgeIntervalMs: 0 }), ids),
   'SharedNonceTable.claim alone': async (ids) => {
     const table = SharedNonceTable.create(maxEntries);
@@ -69,7 +70,7 @@ for (let round = 0; round < rounds; round++) {
   }
 }
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-const base = results['local store, Map (today)'];
+const base = results['local store, own tables'];
 console.log(`node ${process.version}, ${count.toLocaleString()} jtis per round, max_entries ${maxEntries.toLocaleString()}, ${rounds} rounds, medians:`);
 console.log('| store | new jtis/s | ratio | replays/s | ratio |');
 console.log('|---|---|---|---|---|');

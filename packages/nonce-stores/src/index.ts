@@ -3,7 +3,7 @@ export {
   localNonceStore,
   DEFAULT_MAX_ENTRIES,
   DEFAULT_PURGE_INTERVAL_MS,
-  FULL_PURGE_SPACING_MS,
+  LOCAL_FIRST_TABLE_ENTRIES,
   MIN_NONCE_TTL_MS,
   sharedNonceTableKey,
   type LocalNonceStoreOptions,

@@ -9,26 +9,27 @@ import {
   type NonceStore,
   type UnixSeconds,
 } from '@jwtproxy/core';
-import { SharedNonceTable, SHARED_PURGE_SLICE } from './shared-table.js';
+import { SharedNonceTable, SHARED_PURGE_SLICE, SHARED_TABLE_MAX_ENTRIES, type NonceClaim } from './shared-table.js';
 
 /** Go's default purge interval for `local` (the Go README says 0; the Go code uses 1m). */
 export const DEFAULT_PURGE_INTERVAL_MS = 60_000;
 /** Default bound on the number of nonces kept: see the README for the memory it stands for. */
 export const DEFAULT_MAX_ENTRIES = 1_000_000;
-/** The shortest time a nonce is kept, also for a token that expires now or has expired. */
+/**
+ * The shortest time a nonce is kept, also for a token that expires now or has expired: it is
+ * kept until the second after the current one is over (1 to 2 s).
+ */
 export const MIN_NONCE_TTL_MS = 1_000;
 /**
- * When the store is full and a search for expired nonces found none to remove, the least time
- * before the next search, so that a flood at capacity does not spend the event loop searching.
+ * Entries of a store's first table (512 KiB), made at its first claim. Each growth replaces the
+ * table by one twice its size (at most `maxEntries`).
  */
-export const FULL_PURGE_SPACING_MS = 100;
+export const LOCAL_FIRST_TABLE_ENTRIES = 16_384;
 /**
- * Most entries a purge looks at before it yields to the event loop. A purge of a busy store
- * removes a whole interval's nonces (200,000 a minute at 3,300 requests/s); done in one go that
- * stalled every request for about half a second. The purge_interval timer works in slices of
- * this size, and a full store frees one slice's worth of room at a time.
+ * A table being replaced moves to its successor in slices of this many slots, between turns of
+ * the event loop, while claims also move a few slots each.
  */
-export const PURGE_SLICE = 2_000;
+const MOVE_SLICE = SHARED_PURGE_SLICE;
 
 export interface LocalNonceStoreOptions {
   /** How often expired nonces are removed from memory, ms; 0 or less: only when the store is full. Default 1 min. */
@@ -48,38 +49,51 @@ export interface LocalNonceStoreOptions {
 /**
  * `nonce_storage: {type: local}`: the nonces of one process, in memory.
  *
- * Each jti is kept until its token's `exp` (at least MIN_NONCE_TTL_MS), so a token can never be
- * replayed while the verifier would still accept it. The store never evicts an unexpired nonce
- * to make room, as that would re-open the door to a replay: when it holds `maxEntries`
- * unexpired nonces, `claim` rejects with NonceStoreFullError (answered 503) until some expire.
- * Claims are atomic: the check and the insert happen in one synchronous step.
+ * Each jti is kept until its token's `exp` in whole seconds: until the second after `exp` begins
+ * (and at least until the next second is over), so a token can never be replayed while the
+ * verifier would still accept it. The store never evicts an unexpired nonce to make room, as that
+ * would re-open the door to a replay: when it holds `maxEntries` unexpired nonces, `claim`
+ * rejects with NonceStoreFullError (answered 503) until some expire. Claims are atomic: the
+ * check and the insert happen in one synchronous step.
+ *
+ * The nonces live in SharedNonceTables (open addressing on an Int32Array, a 16-byte slot of
+ * fingerprint and expiry second per nonce, at most half full), not in a Map of jti strings:
+ * - Memory: 32 bytes per entry of the table, where a Map took ~120-130 bytes of heap per nonce (the
+ *   jti string, the entry, a HeapNumber for the expiry, a list slot): 1,000,000 nonces were
+ *   ~115 MiB of heap and ~160 MiB of RSS, enough to have a 128 MiB sidecar OOM-killed by a flood
+ *   of valid tokens before the store said full. Never more than `maxEntries` entries (32 MB for
+ *   the default), plus the table being replaced during a growth.
+ * - GC: nothing per nonce is on the heap, so there is nothing for the scavenger to promote and
+ *   nothing for a full GC to mark; every nonce of the Map was promoted to old space.
+ * - No rehash stall. The first table holds LOCAL_FIRST_TABLE_ENTRIES; when it is full, a table
+ *   twice as large (at most `maxEntries`) takes the new nonces, and the old one's move into it a
+ *   slice at a time: a few slots with each claim (enough that the move is over long before the
+ *   new table could fill) and MOVE_SLICE slots between turns of the event loop. Meanwhile a claim
+ *   looks the jti up in the old table too (one fingerprint: the tables share a key). A Map
+ *   instead rehashed its whole table at each doubling, in one go: 70-75 ms at 524,288 entries.
+ *   When the table is at most an eighth full after a purge (traffic fell), a smaller one takes
+ *   over the same way, so memory follows the nonces down as well as up.
  *
  * Given a SharedNonceTable (worker threads), the nonces live there instead: one table for every
- * worker of the process, claimed under its lock, kept in whole seconds (until the second after
- * `exp` begins), purged in slices by each worker's timer.
+ * worker of the process, sized `maxEntries` at creation, claimed under its lock, purged in slices
+ * by each worker's timer.
  */
 export class LocalNonceStore implements NonceStore {
   readonly maxEntries: number;
   readonly purgeIntervalMs: number;
   readonly #clock: Clock;
   readonly #logger: Logger;
-  /**
-   * jti → when it expires (ms). Unused with a shared table. A Map grows with the nonces held, where
-   * a cache sized by `max_entries` would take its whole size up front (28 MB for the default
-   * 1,000,000, in every idle sidecar).
-   */
-  readonly #cache = new Map<string, number>();
   /** The nonces of every worker of the process, when this store was given one. */
   readonly #table: SharedNonceTable | undefined;
-  /**
-   * The jtis stored for each second in which they expire, so that a purge visits only the
-   * nonces that may have expired (never the whole store). At most max_ttl + max_skew seconds
-   * are present. A jti claimed again after it expired is also in its old second's list; the
-   * purge drops that stale mention without touching the new entry.
-   */
-  readonly #expiringIn = new Map<number, string[]>();
+  /** Without a shared table: the table that takes new nonces; none until the first claim. */
+  #newest: SharedNonceTable | undefined;
+  /** The table #newest replaces, while its nonces move there. */
+  #older: SharedNonceTable | undefined;
+  /** Slots of #older that each claim moves: enough to empty it before #newest could fill. */
+  #slotsPerClaim = 0;
+  /** A move in slices between turns of the event loop is under way. */
+  #moving = false;
   readonly #timer: NodeJS.Timeout | undefined;
-  #lastFruitlessSearchAt = -Infinity;
   #full = false;
   /** A timer purge still working through its slices. */
   #purging = false;
@@ -100,23 +114,33 @@ export class LocalNonceStore implements NonceStore {
 
   /** Nonces held, counting expired ones not yet purged. */
   get size(): number {
-    return this.#table ? this.#table.size : this.#cache.size;
+    if (this.#table) return this.#table.size;
+    return (this.#newest?.size ?? 0) + (this.#older?.size ?? 0);
+  }
+
+  /** Bytes of the tables that hold the nonces (the shared table's, with one). */
+  get byteLength(): number {
+    if (this.#table) return this.#table.buffer.byteLength;
+    return (this.#newest?.buffer.byteLength ?? 0) + (this.#older?.buffer.byteLength ?? 0);
   }
 
   claim(jti: string, expiresAt: UnixSeconds): Promise<boolean> {
     try {
-      return Promise.resolve(this.#table ? this.#claimShared(this.#table, jti, expiresAt) : this.#claimNow(jti, expiresAt));
+      // Fail closed: a NaN expiry would be stored without a TTL and never expire.
+      if (!Number.isFinite(expiresAt)) throw new TypeError('expiresAt must be a finite number of seconds');
+      const nowSeconds = Math.floor(this.#clock() / 1000);
+      return Promise.resolve(this.#answered(this.#table ? this.#table.claim(jti, expiresAt, nowSeconds) : this.#claimOwn(jti, expiresAt, nowSeconds)));
     } catch (error) {
       return Promise.reject(error);
     }
   }
 
-  #claimShared(table: SharedNonceTable, jti: string, expiresAt: UnixSeconds): boolean {
-    // Fail closed: a NaN expiry would be stored without a TTL and never expire.
-    if (!Number.isFinite(expiresAt)) throw new TypeError('expiresAt must be a finite number of seconds');
-    const answer = table.claim(jti, expiresAt, Math.floor(this.#clock() / 1000));
+  #answered(answer: NonceClaim): boolean {
     if (answer === 'full') {
-      this.#refusedFull();
+      if (!this.#full) {
+        this.#full = true;
+        this.#logger.warn('nonce storage is full of unexpired nonces; refusing new tokens until some expire', { max_entries: this.maxEntries });
+      }
       throw new NonceStoreFullError();
     }
     if (answer === 'claimed' && this.#full) {
@@ -126,137 +150,142 @@ export class LocalNonceStore implements NonceStore {
     return answer === 'claimed';
   }
 
-  #refusedFull(): void {
-    if (!this.#full) {
-      this.#full = true;
-      this.#logger.warn('nonce storage is full of unexpired nonces; refusing new tokens until some expire', { max_entries: this.maxEntries });
+  /** A claim in this store's own tables, in one synchronous step. */
+  #claimOwn(jti: string, expiresAt: number, nowSeconds: number): NonceClaim {
+    const newest = this.#newest ?? this.#replaceNewest(Math.min(LOCAL_FIRST_TABLE_ENTRIES, this.maxEntries, SHARED_TABLE_MAX_ENTRIES));
+    const older = this.#older;
+    if (older) {
+      if (older.holds(jti, nowSeconds)) return 'seen';
+      older.moveSlice(newest, nowSeconds, this.#slotsPerClaim);
+      if (older.size === 0) this.#dropOlder();
+      else if (older.size + newest.size >= this.maxEntries) {
+        // Both tables together may hold more than maxEntries while the move is under way: a new
+        // jti goes in only if expired nonces make room.
+        if (newest.holds(jti, nowSeconds)) return 'seen';
+        if (newest.mayHoldExpired(nowSeconds)) newest.purgeSlice(nowSeconds);
+        if (older.size + newest.size >= this.maxEntries) return 'full';
+      }
     }
-  }
-
-  #claimNow(jti: string, expiresAt: UnixSeconds): boolean {
-    // Fail closed: a NaN expiry would be stored without a TTL and never expire.
-    if (!Number.isFinite(expiresAt)) throw new TypeError('expiresAt must be a finite number of seconds');
-    const now = this.#clock();
-    const held = this.#cache.get(jti);
-    // Held through its last millisecond, as the verifier accepts a token at exactly its exp.
-    if (held !== undefined && held >= now) return false;
-    if (this.#cache.size >= this.maxEntries && !this.#makeRoom(now)) {
-      this.#refusedFull();
-      throw new NonceStoreFullError();
-    }
-    // A token expiring now (or already expired: the verifier should not ask) is kept for 1 s.
-    const ttl = Math.max(Math.ceil(expiresAt * 1000 - now), MIN_NONCE_TTL_MS);
-    const expiryMs = now + ttl;
-    const second = Math.floor((now + ttl) / 1000);
-    // An expired entry for this jti may still be stored: delete it first so its count goes.
-    this.#cache.delete(jti);
-    this.#cache.set(jti, expiryMs);
-    const expiring = this.#expiringIn.get(second);
-    if (expiring) expiring.push(jti);
-    else this.#expiringIn.set(second, [jti]);
-    return true;
-  }
-
-  /** Whether some stored nonce may have expired by `now` (ms): one whose second has begun. */
-  #somethingExpired(now: number): boolean {
-    for (const second of this.#expiringIn.keys()) if (second * 1000 < now) return true;
-    return false;
-  }
-
-  /** A full store removes one slice of expired nonces: room for the next claims, never a long stall. */
-  #makeRoom(now: number): boolean {
-    if (now - this.#lastFruitlessSearchAt < FULL_PURGE_SPACING_MS || !this.#somethingExpired(now)) return false;
-    // Whole past seconds first: all their nonces have expired, so the slice is all room gained.
-    let { removed } = this.#purgeExpired(now - 999, PURGE_SLICE);
-    if (removed === 0) ({ removed } = this.#purgeExpired(now, PURGE_SLICE));
-    if (removed === 0) this.#lastFruitlessSearchAt = now;
-    this.#purged(removed);
-    return this.#cache.size < this.maxEntries;
+    const answer = newest.claim(jti, expiresAt, nowSeconds);
+    if (answer !== 'full' || this.#older) return answer;
+    // Full (after one slice of purge): a table twice as large, if maxEntries leaves room for it.
+    const entries = Math.min(2 * newest.maxEntries, this.maxEntries, SHARED_TABLE_MAX_ENTRIES);
+    if (entries <= newest.maxEntries) return 'full';
+    return this.#replaceNewest(entries).claim(jti, expiresAt, nowSeconds);
   }
 
   /**
-   * Removes the expired nonces of the seconds that began before `since` (ms), looking at `budget`
-   * entries at most; returns how many were removed and whether the budget ran out first.
+   * A new, empty table of `entries` takes the new nonces; the current one (if any) moves into it
+   * in slices. An allocation of zeroed memory: nothing is moved now.
    */
-  #purgeExpired(since: number, budget: number): { removed: number; more: boolean } {
-    const now = this.#clock();
-    let removed = 0;
-    let visited = 0;
-    for (const [second, jtis] of this.#expiringIn) {
-      if (second * 1000 >= since) continue;
-      // Entries of this second expire within it: keep those whose exact expiry is still ahead.
-      const kept: string[] = [];
-      let i = 0;
-      for (; i < jtis.length && visited < budget; i++, visited++) {
-        const jti = jtis[i]!;
-        // A jti claimed again since is listed under its new second: only that mention counts.
-        const expiry = this.#cache.get(jti);
-        if (expiry === undefined || Math.floor(expiry / 1000) !== second) continue;
-        if (expiry < now) {
-          this.#cache.delete(jti);
-          removed++;
-        } else kept.push(jti);
-      }
-      const rest = kept.concat(jtis.slice(i));
-      if (rest.length > 0) this.#expiringIn.set(second, rest);
-      else this.#expiringIn.delete(second);
-      if (visited >= budget) return { removed, more: true };
+  #replaceNewest(entries: number): SharedNonceTable {
+    const current = this.#newest;
+    const table = SharedNonceTable.create(entries, current);
+    this.#newest = table;
+    if (current) {
+      this.#older = current;
+      // Empty within entries/4 claims: emptying it takes at most 1.5 × capacity slot visits (each
+      // slot, plus a second look at each slot a nonce left), and 8 × capacity / entries per claim
+      // covers that with room to spare. By then the new table holds at most what moved (at most
+      // current.maxEntries <= entries / 2 on a growth, an eighth of it on a shrink) plus those claims.
+      this.#slotsPerClaim = Math.ceil((8 * current.capacity) / entries);
+      this.#moveInSlices();
     }
-    return { removed, more: false };
+    this.#logger.debug('nonce table replaced', { entries, previous_entries: current?.maxEntries ?? 0, moving: current?.size ?? 0 });
+    return table;
   }
 
-  /** Removes expired nonces now, in one go; returns how many were removed. */
-  purge(): number {
-    if (this.#table) {
-      const removed = this.#table.purge(Math.floor(this.#clock() / 1000));
-      this.#purged(removed);
-      return removed;
+  #dropOlder(): void {
+    this.#older = undefined;
+    this.#slotsPerClaim = 0;
+  }
+
+  /** Moves #older into #newest a slice per turn of the event loop, until it is empty or nothing moves. */
+  #moveInSlices(): void {
+    if (this.#moving) return;
+    this.#moving = true;
+    const slice = (): void => {
+      const older = this.#older;
+      const newest = this.#newest;
+      if (!older || !newest || this.#stopped) {
+        this.#moving = false;
+        return;
+      }
+      const before = older.size;
+      older.moveSlice(newest, Math.floor(this.#clock() / 1000), MOVE_SLICE);
+      if (older.size === 0) this.#dropOlder();
+      // The new table is full (only when maxEntries caps it): claims and the purge timer go on later.
+      else if (older.size < before) {
+        setImmediate(slice);
+        return;
+      }
+      this.#moving = false;
+    };
+    setImmediate(slice);
+  }
+
+  /**
+   * After a purge: when the table is large and at most an eighth full, a smaller one (room for
+   * four times the nonces held, at least LOCAL_FIRST_TABLE_ENTRIES) takes over; an empty one is
+   * dropped (the next claim makes a first table).
+   */
+  #shrinkIfIdle(): void {
+    const only = this.#newest;
+    if (!only || this.#older || only.maxEntries <= LOCAL_FIRST_TABLE_ENTRIES || only.size * 8 > only.maxEntries) return;
+    if (only.size === 0) {
+      this.#newest = undefined;
+      this.#logger.debug('nonce table dropped', { entries: only.maxEntries });
+      return;
     }
-    const now = this.#clock();
-    if (!this.#somethingExpired(now)) return 0;
-    const { removed } = this.#purgeExpired(now, Infinity);
+    let entries = LOCAL_FIRST_TABLE_ENTRIES;
+    while (entries < 4 * only.size) entries *= 2;
+    this.#replaceNewest(Math.min(entries, Math.floor(only.maxEntries / 2)));
+  }
+
+  /** Removes expired nonces now, in one go (and ends a table's move); returns how many were removed. */
+  purge(): number {
+    const nowSeconds = Math.floor(this.#clock() / 1000);
+    let removed = 0;
+    if (this.#table) removed = this.#table.purge(nowSeconds);
+    else if (this.#newest) {
+      const before = this.size;
+      this.#newest.purge(nowSeconds);
+      const older = this.#older;
+      if (older) {
+        // Until it is empty, or a slice changes nothing (the new table is full: only when maxEntries caps it).
+        for (let left = -1; older.size > 0 && older.size !== left; ) {
+          left = older.size;
+          older.moveSlice(this.#newest, nowSeconds, older.capacity);
+        }
+        if (older.size === 0) this.#dropOlder();
+      }
+      removed = before - this.size;
+      this.#shrinkIfIdle();
+    }
     this.#purged(removed);
     return removed;
   }
 
-  /** The purge_interval timer's purge: slices of PURGE_SLICE entries, yielding between them. */
+  /**
+   * The purge_interval timer's purge: one round of the table in slices (SHARED_PURGE_SLICE
+   * slots, tens of microseconds), yielding to the event loop between them. A shared table's
+   * cursor is shared, so every worker's timer divides the work; a table with nothing expired is
+   * not visited. A table being replaced is not purged but moved (its expired nonces are dropped).
+   */
   #purgeInSlices(): void {
     if (this.#purging) return;
-    if (this.#table) {
-      this.#purgeSharedInSlices(this.#table);
-      return;
-    }
-    this.#purging = true;
-    let removed = 0;
-    const slice = (): void => {
-      // Whole past seconds only: every entry visited is then expired and removed, so each slice
-      // moves on (the current second's unexpired entries would be visited again and again).
-      const result = this.#purgeExpired(this.#clock() - 999, PURGE_SLICE);
-      removed += result.removed;
-      if (result.more) {
-        setImmediate(slice);
-        return;
-      }
-      this.#purging = false;
-      this.#purged(removed);
-    };
-    slice();
-  }
-
-  /**
-   * The timer's purge of a shared table: one round of it in slices, each under the table's lock
-   * for tens of microseconds, yielding between them. Every worker's timer does this; the table's
-   * cursor is shared, so they divide the work, and a table with nothing expired is not visited.
-   */
-  #purgeSharedInSlices(table: SharedNonceTable): void {
+    if (this.#older) this.#moveInSlices();
+    const table = this.#table ?? this.#newest;
+    if (!table) return;
     this.#purging = true;
     let removed = 0;
     const start = table.purgeAdvances();
     const slice = (): void => {
       const nowSeconds = Math.floor(this.#clock() / 1000);
-      // Until every slot has been looked at since this purge began (by this worker or another).
+      // Until every slot has been looked at since this round began (by this worker or another).
       if (this.#stopped || ((table.purgeAdvances() - start) >>> 0) >= table.capacity || !table.mayHoldExpired(nowSeconds)) {
         this.#purging = false;
+        if (!this.#table && !this.#stopped && table === this.#newest) this.#shrinkIfIdle();
         this.#purged(removed);
         return;
       }

@@ -63,6 +63,12 @@ const OWNER = threadId + 1;
 
 /** The fingerprint of the jti being claimed: written by `fingerprintInto`, read at once (thread-local). */
 const fingerprint = new Int32Array(3);
+/**
+ * What `fingerprint` holds now is of this jti under this key: tables that share a key (a local
+ * store's generations, looked up one after the other for one claim) hash the jti once.
+ */
+let fingerprintedText: string | undefined;
+let fingerprintedSeed: Int32Array | undefined;
 
 /**
  * A 96-bit keyed fingerprint of `text` (its UTF-16 code units, two to a 32-bit word), in
@@ -70,6 +76,7 @@ const fingerprint = new Int32Array(3);
  * lanes' starting values; three of the four output words are kept.
  */
 function fingerprintInto(text: string, seed: Int32Array): void {
+  if (text === fingerprintedText && seed === fingerprintedSeed) return;
   let h1 = seed[0]!;
   let h2 = seed[1]!;
   let h3 = seed[2]!;
@@ -143,6 +150,8 @@ function fingerprintInto(text: string, seed: Int32Array): void {
   fingerprint[0] = h1;
   fingerprint[1] = (h2 + h1) | 0;
   fingerprint[2] = (h3 + h1) | 0;
+  fingerprintedText = text;
+  fingerprintedSeed = seed;
 }
 
 function finalMix(h: number): number {
@@ -194,7 +203,7 @@ export class SharedNonceTable {
   /** A holder whose lock a wait gave up on, and until when claims that find it there fail at once. */
   #stalled: { owner: number; until: number } | undefined;
 
-  private constructor(buffer: SharedArrayBuffer) {
+  private constructor(buffer: SharedArrayBuffer, sameKeyAs?: SharedNonceTable) {
     if (!(buffer instanceof SharedArrayBuffer) || buffer.byteLength < SHARED_TABLE_HEADER_BYTES) throw new TypeError('not a shared nonce table');
     const header = new Int32Array(buffer, 0, HEADER_WORDS);
     const maxEntries = header[MAX_ENTRIES]!;
@@ -208,7 +217,8 @@ export class SharedNonceTable {
     this.#header = header;
     this.#slots = new Int32Array(buffer, SHARED_TABLE_HEADER_BYTES, capacity * WORDS_PER_SLOT);
     // The key never changes after creation: a private copy keeps the hot path off the shared line.
-    this.#seed = header.slice(SEED, SEED + 4);
+    // Tables made with one key share the copy, which is how the fingerprint cache knows them.
+    this.#seed = sameKeyAs ? sameKeyAs.#seed : header.slice(SEED, SEED + 4);
   }
 
   /** Bytes of a table for `maxEntries` nonces. */
@@ -216,8 +226,11 @@ export class SharedNonceTable {
     return SHARED_TABLE_HEADER_BYTES + SHARED_TABLE_BYTES_PER_ENTRY * maxEntries;
   }
 
-  /** A new, empty table (in the primary, before the workers start or when one asks). */
-  static create(maxEntries: number): SharedNonceTable {
+  /**
+   * A new, empty table (in the primary, before the workers start or when one asks). With
+   * `sameKeyAs`, its fingerprints are keyed as that table's: a jti looked up in both is hashed once.
+   */
+  static create(maxEntries: number, sameKeyAs?: SharedNonceTable): SharedNonceTable {
     if (!Number.isSafeInteger(maxEntries) || maxEntries < 1 || maxEntries > SHARED_TABLE_MAX_ENTRIES) {
       throw new RangeError(`a shared nonce table holds 1 to ${SHARED_TABLE_MAX_ENTRIES} entries, not ${maxEntries}`);
     }
@@ -229,8 +242,9 @@ export class SharedNonceTable {
     header[CAPACITY] = 2 * maxEntries;
     header[MIN_EXP] = NEVER;
     header[CYCLE_MIN] = NEVER;
-    randomFillSync(header.subarray(SEED, SEED + 4));
-    return new SharedNonceTable(buffer);
+    if (sameKeyAs) header.set(sameKeyAs.#seed, SEED);
+    else randomFillSync(header.subarray(SEED, SEED + 4));
+    return new SharedNonceTable(buffer, sameKeyAs);
   }
 
   /** The table whose memory is `buffer` (in a worker, from workerData or a message). */
@@ -266,6 +280,36 @@ export class SharedNonceTable {
     this.#lock();
     try {
       return this.#claimLocked(f0, f1, f2, exp, now);
+    } finally {
+      this.#unlock();
+    }
+  }
+
+  /**
+   * Whether an unexpired claim of `jti` is held at `nowSeconds` (what `claim` would answer
+   * `seen` to), without claiming it: a lookup under the lock.
+   */
+  holds(jti: string, nowSeconds: number): boolean {
+    if (!Number.isFinite(nowSeconds)) throw new TypeError('nowSeconds must be a finite number of seconds');
+    fingerprintInto(jti, this.#seed);
+    const f0 = fingerprint[0]!;
+    const f1 = fingerprint[1]!;
+    const f2 = fingerprint[2]!;
+    const now = tableSeconds(Math.floor(nowSeconds));
+    const slots = this.#slots;
+    const capacity = this.capacity;
+    this.#lock();
+    try {
+      let i = (f0 & 0x7fffffff) % capacity;
+      // The whole run, as in a claim: a live copy may sit behind an expired one.
+      for (let probes = 0; probes < capacity; probes++) {
+        const at = i * WORDS_PER_SLOT;
+        const slotExp = slots[at + 3]!;
+        if (slotExp === 0) return false;
+        if (slotExp >= now && slots[at] === f0 && slots[at + 1] === f1 && slots[at + 2] === f2) return true;
+        if (++i === capacity) i = 0;
+      }
+      return false;
     } finally {
       this.#unlock();
     }
@@ -395,6 +439,50 @@ export class SharedNonceTable {
     }
     header[CURSOR] = i;
     return removed;
+  }
+
+  /**
+   * Moves the nonces of the next `maxSlots` slots (from the purge cursor, round the table) into
+   * `into`, a table made with this one's key (`create(n, this)`), and drops the expired ones: how
+   * a local store replaces a table by a larger or smaller one a slice at a time, never in one
+   * go. Returns how many it moved; it stops early when this table is empty or `into` is full
+   * (what could not move stays here). For tables of one thread: `into` must not already hold an
+   * unexpired claim of a jti held here (a store that looks this table up first never makes one).
+   */
+  moveSlice(into: SharedNonceTable, nowSeconds: number, maxSlots: number = SHARED_PURGE_SLICE): number {
+    if (into.#seed !== this.#seed || into === this) throw new TypeError('moveSlice: the tables must be two, made with one key');
+    const now = tableSeconds(Math.floor(nowSeconds));
+    const slots = this.#slots;
+    const header = this.#header;
+    const capacity = this.capacity;
+    this.#lock();
+    try {
+      into.#lock();
+      try {
+        let i = header[CURSOR]!;
+        let moved = 0;
+        for (let visits = 0; visits < maxSlots && header[COUNT]! > 0; visits++) {
+          const at = i * WORDS_PER_SLOT;
+          const slotExp = slots[at + 3]!;
+          if (slotExp !== 0) {
+            if (slotExp >= now) {
+              if (into.#claimLocked(slots[at]!, slots[at + 1]!, slots[at + 2]!, slotExp, now) === 'full') break;
+              moved++;
+            }
+            this.#removeAt(i);
+            // Slot i now holds what moved back into it (or nothing): look at it again.
+            continue;
+          }
+          if (++i === capacity) i = 0;
+        }
+        header[CURSOR] = i;
+        return moved;
+      } finally {
+        into.#unlock();
+      }
+    } finally {
+      this.#unlock();
+    }
   }
 
   /**

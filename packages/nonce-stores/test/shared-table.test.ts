@@ -109,6 +109,32 @@ describe('SharedNonceTable in one thread', () => {
     expect(SharedNonceTable.create(10).claim('x', NOW + 60, NOW)).toBe('claimed');
   });
 
+  it('holds answers whether an unexpired claim is held, without claiming', () => {
+    const table = SharedNonceTable.create(100);
+    expect(table.holds('h', NOW)).toBe(false);
+    expect(table.size).toBe(0);
+    expect(table.claim('h', NOW + 10, NOW)).toBe('claimed');
+    expect(table.holds('h', NOW + 10)).toBe(true);
+    expect(table.holds('h', NOW + 11)).toBe(false); // its second is past
+    expect(table.holds('i', NOW)).toBe(false);
+    expect(() => table.holds('h', Number.NaN)).toThrow(TypeError);
+  });
+
+  it('moveSlice moves the unexpired nonces into a table with the same key, a slice at a time, and drops the expired ones', () => {
+    const from = SharedNonceTable.create(1_000);
+    const into = SharedNonceTable.create(2_000, from);
+    for (let i = 0; i < 1_000; i++) expect(from.claim(`m-${i}`, NOW + (i < 100 ? 5 : 60), NOW)).toBe('claimed');
+    expect(() => from.moveSlice(SharedNonceTable.create(2_000), NOW)).toThrow(TypeError); // another key
+    expect(() => from.moveSlice(from, NOW)).toThrow(TypeError);
+    const moved = from.moveSlice(into, NOW + 6, 100);
+    expect(from.size).toBeGreaterThan(800);
+    let total = moved;
+    while (from.size > 0) total += from.moveSlice(into, NOW + 6, 100);
+    expect(total).toBe(900);
+    expect(into.size).toBe(900);
+    for (let i = 0; i < 1_000; i++) expect(into.claim(`m-${i}`, NOW + 60, NOW + 6)).toBe(i < 100 ? 'claimed' : 'seen');
+  });
+
   it('when full of unexpired nonces answers full, never forgets one, and has room once some expire', () => {
     const table = SharedNonceTable.create(1000);
     for (let i = 0; i < 1000; i++) expect(table.claim(`n-${i}`, NOW + 10 + (i % 20), NOW)).toBe('claimed');
