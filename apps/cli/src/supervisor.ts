@@ -5,7 +5,8 @@
  * per process:
  *
  * - the signer's private key source: one key is made, published, approved and rotated, and each
- *   active key is sent to every worker (looked at every KEY_PUSH_INTERVAL_MS, 20 ms);
+ *   active key is sent to every worker as soon as the source says it changed (its
+ *   onActiveKeyChange event; a plugin's source without it is looked at every 20 ms);
  * - the `local` nonce tables (SharedNonceTables): a worker's store claims in the one table of its
  *   verifier, so a token is accepted once per process;
  * - the admin listener: /metrics sums the workers' metrics with the primary's process metrics,
@@ -35,6 +36,7 @@ import {
 } from '@jwtproxy/core';
 import type { JwtProxyMetrics, MetricSnapshot, Readiness, ReadinessReport, RunningAdminServer } from '@jwtproxy/admin';
 import { createComponent, parseConfig, placeConfigError, readConfigFile, type LoadedConfig } from '@jwtproxy/config';
+import { hasActiveKeyEvents } from '@jwtproxy/key-sources';
 import { DEFAULT_MAX_ENTRIES, SharedNonceTables, sharedNonceTableKey } from '@jwtproxy/nonce-stores';
 import type { CertificateForger } from '@jwtproxy/forward-proxy';
 import { heapModeOf, youngGenerationCapMb } from './heap-limits.js';
@@ -42,10 +44,10 @@ import { startFailure, type RunningJwtProxy, type StartedServer } from './run.js
 import type { ConfigSource, FromWorker, KeyProblem, StartedServerInfo, ToWorker, WorkerData } from './worker-protocol.js';
 
 /**
- * How often the primary looks at its key source for a new active key (rotation, approval). Short:
- * a rotation signed by the old key makes the key registry drop that key at once, so a worker still
- * signing with it makes tokens a verifier that has not cached it refuses. activeKey() is a field
- * read: 50 looks a second cost nothing measurable.
+ * How often the primary looks at a key source that does not announce its changes (a plugin's,
+ * without onActiveKeyChange) for a new active key. Short: a rotation signed by the old key makes
+ * the key registry drop that key at once, so a worker still signing with it makes tokens a
+ * verifier that has not cached it refuses. The built-in sources announce each change: no timer.
  */
 export const KEY_PUSH_INTERVAL_MS = 20;
 /** First restart delay after a crash; doubles per crash in a row up to RESTART_MAX_DELAY_MS. */
@@ -141,7 +143,8 @@ export async function startWorkers(source: ConfigSource, config: LoadedConfig, l
   let forger: { files: string; forger: CertificateForger } | undefined;
   let sentKey: SigningKey | undefined;
   let sentProblem: KeyProblem | undefined;
-  let keyTimer: NodeJS.Timeout | undefined;
+  /** How the running key source is followed: its change event, or a timer for one without it. */
+  let unfollowKey: (() => void) | undefined;
 
   const slots: Slot[] = Array.from({ length: options.count }, (_, i) => ({
     n: i + 1,
@@ -209,6 +212,23 @@ export async function startWorkers(source: ConfigSource, config: LoadedConfig, l
     sentKey = key;
     sentProblem = problem;
     for (const slot of slots) if (slot.worker) post(slot, { type: 'signer-key', key, ...(problem ? { problem } : {}) });
+  };
+
+  /**
+   * Sends every change of `source`'s key to the workers as it happens: the listener runs in the
+   * same turn as the change (a rotation), so every worker is told at once. Stops following the
+   * source followed before.
+   */
+  const followKey = (source: PrivateKeySource | undefined): void => {
+    unfollowKey?.();
+    unfollowKey = undefined;
+    if (!source) return;
+    if (hasActiveKeyEvents(source)) {
+      unfollowKey = source.onActiveKeyChange(pushKey);
+      return;
+    }
+    const timer = setInterval(pushKey, KEY_PUSH_INTERVAL_MS).unref();
+    unfollowKey = () => clearInterval(timer);
   };
 
   /** Readiness checks, named as the workers name theirs: ready when ready in every worker. */
@@ -435,7 +455,7 @@ export async function startWorkers(source: ConfigSource, config: LoadedConfig, l
   const stop = async (): Promise<void> => {
     stopping = true;
     readiness?.markStopping();
-    clearInterval(keyTimer);
+    followKey(undefined);
     await stopWorkers();
     const settle = async (what: string, work: Promise<void> | undefined): Promise<void> => {
       try {
@@ -488,8 +508,8 @@ export async function startWorkers(source: ConfigSource, config: LoadedConfig, l
     }
     keySource = await keySourceFor(config);
     forger = await forgerFor(config);
+    followKey(keySource?.source);
     ({ key: sentKey, problem: sentProblem } = currentKey());
-    keyTimer = setInterval(pushKey, KEY_PUSH_INTERVAL_MS).unref();
 
     // The first worker binds any port 0; the others then bind the same ports.
     // The first worker binds any port 0 and the others then bind the ports it got; without a
@@ -545,6 +565,7 @@ export async function startWorkers(source: ConfigSource, config: LoadedConfig, l
     first.checks = answer.checks;
     proxies = answer.servers;
     noteBound(next, answer.servers);
+    if (nextKey !== previousKey) followKey(nextKey?.source);
     pushKey();
     if (previousKey && previousKey !== nextKey) void previousKey.source.stop?.(Date.now() + 5_000);
     first.source = nextSource;

@@ -1,6 +1,7 @@
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import path from 'node:path';
 import { ConfigError, defineComponent, schema as s, signingKeyFromKeyObject, type PrivateKeySource, type SigningKey } from '@jwtproxy/core';
+import type { ActiveKeyEvents } from './active-key-events.js';
 import { readPrivateKeyFile } from './pem.js';
 
 export interface PresharedPrivateKeySourceOptions {
@@ -23,7 +24,7 @@ export interface PublicSigningJwk {
   readonly [member: string]: string;
 }
 
-export class PresharedPrivateKeySource implements PrivateKeySource {
+export class PresharedPrivateKeySource implements PrivateKeySource, ActiveKeyEvents {
   readonly #signingKey: SigningKey;
   readonly #publicJwk: PublicSigningJwk;
 
@@ -53,6 +54,11 @@ export class PresharedPrivateKeySource implements PrivateKeySource {
     } catch (error) {
       throw new ConfigError('private_key_path', `${privateKeyPath}: ${(error as Error).message}`);
     }
+  }
+
+  /** Its key never changes: the listener is never called. */
+  onActiveKeyChange(_listener: () => void): () => void {
+    return () => {};
   }
 
   /** The same object on every call. */
