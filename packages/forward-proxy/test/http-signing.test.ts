@@ -226,8 +226,10 @@ describe('signing plain HTTP requests', () => {
     });
     clearInterval(sampler);
     expect(downloaded).toBe(total);
-    // Buffering either body would add 200 MiB; streaming stays within a few dozen.
-    expect(peak - baseline).toBeLessThan(100 * 1024 * 1024);
+    // Buffering either body would add 200 MiB. Streaming stays under 100 MiB on Node 20 and 22, but
+    // on Node 24 relayed chunks not yet collected reached 105.8 MiB here (its young generation grows
+    // larger): the bound is 150 MiB, still well under one buffered body.
+    expect(peak - baseline).toBeLessThan(150 * 1024 * 1024);
   });
 
   it('keeps serving after a client aborts an upload midway', async () => {

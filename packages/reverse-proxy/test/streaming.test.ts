@@ -12,9 +12,10 @@ const TOTAL = 200 * MiB;
 /**
  * RSS growth allowed while 200 MiB pass. Client, proxy and upstream share this process, so RSS
  * also holds their socket buffers and garbage not yet collected (64 MiB was exceeded once, by
- * 0.9 MiB); a proxy that buffered the body would grow by about 200 MiB.
+ * 0.9 MiB; on Node 24, whose young generation grows larger, 120.5 MiB was seen); a proxy that
+ * buffered the body would grow by about 200 MiB.
  */
-const MEMORY_BUDGET = 100 * MiB;
+const MEMORY_BUDGET = 150 * MiB;
 /** Long enough for loopback to move all 200 MiB into a proxy that ignored backpressure. */
 const SLOW_START_MS = 1_500;
 // One chunk, written again and again: the test itself allocates nothing per MiB moved.
