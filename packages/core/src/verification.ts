@@ -36,7 +36,11 @@ const BASE64URL = /^[A-Za-z0-9_-]*$/;
  */
 export function extractToken(authorization: string | readonly string[] | undefined): string {
   if (typeof authorization === 'string') {
-    // The usual case, one header: read without building a list.
+    // The usual case, one header `Bearer <token>` (any case): read without a regex. What the
+    // regex below would take is the same: the rest after one space, trimmed.
+    if (authorization.length > 7 && authorization.charCodeAt(6) === 32 && isPrintableAscii(authorization.charCodeAt(7)) && authorization.slice(0, 6).toLowerCase() === 'bearer') {
+      return authorization.slice(7).trim();
+    }
     const bearer = BEARER.exec(authorization.trim());
     if (bearer) return bearer[1]!.trim();
   }
@@ -54,6 +58,11 @@ export function extractToken(authorization: string | readonly string[] | undefin
   }
   // The Go body says "Could not parse JWT" for all of these; the log says which.
   throw new TokenParseError().with({ problem: values.length === 0 ? 'no Authorization header' : 'no Bearer token or Basic password in Authorization' });
+}
+
+/** `!` to `~`: not whitespace for the regex's `\s`. */
+function isPrintableAscii(c: number): boolean {
+  return c > 32 && c < 127;
 }
 
 export interface ParsedJwt {
@@ -76,30 +85,54 @@ function decodeJsonSegment(segment: string): Record<string, unknown> {
 }
 
 /**
- * Splits and decodes a compact JWS without trusting anything in it yet.
- * As in Go: a missing or non-string `alg`, or a non-string `kid`, is a parse error;
- * an absent `kid` is MissingKidError.
+ * Splits and decodes a compact JWS without trusting anything in it yet. With `lastHeader`, a header
+ * segment equal to the last one is not decoded again.
  */
-export function parseJwt(token: string): ParsedJwt {
+export function parseJwt(token: string, lastHeader?: LastHeader): ParsedJwt {
   const firstDot = token.indexOf('.');
   const secondDot = firstDot < 0 ? -1 : token.indexOf('.', firstDot + 1);
   if (secondDot < 0 || token.indexOf('.', secondDot + 1) >= 0) throw new TokenParseError();
   const encodedHeader = token.slice(0, firstDot);
   const encodedClaims = token.slice(firstDot + 1, secondDot);
   const encodedSignature = token.slice(secondDot + 1);
-  const header = decodeJsonSegment(encodedHeader);
+  // Checked in the order Go's parse does: header and claims decoded, signature decoded, then the header's fields.
+  const known = lastHeader?.segment === encodedHeader ? lastHeader.header : undefined;
+  const decodedHeader = known ?? decodeJsonSegment(encodedHeader);
   const claims = decodeJsonSegment(encodedClaims);
   if (!BASE64URL.test(encodedSignature)) throw new TokenParseError();
-  if (typeof header.alg !== 'string') throw new TokenParseError();
-  if (header.kid !== undefined && typeof header.kid !== 'string') throw new TokenParseError();
-  if (header.kid === undefined) throw new MissingKidError();
+  const header = known ?? checkedHeader(decodedHeader);
+  if (lastHeader !== undefined && known === undefined) {
+    lastHeader.segment = encodedHeader;
+    lastHeader.header = header;
+  }
   return {
-    header: header as JwtHeader,
+    header,
     claims,
     // A slice of the token, not a concatenation that would be flattened (copied) again to be hashed.
     signingInput: token.slice(0, secondDot),
     signature: Buffer.from(encodedSignature, 'base64url'),
   };
+}
+
+/**
+ * The header segment parseJwt read last, and what it read: every token of one signer has the same
+ * header (alg, kid, typ), so a verifier decodes it once, not once per request. Frozen: the object is
+ * handed to every request that carries it.
+ */
+export interface LastHeader {
+  segment: string;
+  header: JwtHeader | undefined;
+}
+
+/**
+ * As in Go: a missing or non-string `alg`, or a non-string `kid`, is a parse error; an absent
+ * `kid` is MissingKidError.
+ */
+function checkedHeader(header: Record<string, unknown>): JwtHeader {
+  if (typeof header.alg !== 'string') throw new TokenParseError();
+  if (header.kid !== undefined && typeof header.kid !== 'string') throw new TokenParseError();
+  if (header.kid === undefined) throw new MissingKidError();
+  return Object.freeze(header) as JwtHeader;
 }
 
 /** scheme and host of a URL as written (Go's url.Parse keeps an explicit port), or undefined. */
@@ -174,6 +207,8 @@ export class RequestVerifier {
   readonly #audience: { scheme: string; host: string };
   /** The last `aud` string that matched: every token of one signer carries the same, parsed once. */
   #acceptedAud: string | undefined;
+  /** Likewise the last header segment (parseJwt). */
+  readonly #lastHeader: LastHeader = { segment: '', header: undefined };
 
   constructor(options: RequestVerifierOptions) {
     this.#options = { clock: systemClock, ...options };
@@ -206,7 +241,7 @@ export class RequestVerifier {
 
   async verifyToken(token: string): Promise<VerifiedToken> {
     const { keyResolver, nonceStore, claimsVerifiers, maxSkew, maxTtl, clock } = this.#options;
-    const { header, claims, signingInput, signature } = parseJwt(token);
+    const { header, claims, signingInput, signature } = parseJwt(token, this.#lastHeader);
     const now = clock();
 
     const iss = claims.iss;

@@ -210,6 +210,31 @@ describe('the fixes over the Go verifier', () => {
   });
 });
 
+describe('a header segment seen before', () => {
+  it('is not trusted for a token whose own header differs: each token is checked with its own alg and kid', async () => {
+    const { verifier } = makeVerifier({ clock: insideValidity });
+    await expect(answerFor(verifier, `Bearer ${signed(goodHeader, goodClaims())}`)).resolves.toEqual({ status: 200, body: 'ok' });
+    // Same claims shape, a header without kid: refused as before, not read from the last header.
+    const { kid: _kid, ...noKid } = goodHeader;
+    const answer = await answerFor(verifier, `Bearer ${signed(noKid, goodClaims())}`);
+    expect(answer.status).toBe(403);
+    // A header naming another kid: looked up as that kid (unknown here), not as mykey.
+    const other = await answerFor(verifier, `Bearer ${signed({ ...goodHeader, kid: 'otherkey' }, goodClaims())}`);
+    expect(other.status).toBe(403);
+    await expect(answerFor(verifier, `Bearer ${signed(goodHeader, goodClaims())}`)).resolves.toEqual({ status: 200, body: 'ok' });
+  });
+
+  it('still refuses bad claims or a bad signature behind a header it knows', async () => {
+    const { verifier } = makeVerifier({ clock: insideValidity });
+    const good = signed(goodHeader, goodClaims());
+    await expect(answerFor(verifier, `Bearer ${good}`)).resolves.toEqual({ status: 200, body: 'ok' });
+    const [head] = good.split('.');
+    expect((await answerFor(verifier, `Bearer ${head}.bm90LWpzb24.c2ln`)).status).toBe(403);
+    const other = signed(goodHeader, goodClaims()).split('.');
+    expect(await answerFor(verifier, `Bearer ${other[0]}.${other[1]}.${good.split('.')[2]}`)).toEqual(refused('Invalid JWT signature'));
+  });
+});
+
 describe('token extraction', () => {
   it('reads Bearer case-insensitively', () => {
     expect(extractToken('bEaReR abc.def.ghi')).toBe('abc.def.ghi');
@@ -219,6 +244,14 @@ describe('token extraction', () => {
   });
   it("finds the signer's Bearer after a client's own Authorization header", () => {
     expect(extractToken(['Basic dXNlcjpwYXNz', 'Bearer the.signer.token'])).toBe('the.signer.token');
+  });
+  it('reads every spacing and case of one header as the Bearer rule does (the fast path and the regex agree)', () => {
+    for (const value of ['Bearer a.b.c', 'bearer a.b.c', 'BEARER a.b.c  ', '  Bearer a.b.c', 'Bearer   a.b.c', 'Bearer\ta.b.c', 'Bearer \u00a0a.b.c', 'Bearer a b']) {
+      const expected = /^bearer\s+(.+)$/i.exec(value.trim())![1]!.trim();
+      expect(extractToken(value)).toBe(expected);
+    }
+    expect(() => extractToken('Bearer ')).toThrow();
+    expect(() => extractToken('Bearerx a.b.c')).toThrow();
   });
   it('verifies a token the signer appended after a client header', async () => {
     const { verifier } = makeVerifier({ clock: insideValidity });

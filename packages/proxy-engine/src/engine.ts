@@ -178,6 +178,9 @@ function rawRecord(kind: 'upgrade' | 'tunnel', req: IncomingMessage, socket: Soc
  * One request's account while it runs, for the access record: created only when someone listens
  * (`onAccess`), so that a proxy without access log or metrics pays nothing for it.
  */
+const kExchange = Symbol('jwtproxy.exchange');
+type ResponseWithExchange = ServerResponse & { [kExchange]?: Exchange };
+
 export class Exchange {
   readonly #started = performance.now();
   readonly #socketBytesRead: number;
@@ -198,8 +201,15 @@ export class Exchange {
   ) {
     this.#socket = req.socket;
     this.#socketBytesRead = req.socket.bytesRead;
-    res.once('close', () => this.#end());
+    (res as ResponseWithExchange)[kExchange] = this;
+    res.on('close', Exchange.#responseClosed);
   }
+
+  /** One listener function for every response (no closure and no `once` wrapper per request); 'close' comes once. */
+  static readonly #responseClosed = function (this: ResponseWithExchange): void {
+    const exchange = this[kExchange];
+    if (exchange) exchange.#end();
+  };
 
   upstreamStart(): void {
     this.#upstreamStarted = performance.now();
