@@ -3,7 +3,7 @@ import { ConfigError, childLogger, createLogger, type Logger } from '@jwtproxy/c
 import { loadConfig, type LoadedConfig } from '@jwtproxy/config';
 import { parseArguments, usage, UsageError } from './args.js';
 import { flushCompileCache } from './compile-cache.js';
-import { releaseStartUpFlags } from './heap-limits.js';
+import { collectStartUpGarbage, releaseStartUpFlags } from './heap-limits.js';
 import { loadPlugins, PluginError } from './plugins.js';
 import type { StartedServer } from './run.js';
 import type { ConfigSource } from './worker-protocol.js';
@@ -112,6 +112,8 @@ export async function main(argv: readonly string[]): Promise<number> {
     // The code the start compiled goes to the on-disk cache now, not only at a clean exit.
     flushCompileCache();
     releaseStartUpFlags();
+    // Start-up's garbage, collected once the event loop has served what is already waiting.
+    setImmediate(() => void collectStartUpGarbage());
   }
   reloadRequested = reloader(args.configFile!, running, logger, () => !shutdown.abortSignal.aborted);
   await shutdown.requested;

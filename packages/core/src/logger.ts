@@ -36,8 +36,8 @@ function quote(value: unknown): string {
 }
 
 /**
- * `time=` values: `new Date(ms).toISOString()`, with the part up to the second kept while the
- * second lasts (a busy proxy writes thousands of lines a second; formatting a date each time is
+ * `time=` values: what `new Date(ms).toISOString()` gives, with the part up to the second kept while
+ * the second lasts (a busy proxy writes thousands of lines a second; formatting a date each time is
  * most of a line's cost besides the write).
  */
 function isoTimestamps(): (ms: number) => string {
@@ -48,13 +48,43 @@ function isoTimestamps(): (ms: number) => string {
     const whole = Math.trunc(ms);
     const at = Math.floor(whole / 1000);
     if (at !== second) {
-      // Throws RangeError for a time that is no date, as toISOString does.
-      prefix = new Date(at * 1000).toISOString().slice(0, -4);
+      prefix = isoSecond(at);
       second = at;
     }
     const milli = whole - at * 1000;
     return prefix + (milli < 10 ? '00' : milli < 100 ? '0' : '') + milli + 'Z';
   };
+}
+
+const twoDigits = (n: number): string => (n < 10 ? '0' : '') + n;
+
+/**
+ * `new Date(at * 1000).toISOString()` up to the `.` before the milliseconds, computed from the
+ * number of days since 1970 (the proleptic Gregorian calendar, as Date's). Not through Date: on
+ * Node 20, V8's toISOString looks up the local time zone's display name through ICU on each call
+ * (a time zone, even for a UTC string), and the first call pages in ~0.9 MB of ICU's time-zone data
+ * and code (issue 19: the idle RSS of a sidecar, whose start writes its first line). Years outside
+ * 0…9999, which toISOString writes with a sign and six digits, and times that are no date
+ * (RangeError) still go through Date.
+ */
+function isoSecond(at: number): string {
+  const days = Math.floor(at / 86_400);
+  const inDay = at - days * 86_400;
+  // Days since 0000-03-01 in 400-year eras of 146,097 days: March first puts the leap day last.
+  const shifted = days + 719_468;
+  const era = Math.floor(shifted / 146_097);
+  const dayOfEra = shifted - era * 146_097;
+  const yearOfEra = Math.floor((dayOfEra - Math.floor(dayOfEra / 1460) + Math.floor(dayOfEra / 36_524) - Math.floor(dayOfEra / 146_096)) / 365);
+  const dayOfYear = dayOfEra - (365 * yearOfEra + Math.floor(yearOfEra / 4) - Math.floor(yearOfEra / 100));
+  const monthFromMarch = Math.floor((5 * dayOfYear + 2) / 153);
+  const day = dayOfYear - Math.floor((153 * monthFromMarch + 2) / 5) + 1;
+  const month = monthFromMarch < 10 ? monthFromMarch + 3 : monthFromMarch - 9;
+  const year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0);
+  if (!(year >= 0 && year <= 9999)) return new Date(at * 1000).toISOString().slice(0, -4);
+  const hours = Math.floor(inDay / 3600);
+  const minutes = Math.floor((inDay - hours * 3600) / 60);
+  const seconds = inDay - hours * 3600 - minutes * 60;
+  return `${String(year).padStart(4, '0')}-${twoDigits(month)}-${twoDigits(day)}T${twoDigits(hours)}:${twoDigits(minutes)}:${twoDigits(seconds)}.`;
 }
 
 /**

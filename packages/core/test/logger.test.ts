@@ -76,8 +76,12 @@ describe('createLogger (text)', () => {
     );
   });
 
-  it('time= is the ISO time to the millisecond, also across seconds and before 1970', async () => {
+  it('time= is the ISO time to the millisecond, also across seconds and before 1970, leap days and centuries, and beyond years 0-9999', async () => {
     const times = [0, 9, 99, 999, 1000, 1000.9, 59_999, 60_000, Date.UTC(2026, 0, 1) - 1, Date.UTC(2026, 0, 1), Date.UTC(2026, 0, 1) + 10, -1, -1500.5];
+    // The date is computed without Date (logger.ts, isoSecond): the calendar's corners, and the
+    // years toISOString writes with a sign, which still go through Date.
+    times.push(Date.UTC(2024, 1, 29, 23, 59, 59, 999), Date.UTC(2024, 2, 1), Date.UTC(2000, 1, 29, 12), Date.UTC(1900, 1, 28, 23, 59, 59), Date.UTC(1900, 2, 1), Date.UTC(2100, 1, 28, 23, 59, 59, 999), Date.UTC(2100, 2, 1));
+    times.push(Date.UTC(1969, 11, 31, 23, 59, 59, 999), -62_167_219_200_000, -62_167_219_200_001, 253_402_300_799_999, 253_402_300_800_000, 8.64e15, -8.64e15);
     let at = 0;
     const stream = recordingStream();
     const logger = createLogger({ stream, clock: () => times[at]! });
