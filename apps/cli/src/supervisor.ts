@@ -297,10 +297,10 @@ export async function startWorkers(source: ConfigSource, config: LoadedConfig, l
       ...(sentProblem ? { signerKeyProblem: sentProblem } : {}),
       ...(crashAfter !== undefined ? { crashAfterMs: crashAfter } : {}),
     };
-    // In the lean heap mode (or with JWTPROXY_YOUNG_GENERATION_MB) the main thread caps its young
-    // generation (heap-limits.ts); a worker's isolate gets the same through resourceLimits (V8
-    // counts 3 semi-spaces: 8 MB → 12). In fast mode, V8's defaults, as on the main thread.
-    const youngMb = heapModeOf(env) === 'lean' || env.JWTPROXY_YOUNG_GENERATION_MB?.trim() ? youngGenerationCapMb(env) : 0;
+    // The main thread caps its young generation (heap-limits.ts: 8 MB lean, 16 MB fast, or
+    // JWTPROXY_YOUNG_GENERATION_MB); a worker's isolate gets the same through resourceLimits (V8
+    // counts 3 semi-spaces: 8 MB → 12).
+    const youngMb = youngGenerationCapMb(env);
     const worker = new Worker(workerUrl, {
       workerData: data,
       stderr: false,
