@@ -39,7 +39,7 @@ import { createComponent, parseConfig, placeConfigError, readConfigFile, type Lo
 import { hasActiveKeyEvents } from '@jwtproxy/key-sources';
 import { DEFAULT_MAX_ENTRIES, SharedNonceTables, sharedNonceTableKey } from '@jwtproxy/nonce-stores';
 import type { CertificateForger } from '@jwtproxy/forward-proxy';
-import { heapModeOf, youngGenerationCapMb } from './heap-limits.js';
+import { youngGenerationCapMb } from './heap-limits.js';
 import { startFailure, type RunningJwtProxy, type StartedServer } from './run.js';
 import type { ConfigSource, FromWorker, KeyProblem, StartedServerInfo, ToWorker, WorkerData } from './worker-protocol.js';
 
