@@ -32,7 +32,18 @@ import { freeLoopbackPort, makeCa, makeServerCertificate } from '@jwtproxy/testk
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..');
-const currentCli = path.join(root, 'apps/cli/dist/main.js');
+/**
+ * The command users run (`jwtproxy`, what `npx @jwtproxy/cli` starts): `apps/cli/bin/jwtproxy.js`
+ * next to a build's `dist/main.js`, when that checkout has one, else `dist/main.js` itself. The
+ * bin file is CommonJS and main.js an ES module stub, whose loader costs 0.3-0.5 MB of idle RSS
+ * (issue 19), so start-up and RSS figures are those of the installed command. `--baseline` still
+ * takes an older checkout's `apps/cli/dist/main.js`, and its bin file is derived from it the same way.
+ */
+function userCommand(mainJs) {
+  const bin = path.join(path.dirname(path.dirname(mainJs)), 'bin/jwtproxy.js');
+  return existsSync(bin) ? bin : mainJs;
+}
+const currentCli = userCommand(path.join(root, 'apps/cli/dist/main.js'));
 /** The CLI the proxy cases run: this build's, or the baseline's while a baseline run is on. */
 let cli = currentCli;
 const interop = path.join(root, 'fixtures/interop');
@@ -48,8 +59,9 @@ const { values: args } = parseArgs({
     only: { type: 'string' },
     json: { type: 'string' },
     rate: { type: 'string', default: '500' },
-    // Another build's CLI (apps/cli/dist/main.js of an older checkout): each proxy case runs on it
-    // first, then on this one, back to back, and the table gives both with their ratio.
+    // Another build's CLI (apps/cli/dist/main.js of an older checkout; its bin/jwtproxy.js is what
+    // runs when it has one, see userCommand): each proxy case runs on it first, then on this one,
+    // back to back, and the table gives both with their ratio.
     baseline: { type: 'string' },
     // The sidecar case's load (signer and verifier in one process): long enough for the heap to
     // settle at the size a saturated sidecar keeps (issue 19 measures RSS after 30 s).
@@ -510,7 +522,8 @@ cases.push(
 
 const only = args.only ? new Set(args.only.split(',')) : undefined;
 console.log(`wrk -t${threads} -c${connections} -d${duration}s on loopback, ${os.cpus().length} cores, node ${process.version}`);
-if (args.baseline) console.log(`baseline: ${args.baseline} (each proxy case runs on it first, then on this build)`);
+console.log(`this build: ${path.relative(root, currentCli)}`);
+if (args.baseline) console.log(`baseline: ${userCommand(path.resolve(args.baseline))} (each proxy case runs on it first, then on this build)`);
 const mb = (value) => (value === undefined ? '-' : value.toFixed(0));
 const mb1 = (value) => (value === undefined ? '-' : value.toFixed(1));
 /** Each run of a case, by `name|which`, in the order they ran. */
@@ -541,7 +554,7 @@ for (const c of cases) {
   for (let round = 0; round < repeat; round++) {
     // Alternating order, so that a machine slowing down or warming up over the run favours none.
     for (const which of round % 2 === 0 ? builds : [...builds].reverse()) {
-      cli = which === 'baseline' ? path.resolve(args.baseline) : currentCli;
+      cli = which === 'baseline' ? userCommand(path.resolve(args.baseline)) : currentCli;
       if (which === 'go') goBinary = path.resolve(args.go);
       try {
         await runCase(c, which);
