@@ -8,7 +8,7 @@
  * package's dist (@jwtproxy/core, a plugin's imports) for its own.
  */
 import { readFileSync } from 'node:fs';
-import { pathToFileURL } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeCa, writePemFiles } from '@jwtproxy/testkit';
 import { e2eConfig, jwtproxyConfig, runCli, startCli, tempDir } from './helpers.js';
@@ -107,6 +107,29 @@ describe('start-up loads only what the configuration uses', () => {
     const loaded = await loadedBy(['-config', config], 'ca', { start: true });
     expect(loaded).toContain('node-forge');
     expect(loaded).not.toContain('ioredis');
+  }, 30_000);
+
+  it('a signer and a verifier on preshared keys, started as users run the command, never load node:fs/promises', async () => {
+    // ~0.7 MB of a sidecar's idle RSS (issue 19): the configuration and key files are read with
+    // node:fs, and fs/promises loads when a unix socket or a saved key needs it. Through
+    // bin/jwtproxy.js (CommonJS), as Node's ES module loader loads internal/fs/promises itself.
+    const config = await files.write('builtins.yaml', signerAndVerifier());
+    const record = `${files.dir}/builtins.txt`;
+    const builtinsHook = await files.write(
+      'record-builtins.cjs',
+      `process.on('exit', () => require('node:fs').writeFileSync(process.env.JWTPROXY_TEST_LOADED, process.moduleLoadList.join('\\n')));`,
+    );
+    const cli = await startCli(['-config', config, '-workers', '1'], {
+      command: [process.execPath, fileURLToPath(new URL('../bin/jwtproxy.js', import.meta.url))],
+      env: { NODE_OPTIONS: `--require ${builtinsHook}`, JWTPROXY_TEST_LOADED: record },
+    });
+    await cli.stop();
+    const builtins = new Set(readFileSync(record, 'utf8').split('\n').filter((line) => line.startsWith('NativeModule ')).map((line) => line.slice('NativeModule '.length)));
+    // The record works: the proxies' own built-ins are in it.
+    expect(builtins).toContain('http');
+    expect(builtins).toContain('fs');
+    expect(builtins).not.toContain('fs/promises');
+    expect(builtins).not.toContain('internal/fs/promises');
   }, 30_000);
 
   it('-check and --help load no proxy, node-forge nor ioredis', async () => {
