@@ -226,6 +226,8 @@ export class Exchange {
 
   #end(): void {
     const { req, res } = this;
+    const ending = this.#ending;
+    // Fields written out, not spread from an object made for the purpose: one object per request.
     const record: AccessRecord = {
       kind: 'request',
       method: req.method ?? '',
@@ -238,7 +240,9 @@ export class Exchange {
       bytesOut: this.bytesOut,
       durationMs: performance.now() - this.#started,
       upstreamMs: this.upstreamMs,
-      ...(this.#ending ?? { verdict: 'passed' as const, reason: undefined, facts: undefined }),
+      verdict: ending === undefined ? 'passed' : ending.verdict,
+      reason: ending?.reason,
+      facts: ending?.facts,
       token: this.token,
     };
     notify(this.onAccess, record);
