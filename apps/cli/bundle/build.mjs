@@ -8,6 +8,7 @@
  *   dist/jwtproxy-worker-*.cjs  src/worker-main.ts and what it imports
  *   dist/chunk-*.cjs          code shared by both, or loaded only when a configuration needs it
  *                             (node-forge, ioredis, prom-client, jose, the admin listener, …)
+ *   dist/undici-llhttp*.cjs   undici's WebAssembly HTTP parser, required at the first upstream response
  *   dist/main.js, dist/worker-main.js  ES module stubs that run launch.cjs (`node dist/main.js`,
  *                             and `new URL('./worker-main.js', import.meta.url)` in supervisor.ts)
  *
@@ -58,6 +59,7 @@ const slimUndici = {
  * - node:assert, whose undici's uses are all `assert(value)` on its own invariants: the module is
  *   loaded when one fails, to throw its AssertionError.
  */
+const LLHTTP_FILES = { 'llhttp-wasm.js': 'undici-llhttp-wasm.cjs', 'llhttp_simd-wasm.js': 'undici-llhttp-simd-wasm.cjs' };
 const lazyUndiciParts = {
   name: 'lazy-undici-parts',
   setup(b) {
@@ -72,6 +74,13 @@ const lazyUndiciParts = {
       resolveDir: path.dirname(args.path),
       loader: 'js',
     }));
+    // dispatcher/client-h1.js's WebAssembly parser (llhttp), two modules of ~72 KB of base64 each:
+    // in the chunk, their text stays in the heap as long as the chunk's source does (V8 keeps a
+    // script's whole source), though a process that never sends upstream never reads them. Files of
+    // their own (LLHTTP_FILES below), which the bundle's require loads at the first upstream response.
+    b.onResolve({ filter: /^\.\.\/llhttp\/llhttp(_simd)?-wasm\.js$/ }, (args) =>
+      inUndici(args.importer) ? { path: `./${LLHTTP_FILES[path.basename(args.path)]}`, external: true } : undefined,
+    );
     b.onResolve({ filter: /^node:assert$/ }, (args) => (inUndici(args.importer) ? { path: 'assert', namespace: 'lazy-assert' } : undefined));
     b.onLoad({ filter: /.*/, namespace: 'lazy-assert' }, () => ({
       contents: `function assert(value, message) { if (!value) require('node:assert')(value, message); }
@@ -181,6 +190,10 @@ for (const file of split.outputFiles) {
   if (nativeImports > 0 && !Object.keys(meta.inputs).some((input) => input.endsWith('src/plugins.ts'))) {
     throw new Error(`${base}: import() outside src/plugins.ts, which compile-cache.ts's vm.Script (Node 20) cannot run: make it a static import or see loadBundleFile`);
   }
+  // V8 keeps a script's source as long as its functions live, one byte a character only if no
+  // character is above U+00FF (else two: the core chunk was 386 KB for 193 KB of text).
+  const wide = /[^\x00-\xff]/.exec(code);
+  if (wide) throw new Error(`${base}: ${JSON.stringify(code.slice(Math.max(0, wide.index - 60), wide.index + 20))}: a character above U+00FF in the code (write it as an escape)`);
   const banner = code.includes('__jwtproxyFileUrl') ? "var __jwtproxyFileUrl=require('node:url').pathToFileURL(__filename).href;\n" : '';
   writeFileSync(path.join(dist, renamed(base)), `'use strict';${banner}${code}`);
   // (A chunk that import() loads has an entryPoint in the metafile too: the names tell.)
@@ -198,6 +211,13 @@ for (const file of split.outputFiles) {
   contents[renamed(base)] = [...packages].sort();
 }
 if (!entries.cli || !entries.worker) throw new Error('the split lost an entry point');
+
+// undici's llhttp modules (see lazyUndiciParts), as undici ships them (CommonJS, node:buffer only).
+const undiciDir = path.dirname(createRequire(path.join(cli, 'bundle/undici.cjs')).resolve('undici/package.json'));
+for (const [original, file] of Object.entries(LLHTTP_FILES)) {
+  writeFileSync(path.join(dist, file), readFileSync(path.join(undiciDir, 'lib/llhttp', original)));
+  contents[file] = ['undici'];
+}
 
 // The launcher: one small file Node compiles before the compile cache is on; it names the entries.
 await build({

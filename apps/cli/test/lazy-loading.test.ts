@@ -99,7 +99,20 @@ describe('start-up loads only what the configuration uses', () => {
     for (const absent of ['node-forge', 'ioredis', 'prom-client', 'jose', '@jwtproxy/admin', '@jwtproxy/keyregistry-server']) {
       expect(loaded, absent).not.toContain(absent);
     }
+    // undici's WebAssembly HTTP parser (2 x 72 KB of base64 source) waits for the first upstream
+    // response in files of its own (bundle/build.mjs), which is why the file names are checked here.
+    const urls = readFileSync(`${files.dir}/loaded-plain.txt`, 'utf8').split('\n');
+    expect(urls.some((url) => url.includes('/dist/chunk-')), 'the record lists bundle files').toBe(true);
+    expect(urls.filter((url) => /\/undici-llhttp[^/]*\.cjs$/.test(url))).toEqual([]);
   }, 30_000);
+
+  it("the bundle's files hold no character above U+00FF (V8 would keep such a file's source at two bytes a character)", () => {
+    for (const file of Object.keys(bundleContents)) {
+      const text = readFileSync(new URL(`../dist/${file}`, import.meta.url), 'utf8');
+      expect(/[^\x00-\xff]/.exec(text)?.[0], file).toBeUndefined();
+    }
+    expect(Object.keys(bundleContents)).toContain('undici-llhttp-simd-wasm.cjs');
+  });
 
   it('a signer with a CA loads node-forge (and still not ioredis)', async () => {
     const ca = await writePemFiles(makeCa('jwtproxy lazy-loading CA'), files.dir, 'ca');

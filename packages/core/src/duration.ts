@@ -6,15 +6,17 @@
 const unitNanos: Record<string, number> = {
   ns: 1,
   us: 1e3,
-  'µs': 1e3, // U+00B5 micro sign
-  'μs': 1e3, // U+03BC Greek mu
+  // Written as escapes: one character above U+00FF anywhere in a source file makes V8 keep the
+  // whole file's text two bytes a character (the command's bundle chunk holding core: +190 KB idle).
+  '\u00b5s': 1e3, // µs, U+00B5 micro sign
+  '\u03bcs': 1e3, // μs, U+03BC Greek mu
   ms: 1e6,
   s: 1e9,
   m: 60e9,
   h: 3600e9,
 };
 
-const component = /^(\d*)(?:\.(\d*))?(ns|us|µs|μs|ms|s|m|h)/;
+const component = /^(\d*)(?:\.(\d*))?(ns|us|\u00b5s|\u03bcs|ms|s|m|h)/;
 
 export class DurationParseError extends Error {
   constructor(text: string) {
