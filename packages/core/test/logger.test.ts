@@ -1,4 +1,7 @@
 import { spawn } from 'node:child_process';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
@@ -174,6 +177,28 @@ describe('lines gathered when the process ends', () => {
     child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
     return new Promise((resolve) => child.on('close', (code, signal) => resolve({ code, signal, stderr })));
   }
+
+  it('stderr redirected to a file (written with the file descriptor, not through the stream): every line, in order, past 64 KiB and at exit', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'logger-file-'));
+    try {
+      const file = path.join(dir, 'stderr.log');
+      const fd = openSync(file, 'a');
+      const script = `
+        const { createLogger } = await import(${JSON.stringify(coreDist)});
+        const logger = createLogger({});
+        for (let i = 0; i < 5000; i++) logger.info('access', { i, path: '/a/path/of/some/length' });
+        setTimeout(() => { logger.info('later'); logger.warn('last'); }, 50);`;
+      const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'ignore', fd] });
+      const code = await new Promise((resolve) => child.on('close', resolve));
+      closeSync(fd);
+      expect(code).toBe(0);
+      const lines = readFileSync(file, 'utf8').trimEnd().split('\n');
+      expect(lines.filter((line) => line.includes('msg="access"')).map((line) => Number(/ i=(\d+) /.exec(line)![1]))).toEqual(Array.from({ length: 5000 }, (_, i) => i));
+      expect(lines.slice(-2).map((line) => /msg="(\w+)"/.exec(line)![1])).toEqual(['later', 'last']);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 
   const accessCount = (stderr: string): number => stderr.split('\n').filter((line) => line.includes('access')).length;
 
