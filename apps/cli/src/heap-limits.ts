@@ -6,7 +6,7 @@
  * only act when node starts (NODE_OPTIONS); what is set here acts at run time. The young
  * generation held at 2 × 1 MiB for good (`JWTPROXY_V8_FLAGS=--semi-space-growth-factor=1`) saved
  * 20-25 MB more under load but cost 12-15 % of throughput (bench, verifier and signer → verifier):
- * opt-in; the 8 MB cap below is the default.
+ * opt-in; the caps below (8 MB lean, 16 MB fast) are the default.
  */
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -183,10 +183,10 @@ function plainFullCollection(): void {
  * survives it, and since the request tracker no longer keeps responses alive (docs/memory.md) little
  * does. Lean's 8 (with its old-generation setting) gave +1.3 %.
  */
-export const DEFAULT_YOUNG_GENERATION_MB = 8;
+export const LEAN_YOUNG_GENERATION_MB = 8;
 export const FAST_YOUNG_GENERATION_MB = 16;
 export function youngGenerationCapMb(env: NodeJS.ProcessEnv = process.env): number {
-  const standard = heapModeOf(env) === 'lean' ? DEFAULT_YOUNG_GENERATION_MB : FAST_YOUNG_GENERATION_MB;
+  const standard = heapModeOf(env) === 'lean' ? LEAN_YOUNG_GENERATION_MB : FAST_YOUNG_GENERATION_MB;
   const text = env.JWTPROXY_YOUNG_GENERATION_MB?.trim();
   if (!text) return standard;
   const value = Number(text);

@@ -1,4 +1,5 @@
 import { readFile } from 'node:fs';
+import { promisify } from 'node:util';
 import path from 'node:path';
 import { ConfigError, DEFAULT_SERVER_LIMITS, isLogFormat, isLogLevel, type LogFormat, type LogLevel, parseListenAddress, silentLogger, type ComponentConfig, type Logger, type ServerLimits } from '@jwtproxy/core';
 import { isMap, isScalar, LineCounter, parseDocument } from 'yaml';
@@ -40,14 +41,8 @@ export interface LoadConfigOptions {
   strict?: boolean;
 }
 
-/**
- * The file's text through node:fs's callback API, not `node:fs/promises`: loading that module at
- * start costs ~0.7 MB of a sidecar's idle RSS (issue 19) for one read. Still asynchronous, as the
- * command's primary may read it again on a reload while serving.
- */
-function readText(file: string): Promise<string> {
-  return new Promise((resolve, reject) => readFile(file, 'utf8', (error, text) => (error ? reject(error) : resolve(text))));
-}
+/** node:fs's readFile as a promise, not `node:fs/promises`: loading that module at start costs idle RSS (issue 19, docs/memory.md). */
+const readFileAsync = promisify(readFile);
 
 /**
  * Reads a Go jwtproxy YAML configuration file. The path goes through `$VAR`/`${VAR}` expansion
@@ -65,7 +60,7 @@ export async function loadConfig(file: string, options: LoadConfigOptions = {}):
 export async function readConfigFile(file: string, env: Record<string, string | undefined> = process.env): Promise<{ text: string; file: string }> {
   const expanded = expandEnv(file, env);
   try {
-    return { text: await readText(expanded), file: expanded };
+    return { text: await readFileAsync(expanded, 'utf8'), file: expanded };
   } catch (error) {
     const reason = (error as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (error as Error).message;
     throw new ConfigError('', `cannot read configuration file ${JSON.stringify(expanded)}: ${reason}`);

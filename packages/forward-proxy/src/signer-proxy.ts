@@ -1,4 +1,5 @@
 import { readFile } from 'node:fs';
+import { promisify } from 'node:util';
 import type { IncomingMessage } from 'node:http';
 import {
   ConfigError,
@@ -69,20 +70,15 @@ export const NOT_A_PROXY_REQUEST = 'This is a forward proxy server. Does not res
  */
 const SIGNER_OWNED_HEADERS: ReadonlySet<string> = new Set(['host', 'authorization']);
 
-/**
- * A file's text through node:fs's callback API, not `node:fs/promises`: loading that module at
- * start costs ~0.7 MB of idle RSS (issue 19) for a read or two of certificate files.
- */
-function readText(file: string): Promise<string> {
-  return new Promise((resolve, reject) => readFile(file, 'utf8', (error, text) => (error ? reject(error) : resolve(text))));
-}
+/** node:fs's readFile as a promise, not `node:fs/promises`: loading that module at start costs idle RSS (issue 19, docs/memory.md). */
+const readFileAsync = promisify(readFile);
 
 async function readTrustedCertificates(files: string[]): Promise<string[]> {
   return Promise.all(
     files.map(async (file) => {
       let pem: string;
       try {
-        pem = await readText(file);
+        pem = await readFileAsync(file, 'utf8');
       } catch (error) {
         throw new ConfigError('signer_proxy.trusted_certificates', `cannot read ${(error as Error).message}`, { file });
       }

@@ -1,17 +1,13 @@
 import { readFile } from 'node:fs';
+import { promisify } from 'node:util';
 import type { ListenAddress } from '@jwtproxy/core';
 
-/**
- * The file through node:fs's callback API, not `node:fs/promises`: loading that module at start
- * costs ~0.7 MB of idle RSS (issue 19) for the listener's key and certificate.
- */
-function readBytes(file: string): Promise<Buffer> {
-  return new Promise((resolve, reject) => readFile(file, (error, bytes) => (error ? reject(error) : resolve(bytes))));
-}
+/** node:fs's readFile as a promise, not `node:fs/promises`: loading that module at start costs idle RSS (issue 19, docs/memory.md). */
+const readFileAsync = promisify(readFile);
 
 async function readNamedFile(what: string, file: string): Promise<Buffer> {
   try {
-    return await readBytes(file);
+    return await readFileAsync(file);
   } catch (error) {
     throw new Error(`cannot read ${what} ${file}: ${(error as Error).message}`, { cause: error });
   }
