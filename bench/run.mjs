@@ -11,7 +11,7 @@
 //
 //   pnpm bench [--duration 5] [--connections 32] [--threads 2] [--rate 500] [--baseline OLD/apps/cli/dist/main.js]
 //              [--go /opt/go-jwtproxy/jwtproxy] [--pin]
-//              [--only upstream,passthrough,verifier,verifier-logged,signer,signer-es256,chain,verifier-redis,https-signer,https-new-hosts,verifier-2w,signer-2w,latency]
+//              [--only upstream,passthrough,passthrough-rs256,verifier,verifier-logged,signer,signer-es256,chain,verifier-redis,https-signer,https-new-hosts,verifier-2w,signer-2w,latency]
 //
 // Every proxy line ends with its start-up time (spawn to port open) and RSS idle → after the load.
 //
@@ -326,6 +326,13 @@ const cases = [
     run: () => underTokens((port) => start('passthrough', process.execPath, [path.join(here, 'passthrough.mjs'), String(port), upstreamUrl], port)),
   },
   {
+    name: 'passthrough-rs256',
+    label: 'pass-through + RS256 verify, nothing else',
+    ownProcess: true,
+    // The floor under any verifier here: the pass-through plus the token's signature check alone.
+    run: () => underTokens((port) => start('passthrough', process.execPath, [path.join(here, 'passthrough.mjs'), String(port), upstreamUrl, path.join(interop, 'mykey.pub')], port)),
+  },
+  {
     name: 'verifier',
     label: 'verifier (RS256, local nonces)',
     run: () => underTokens((port) => start('verifier', process.execPath, [cli, '-config', verifierConfig(port, upstreamUrl, VERIFIER_AUDIENCE), '-log-level', 'warn'], port)),
@@ -601,7 +608,7 @@ if (plainVerifier && loggedVerifier) {
 
 // The verifier against the bare pass-through, same requests, same run: its own cost per request.
 const passthrough = results.find((r) => r.name === 'passthrough');
-for (const r of passthrough ? results.filter((o) => o.name === 'verifier') : []) {
+for (const r of passthrough ? results.filter((o) => o.name === 'verifier' || o.name === 'passthrough-rs256') : []) {
   console.log(
     `${r.label} / pass-through${args.pin ? ' (one core each)' : ''}: ${(r.rps / passthrough.rps).toFixed(2)}× req/s; ` +
       `p99 ${r.p99.toFixed(2)} vs ${passthrough.p99.toFixed(2)} ms (${(r.p99 / passthrough.p99).toFixed(2)}×)`,

@@ -9,7 +9,7 @@ export interface CliArguments {
   logFormat?: LogFormat;
   /** ES modules (paths or package names) imported before the configuration is built. */
   plugins: string[];
-  /** From -workers (`auto`: one per available core); when absent, the configuration's `workers`, else 1. */
+  /** From -workers (`auto`: one per available core); when absent, the configuration's `workers`, else auto. */
   workers?: number | 'auto';
 }
 
@@ -31,8 +31,9 @@ Options:
   -log-level LEVEL      debug, info, warn or error (default: log.level of the file, else info)
   -log-format FORMAT    text (logfmt, as the Go tool) or json (default: log.format, else text)
   -workers N|auto       worker threads running the proxies on the same ports (default: workers
-                        of the file, else 1: the main thread alone); auto: one per available
-                        core, within a container's CPU limit. Needs Node.js 22.12 or later
+                        of the file, else auto: one per available core, within a container's
+                        CPU limit and one per 128 MiB of its memory limit; 1: the main thread
+                        alone). More than 1 needs Node.js 22.12 or later
   --plugin MODULE       an ES module (path or package) imported before the configuration
                         is built, to register key servers, private key sources, nonce
                         storages or claims verifiers; may be repeated

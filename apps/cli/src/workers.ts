@@ -1,14 +1,13 @@
 /**
- * How many worker threads `jwtproxy` runs: `-workers N`, else `jwtproxy.workers`, else 1; `auto`
- * is one per core this process may use (the machine's, or fewer under a container's CPU limit).
+ * How many worker threads `jwtproxy` runs: `-workers N`, else `jwtproxy.workers`, else `auto`:
+ * one per core this process may use (the machine's, or fewer under a container's CPU limit), and
+ * no more than its memory limit holds (MEMORY_PER_WORKER each: a 128 MiB sidecar runs one).
  * 1 where worker threads cannot share a port.
- *
- * The default is 1, not `auto`: with workers, key server caches are per worker (a key registry
- * rotation can reach one worker before another), and each worker costs ~40-50 MB (docs/scaling.md).
  */
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import type { LoadedConfig } from '@jwtproxy/config';
+import { CGROUP_MEMORY_MAX } from './heap-limits.js';
 
 /** Where cgroup v2 keeps a container's CPU limit: `max 100000` (none) or `<quota> <period>` (µs). */
 export const CGROUP_CPU_MAX = '/sys/fs/cgroup/cpu.max';
@@ -36,6 +35,32 @@ export function availableCores(cpuMaxFile = CGROUP_CPU_MAX): number {
 }
 
 /**
+ * Container memory `auto` counts per worker: a worker's RSS after 30 s of saturating load was
+ * 70-80 MB, and the first also carries the process (a 2-worker verifier: 99 MB idle, 193 MB loaded;
+ * docs/scaling.md). 128 MiB leaves room for the upstream pools' buffers and a burst.
+ */
+export const MEMORY_PER_WORKER = 128 * 1024 * 1024;
+
+/** Workers a cgroup v2 memory limit holds (`memory.max`: bytes or `max`), or undefined for none. */
+export function workersOfMemoryMax(text: string): number | undefined {
+  const limit = Number(text.trim());
+  if (!Number.isFinite(limit) || limit <= 0) return undefined;
+  return Math.max(1, Math.floor(limit / MEMORY_PER_WORKER));
+}
+
+/** What `auto` gives: the cores, capped by the workers the container's memory limit holds. */
+export function autoWorkers(cpuMaxFile = CGROUP_CPU_MAX, memoryMaxFile = CGROUP_MEMORY_MAX): number {
+  let byMemory: number | undefined;
+  try {
+    byMemory = workersOfMemoryMax(readFileSync(memoryMaxFile, 'utf8'));
+  } catch {
+    // No cgroup v2 (or not readable): no memory cap.
+  }
+  const cores = availableCores(cpuMaxFile);
+  return Math.min(cores, byMemory ?? cores);
+}
+
+/**
  * Whether `server.listen({ reusePort: true })` works here: Node 22.12+ (and 23.1+). Without it,
  * worker threads cannot listen on one port, and jwtproxy runs one.
  */
@@ -49,22 +74,21 @@ export interface WorkerPlan {
   count: number;
   /** Why fewer than asked (or than the cores), for the one line said at start; undefined when nothing to say. */
   fallback?: string;
-  /** Where the count came from: `-workers`, `jwtproxy.workers`, `auto` (one per core) or neither (`default`, 1). */
-  from: 'flag' | 'config' | 'cores' | 'default';
+  /** Where the count came from: `-workers`, `jwtproxy.workers`, or `auto` (`cores`; asked for, or by default). */
+  from: 'flag' | 'config' | 'cores';
 }
 
 /** The workers to run for `config` given the flag (which wins over the file). */
 export function planWorkers(config: LoadedConfig, flag: number | 'auto' | undefined, options: { cores?: number; reusePort?: boolean; plugins?: number } = {}): WorkerPlan {
-  const asked = flag ?? config.workers;
-  if (asked === undefined) return { count: 1, from: 'default' };
+  const asked = flag ?? config.workers ?? 'auto';
   const from = asked === 'auto' ? 'cores' : flag !== undefined ? 'flag' : 'config';
-  const wanted = asked === 'auto' ? (options.cores ?? availableCores()) : asked;
+  const wanted = asked === 'auto' ? (options.cores ?? autoWorkers()) : asked;
   if (wanted <= 1) return { count: 1, from };
   // Only the proxies run in workers (a key registry server alone runs in the primary).
   if (!config.signerProxy?.enabled && !config.verifierProxies.some((p) => p.enabled)) return { count: 1, from };
   // A plugin's components are built once per worker: one that keeps state in memory (a nonce
   // store) would then keep it per worker, and a replay could pass once in each. Asked for, fine;
-  // by default, fail closed with one worker.
+  // with auto (the default), fail closed with one worker.
   if (from === 'cores' && (options.plugins ?? 0) > 0) {
     return { count: 1, from, fallback: `with --plugin, workers must be a number, not auto (-workers N or jwtproxy.workers: N): a plugin's components would run once per worker; one worker instead of ${wanted}` };
   }

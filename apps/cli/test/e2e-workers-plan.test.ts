@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '@jwtproxy/config';
-import { availableCores, coresOfCpuMax, hasReusePort, planWorkers } from '../src/workers.js';
+import { autoWorkers, availableCores, coresOfCpuMax, hasReusePort, planWorkers, workersOfMemoryMax } from '../src/workers.js';
 import { e2eConfig, jwtproxyConfig, runCli, startCli, tempDir } from './helpers.js';
 
 const verifier = jwtproxyConfig({ verifiers: [e2eConfig.verifier({ upstream: 'http://127.0.0.1:9', audience: 'http://a.test' })] });
@@ -39,13 +39,41 @@ describe('the worker count', () => {
     }
   });
 
+  it('holds one worker per 128 MiB of a cgroup v2 memory limit: 128 MiB gives 1, 512 MiB 4, "max" no cap', async () => {
+    const mib = 1024 * 1024;
+    expect(workersOfMemoryMax('max\n')).toBeUndefined();
+    expect(workersOfMemoryMax(`${128 * mib}\n`)).toBe(1);
+    expect(workersOfMemoryMax(`${100 * mib}`)).toBe(1);
+    expect(workersOfMemoryMax(`${300 * mib}`)).toBe(2);
+    expect(workersOfMemoryMax(`${512 * mib}`)).toBe(4);
+    const dir = await mkdtemp(path.join(tmpdir(), 'jwtproxy-mem-'));
+    try {
+      const cpu = path.join(dir, 'cpu.max');
+      const memory = path.join(dir, 'memory.max');
+      await writeFile(cpu, '800000 100000\n');
+      await writeFile(memory, `${128 * mib}\n`);
+      // Eight cores' quota (if the machine has them), a sidecar's 128 MiB: one worker.
+      expect(autoWorkers(cpu, memory)).toBe(1);
+      await writeFile(memory, `${256 * mib}\n`);
+      expect(autoWorkers(cpu, memory)).toBe(Math.min(2, availableCores(cpu)));
+      await writeFile(memory, 'max\n');
+      expect(autoWorkers(cpu, memory)).toBe(availableCores(cpu));
+      expect(autoWorkers(cpu, path.join(dir, 'absent'))).toBe(availableCores(cpu));
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('knows which Node versions can share a port among threads (listen reusePort: 22.12+, 23.1+)', () => {
     const at = (node: string): boolean => hasReusePort({ ...process.versions, node });
     expect([at('20.20.2'), at('22.11.0'), at('22.12.0'), at('23.0.0'), at('23.1.0'), at('24.22.3')]).toEqual([false, false, true, false, true, true]);
   });
 
-  it('takes -workers over jwtproxy.workers over the default 1; auto is the cores; falls back to 1 with the reason', () => {
-    expect(planWorkers(configOf(), undefined, { cores: 4, reusePort: true })).toEqual({ count: 1, from: 'default' });
+  it('takes -workers over jwtproxy.workers over the default auto; auto is the cores; falls back to 1 with the reason', () => {
+    expect(planWorkers(configOf(), undefined, { cores: 4, reusePort: true })).toEqual({ count: 4, from: 'cores' });
+    expect(planWorkers(configOf(), undefined, { cores: 1, reusePort: true })).toEqual({ count: 1, from: 'cores' });
+    expect(planWorkers(configOf(), undefined, { cores: 4, reusePort: false })).toMatchObject({ count: 1, from: 'cores', fallback: expect.stringMatching(/no listen\(\{ reusePort \}\).*one worker instead of 4/) });
+    expect(planWorkers(configOf(), undefined, { cores: 4, reusePort: true, plugins: 1 })).toMatchObject({ count: 1, fallback: expect.stringMatching(/with --plugin, workers must be a number/) });
     expect(planWorkers(configOf(), 'auto', { cores: 4, reusePort: true })).toEqual({ count: 4, from: 'cores' });
     expect(planWorkers(configOf('  workers: auto\n'), undefined, { cores: 4, reusePort: true })).toEqual({ count: 4, from: 'cores' });
     expect(planWorkers(configOf('  workers: 3\n'), undefined, { cores: 4, reusePort: true })).toEqual({ count: 3, from: 'config' });
@@ -100,11 +128,35 @@ describe('through the command', () => {
     }
   });
 
-  it.each([[['-workers', '1']], [[]]])('%j: no worker thread and no line about workers (1 is the default)', async (flags) => {
+  it('-workers 1: no worker thread and no line about workers', async () => {
     const file = await files.write('one.yaml', verifier);
-    const cli = await startCli(['-config', file, ...flags]);
+    const cli = await startCli(['-config', file, '-workers', '1']);
     try {
       expect(cli.stderr()).not.toMatch(/worker/);
+    } finally {
+      expect((await cli.stop()).code).toBe(0);
+    }
+  });
+
+  it('no setting: one worker per core this machine gives (auto), or one and an info line saying why', async () => {
+    const file = await files.write('default.yaml', verifier);
+    const cli = await startCli(['-config', file], { defaultWorkers: true, timeoutMs: 30_000 });
+    const cores = autoWorkers();
+    try {
+      const fallback = cli.logLines().filter((line) => /one worker instead of/.test(line.msg ?? ''));
+      if (cores > 1 && hasReusePort()) {
+        expect(cli.logLines().filter((line) => line.msg === 'workers started')).toEqual([expect.objectContaining({ workers: String(cores) })]);
+        // Each worker's own line (a worker's log reaches the primary's stderr a little later).
+        const listening = (): Set<string | undefined> => new Set(cli.logLines().filter((line) => line.msg === 'verifier proxy listening').map((line) => line.worker));
+        await expect.poll(listening, { timeout: 5_000 }).toEqual(new Set(Array.from({ length: cores }, (_, i) => String(i + 1))));
+        expect(fallback).toEqual([]);
+      } else {
+        expect(cli.logLines().filter((line) => line.worker !== undefined)).toEqual([]);
+        if (cores > 1) expect(fallback).toEqual([expect.objectContaining({ level: 'info', workers: '1', msg: expect.stringMatching(new RegExp(`no listen\\(\\{ reusePort \\}\\).*one worker instead of ${cores}`)) })]);
+        else expect(fallback).toEqual([]);
+      }
+      const response = await fetch(`${cli.servers['verifier_proxies[0]']}/`);
+      expect(response.status).toBe(403);
     } finally {
       expect((await cli.stop()).code).toBe(0);
     }

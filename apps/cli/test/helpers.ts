@@ -41,6 +41,12 @@ export interface CliOptions {
    * command it runs (the command would be left running, holding the test's pipes).
    */
   processGroup?: boolean;
+  /**
+   * Run with the command's own worker count (`auto`: one per core on Node 22.12+). Else a run
+   * with `-config` and no `-workers` gets `-workers 1`: the tests that are not about workers see
+   * one thread on every machine and Node version, as they were written for.
+   */
+  defaultWorkers?: boolean;
 }
 
 /** Splits one logfmt line (`time=… level=info msg="x y" key=value`) into its fields. */
@@ -53,9 +59,15 @@ export function parseLogfmt(line: string): Record<string, string> {
   return fields;
 }
 
+/** Whether `args` start the proxies from a file without saying how many workers. */
+function leavesWorkersToDefault(args: readonly string[]): boolean {
+  return args[0] !== 'keyregistry' && args.some((arg) => /^--?config(=|$)/.test(arg)) && !args.some((arg) => /^--?workers(=|$)/.test(arg));
+}
+
 function spawnCli(args: readonly string[], options: CliOptions): ChildProcessWithoutNullStreams {
   const [file = process.execPath, ...leading] = options.command ?? [process.execPath, cliMain];
-  return spawn(file, [...leading, ...args], {
+  const argv = !options.defaultWorkers && leavesWorkersToDefault(args) ? [...args, '-workers', '1'] : args;
+  return spawn(file, [...leading, ...argv], {
     cwd: options.cwd ?? process.cwd(),
     env: { ...process.env, ...options.env },
     stdio: ['pipe', 'pipe', 'pipe'],

@@ -363,7 +363,7 @@ function readAdmin(block: MapReader | undefined): AdminConfig | undefined {
 /** Most worker threads `workers:` may ask for: far above any core count a sidecar gets. */
 export const MAX_WORKERS = 256;
 
-/** `workers: N` or `workers: auto` (our addition): 1 to MAX_WORKERS, or one per available core; absent means 1. */
+/** `workers: N` or `workers: auto` (our addition): 1 to MAX_WORKERS, or one per available core; absent means auto (the command decides). */
 function readWorkers(block: MapReader): number | 'auto' {
   const node = block.node('workers');
   if (isScalar(node) && node.value === 'auto') return 'auto';

@@ -132,7 +132,8 @@ export interface LoadedConfig {
   admin?: AdminConfig;
   /**
    * `workers` (our addition): worker threads running the proxies; `auto` is one per available
-   * core; absent means 1, which runs everything on the main thread, as before. Read at start only.
+   * core (within the container's CPU and memory limits); absent means `auto`; 1 runs everything
+   * on the main thread. Read at start only.
    */
   workers?: number | 'auto';
   /**
