@@ -32,13 +32,23 @@ export type HeapMode = 'lean' | 'fast';
 export function heapModeOf(env: NodeJS.ProcessEnv = process.env, memoryMaxFile = CGROUP_MEMORY_MAX): HeapMode {
   const chosen = env.JWTPROXY_HEAP?.trim();
   if (chosen === 'lean' || chosen === 'fast') return chosen;
-  let limit = Number.NaN;
+  const limit = containerMemoryLimit(memoryMaxFile);
+  return limit !== undefined && limit <= LEAN_HEAP_MEMORY_LIMIT ? 'lean' : 'fast';
+}
+
+/** The bytes a cgroup v2 `memory.max` text allows, or undefined for `max` (no limit) or anything else. */
+export function memoryLimitOf(text: string): number | undefined {
+  const limit = Number(text.trim());
+  return Number.isFinite(limit) && limit > 0 ? limit : undefined;
+}
+
+/** This container's memory limit in bytes, or undefined without one (or without cgroup v2). */
+export function containerMemoryLimit(memoryMaxFile = CGROUP_MEMORY_MAX): number | undefined {
   try {
-    limit = Number(readFileSync(memoryMaxFile, 'utf8').trim());
+    return memoryLimitOf(readFileSync(memoryMaxFile, 'utf8'));
   } catch {
-    // No cgroup v2 (or not readable): no known limit.
+    return undefined;
   }
-  return Number.isFinite(limit) && limit > 0 && limit <= LEAN_HEAP_MEMORY_LIMIT ? 'lean' : 'fast';
 }
 
 /** The flags docs/memory.md recommends for a sidecar with a tight memory limit. */

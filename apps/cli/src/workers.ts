@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import type { LoadedConfig } from '@jwtproxy/config';
-import { CGROUP_MEMORY_MAX } from './heap-limits.js';
+import { CGROUP_MEMORY_MAX, containerMemoryLimit, memoryLimitOf } from './heap-limits.js';
 
 /** Where cgroup v2 keeps a container's CPU limit: `max 100000` (none) or `<quota> <period>` (µs). */
 export const CGROUP_CPU_MAX = '/sys/fs/cgroup/cpu.max';
@@ -41,23 +41,20 @@ export function availableCores(cpuMaxFile = CGROUP_CPU_MAX): number {
  */
 export const MEMORY_PER_WORKER = 128 * 1024 * 1024;
 
+/** Workers a memory limit of `limit` bytes holds (at least 1), or undefined for no limit. */
+function workersWithin(limit: number | undefined): number | undefined {
+  return limit === undefined ? undefined : Math.max(1, Math.floor(limit / MEMORY_PER_WORKER));
+}
+
 /** Workers a cgroup v2 memory limit holds (`memory.max`: bytes or `max`), or undefined for none. */
 export function workersOfMemoryMax(text: string): number | undefined {
-  const limit = Number(text.trim());
-  if (!Number.isFinite(limit) || limit <= 0) return undefined;
-  return Math.max(1, Math.floor(limit / MEMORY_PER_WORKER));
+  return workersWithin(memoryLimitOf(text));
 }
 
 /** What `auto` gives: the cores, capped by the workers the container's memory limit holds. */
 export function autoWorkers(cpuMaxFile = CGROUP_CPU_MAX, memoryMaxFile = CGROUP_MEMORY_MAX): number {
-  let byMemory: number | undefined;
-  try {
-    byMemory = workersOfMemoryMax(readFileSync(memoryMaxFile, 'utf8'));
-  } catch {
-    // No cgroup v2 (or not readable): no memory cap.
-  }
   const cores = availableCores(cpuMaxFile);
-  return Math.min(cores, byMemory ?? cores);
+  return Math.min(cores, workersWithin(containerMemoryLimit(memoryMaxFile)) ?? cores);
 }
 
 /**

@@ -1,7 +1,5 @@
-import { readFile } from 'node:fs';
-import { promisify } from 'node:util';
 import path from 'node:path';
-import { ConfigError, DEFAULT_SERVER_LIMITS, isLogFormat, isLogLevel, type LogFormat, type LogLevel, parseListenAddress, silentLogger, type ComponentConfig, type Logger, type ServerLimits } from '@jwtproxy/core';
+import { ConfigError, DEFAULT_SERVER_LIMITS, readFileAsync, isLogFormat, isLogLevel, type LogFormat, type LogLevel, parseListenAddress, silentLogger, type ComponentConfig, type Logger, type ServerLimits } from '@jwtproxy/core';
 import { isMap, isScalar, LineCounter, parseDocument } from 'yaml';
 import { expandEnv } from './expand-env.js';
 import { describe, MapReader, readComponent, YamlSource } from './reader.js';
@@ -40,9 +38,6 @@ export interface LoadConfigOptions {
   /** Unknown keys anywhere are errors, not warnings (jwtproxy -check). */
   strict?: boolean;
 }
-
-/** node:fs's readFile as a promise, not `node:fs/promises`: loading that module at start costs idle RSS (issue 19, docs/memory.md). */
-const readFileAsync = promisify(readFile);
 
 /**
  * Reads a Go jwtproxy YAML configuration file. The path goes through `$VAR`/`${VAR}` expansion

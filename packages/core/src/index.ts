@@ -1,4 +1,5 @@
 export * from './errors.js';
+export { readFileAsync } from './files.js';
 export * from './types.js';
 export * from './registry.js';
 export {

@@ -1,9 +1,8 @@
 import { createPrivateKey, generateKeyPair, randomBytes, sign, X509Certificate, type KeyObject } from 'node:crypto';
-import { readFile } from 'node:fs';
 import { isIP } from 'node:net';
 import { createSecureContext, type SecureContext } from 'node:tls';
 import { promisify } from 'node:util';
-import { ConfigError } from '@jwtproxy/core';
+import { ConfigError, readFileAsync } from '@jwtproxy/core';
 import { LRUCache } from 'lru-cache';
 import type Forge from 'node-forge';
 
@@ -52,9 +51,6 @@ export type ForgedCertificateSource = (host: string) => Promise<ForgedCertificat
 const DAY = 24 * 3600_000;
 /** Forged certificates live a year at most (and never beyond the CA's own expiry). */
 const LEAF_LIFETIME = 365 * DAY;
-
-/** node:fs's readFile as a promise, not `node:fs/promises`: loading that module at start costs idle RSS (issue 19, docs/memory.md). */
-const readFileAsync = promisify(readFile);
 
 async function readConfigFile(file: string, key: string, what: string): Promise<string> {
   try {

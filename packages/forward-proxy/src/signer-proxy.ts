@@ -1,5 +1,3 @@
-import { readFile } from 'node:fs';
-import { promisify } from 'node:util';
 import type { IncomingMessage } from 'node:http';
 import {
   ConfigError,
@@ -7,6 +5,7 @@ import {
   checkRequestHead,
   httpAnswerFor,
   parseListenAddress,
+  readFileAsync,
   RepeatedLogLimiter,
   removeSocketFile,
   writeRawAnswer,
@@ -69,9 +68,6 @@ export const NOT_A_PROXY_REQUEST = 'This is a forward proxy server. Does not res
  * (Node's `req.headers.authorization`, Go's `Header.Get`) would trust them instead.
  */
 const SIGNER_OWNED_HEADERS: ReadonlySet<string> = new Set(['host', 'authorization']);
-
-/** node:fs's readFile as a promise, not `node:fs/promises`: loading that module at start costs idle RSS (issue 19, docs/memory.md). */
-const readFileAsync = promisify(readFile);
 
 async function readTrustedCertificates(files: string[]): Promise<string[]> {
   return Promise.all(

@@ -1,9 +1,4 @@
-import { readFile } from 'node:fs';
-import { promisify } from 'node:util';
-import type { ListenAddress } from '@jwtproxy/core';
-
-/** node:fs's readFile as a promise, not `node:fs/promises`: loading that module at start costs idle RSS (issue 19, docs/memory.md). */
-const readFileAsync = promisify(readFile);
+import { readFileAsync, type ListenAddress } from '@jwtproxy/core';
 
 async function readNamedFile(what: string, file: string): Promise<Buffer> {
   try {

@@ -1,9 +1,8 @@
-import { readFile } from 'node:fs';
-import { promisify } from 'node:util';
 import { isIP } from 'node:net';
 import { rootCertificates } from 'node:tls';
 import { X509Certificate } from 'node:crypto';
 import { Pool, buildConnector } from 'undici';
+import { readFileAsync } from '@jwtproxy/core';
 
 /** Where verified requests go, parsed once at start-up. */
 export interface Upstream {
@@ -77,9 +76,6 @@ export function joinTarget(basePath: string, baseQuery: string, requestTarget: s
   const joinedQuery = baseQuery === '' || query === '' ? baseQuery + query : `${baseQuery}&${query}`;
   return joinedQuery !== '' || questionMark >= 0 ? `${joinedPath}?${joinedQuery}` : joinedPath;
 }
-
-/** node:fs's readFile as a promise, not `node:fs/promises`: loading that module at start costs idle RSS (issue 19, docs/memory.md). */
-const readFileAsync = promisify(readFile);
 
 export async function readCaFile(file: string): Promise<string> {
   let pem: string;
