@@ -98,14 +98,15 @@ export function startFailure(error: unknown, at: string, listenAddr: string, con
 }
 
 /**
- * A proxy's logger names it (`component=verifier_proxies[1]`), and its access log (unless
- * `log.access_log` is false) writes through that logger.
+ * A proxy's logger names it (`component=verifier_proxies[1]`), and so does its access log (unless
+ * `log.access_log` is false), which writes through `accessLogger` (in a worker, one whose start
+ * lines are not lowered: WorkerSeams.accessLogger).
  */
-function proxyLogging(logger: Logger, path: string, config: LoadedConfig): { logger: Logger; onAccess?: (record: AccessRecord) => void } {
+function proxyLogging(logger: Logger, path: string, config: LoadedConfig, accessLogger = logger): { logger: Logger; onAccess?: (record: AccessRecord) => void } {
   const named = childLogger(logger, { component: path });
   // Off, or not written at this level (-log-level warn): no access record is even built.
   if (!config.log.accessLog || named.enabled?.('info') === false) return { logger: named };
-  return { logger: named, onAccess: accessLog(named, { sample: config.log.accessLogSample }) };
+  return { logger: named, onAccess: accessLog(childLogger(accessLogger, { component: path }), { sample: config.log.accessLogSample }) };
 }
 
 /** The access log's consumer and the metrics' in one (metrics first: they never throw). */
@@ -151,6 +152,8 @@ export interface WorkerSeams {
   metrics?: JwtProxyMetrics;
   /** The checks the primary asks for at each /readyz. */
   readiness?: Readiness;
+  /** The access log's logger, when it is not `logger` (a worker's, whose start lines are lowered to debug). */
+  accessLogger?: Logger;
   /** Listen with SO_REUSEPORT, as every worker does on the same ports. */
   reusePort: boolean;
   /** The signer's forged certificates (TLS interception): the primary forges each host once for the process. */
@@ -271,7 +274,7 @@ export async function startJwtProxy(config: LoadedConfig, logger: Logger, option
     trustedCertificates: signerProxy.trustedCertificates,
     insecureSkipVerify: signerProxy.insecureSkipVerify,
     limits: signerProxy.limits,
-    ...withMetrics(proxyLogging(logger, signerProxy.path, next), metrics, signerProxy.path),
+    ...withMetrics(proxyLogging(logger, signerProxy.path, next, seams?.accessLogger), metrics, signerProxy.path),
   });
   const verifierSettings = (next: LoadedConfig, proxy: VerifierProxyConfig, verifier: RequestVerifier) => ({
     ...(proxy.keyFile && proxy.crtFile ? { tls: { keyFile: proxy.keyFile, certFile: proxy.crtFile } } : {}),
@@ -282,7 +285,7 @@ export async function startJwtProxy(config: LoadedConfig, logger: Logger, option
     che: { ...proxy.verifier.che, audience: proxy.verifier.audience },
     verifier,
     limits: proxy.limits,
-    ...withMetrics(proxyLogging(logger, proxy.path, next), metrics, proxy.path),
+    ...withMetrics(proxyLogging(logger, proxy.path, next, seams?.accessLogger), metrics, proxy.path),
   });
 
   /** Readiness checks by proxy path, each looking at what is live for that path (a reload swaps that, not the check). */

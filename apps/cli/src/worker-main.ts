@@ -93,17 +93,24 @@ class Listeners {
 /**
  * The worker's logger: the primary's level and format, and `worker=N` at the end of each line
  * (after the line's own fields, so that a line reads as it does without workers up to there).
+ *
+ * While `repeatsFirst()` (workers 2..N, while their proxies start or reload), info and warn lines go
+ * out at debug: every worker runs the same configuration, so the first worker's lines ("key
+ * loaded", "no CA configured", "listening") speak for all, and the primary says how many started
+ * or reloaded; without this, a start wrote each of those lines once per worker. Errors are never lowered (and a
+ * failed start is reported to the primary, which logs it); `enabled` answers for the real level, as
+ * the access log asks it once, at start; the access log has its own logger that is never lowered.
  */
-function workerLogger(base: Logger, worker: number): Logger {
+function workerLogger(base: Logger, worker: number, repeatsFirst: () => boolean): Logger {
   const tag = { worker };
   const withTag = (fields: Record<string, unknown> | undefined): Record<string, unknown> => (fields ? { ...fields, worker } : tag);
   return {
     debug: (message, fields) => base.debug(message, withTag(fields)),
-    info: (message, fields) => base.info(message, withTag(fields)),
-    warn: (message, fields) => base.warn(message, withTag(fields)),
+    info: (message, fields) => (repeatsFirst() ? base.debug : base.info)(message, withTag(fields)),
+    warn: (message, fields) => (repeatsFirst() ? base.debug : base.warn)(message, withTag(fields)),
     error: (message, fields) => base.error(message, withTag(fields)),
     enabled: (level) => base.enabled?.(level) ?? true,
-    child: (bindings) => workerLogger(childLogger(base, bindings), worker),
+    child: (bindings) => workerLogger(childLogger(base, bindings), worker, repeatsFirst),
   };
 }
 
@@ -128,7 +135,10 @@ async function runWorker(): Promise<void> {
   if (!port) throw new Error('worker-main.js runs in a worker thread that jwtproxy starts');
   const data = workerData as WorkerData;
   const send = (message: FromWorker): void => port.postMessage(message);
-  const logger = workerLogger(createLogger({ level: data.logLevel, format: data.logFormat }), data.worker);
+  const baseLogger = createLogger({ level: data.logLevel, format: data.logFormat });
+  /** While the proxies start or reload (see workerLogger). */
+  let settingUp = true;
+  const logger = workerLogger(baseLogger, data.worker, () => data.worker > 1 && settingUp);
 
   const listeners = new Listeners();
   const keySource = new PrimaryKeySource(data.signerKey, data.signerKeyProblem);
@@ -158,6 +168,8 @@ async function runWorker(): Promise<void> {
       return certificate;
     },
     signerKeySource: keySource,
+    // A request served while this worker's other proxies still start has its access line all the same.
+    accessLogger: workerLogger(baseLogger, data.worker, () => false),
     ...(metrics ? { metrics } : {}),
     ...(readiness ? { readiness } : {}),
     reusePort: true,
@@ -172,6 +184,7 @@ async function runWorker(): Promise<void> {
       const runtime = createJwtProxyRuntime(logger);
       await loadPlugins(data.plugins, runtime);
       running = await startJwtProxy(workerConfig(data.source, data.listenAddrs), logger, { runtime, worker: seams, signal: abort.signal });
+      settingUp = false;
     } catch (error) {
       send({ type: 'start-failed', error: (error as Error)?.message ?? String(error), configError: error instanceof ConfigError });
       process.exit(1);
@@ -210,11 +223,14 @@ async function runWorker(): Promise<void> {
       case 'reload':
         serially(async () => {
           if (stopping || !running) return;
+          settingUp = true;
           try {
             const servers = await running.reload(workerConfig(message.source, message.listenAddrs));
             send({ type: 'reloaded', id: message.id, servers, checks: readiness?.names ?? [] });
           } catch (error) {
             send({ type: 'reload-failed', id: message.id, error: (error as Error)?.message ?? String(error) });
+          } finally {
+            settingUp = false;
           }
         });
         return;

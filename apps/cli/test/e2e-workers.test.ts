@@ -84,6 +84,9 @@ function expectWorkersStarted(cli: RunningCli): void {
   if (sharesPorts) {
     expect(lines.filter((line) => line.msg === 'workers started')).toEqual([expect.objectContaining({ workers: '2' })]);
     expect(lines.some((line) => /no listen\(\{ reusePort \}\)/.test(line.msg ?? ''))).toBe(false);
+    // The second worker starts the same configuration as the first: its start lines, the same
+    // again, are at debug, so that at info each is written once.
+    expect(lines.filter((line) => line.worker === '2' && line.level !== 'debug' && line.msg !== 'access')).toEqual([]);
   } else {
     const fallback = lines.filter((line) => /has no listen\(\{ reusePort \}\).*one worker instead of 2/.test(line.msg ?? ''));
     expect(fallback).toHaveLength(1);
