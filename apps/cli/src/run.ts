@@ -106,7 +106,8 @@ function proxyLogging(logger: Logger, path: string, config: LoadedConfig, access
   const named = childLogger(logger, { component: path });
   // Off, or not written at this level (-log-level warn): no access record is even built.
   if (!config.log.accessLog || named.enabled?.('info') === false) return { logger: named };
-  return { logger: named, onAccess: accessLog(childLogger(accessLogger, { component: path }), { sample: config.log.accessLogSample }) };
+  const accessNamed = accessLogger === logger ? named : childLogger(accessLogger, { component: path });
+  return { logger: named, onAccess: accessLog(accessNamed, { sample: config.log.accessLogSample }) };
 }
 
 /** The access log's consumer and the metrics' in one (metrics first: they never throw). */

@@ -94,12 +94,13 @@ class Listeners {
  * The worker's logger: the primary's level and format, and `worker=N` at the end of each line
  * (after the line's own fields, so that a line reads as it does without workers up to there).
  *
- * While `repeatsFirst()` (workers 2..N, while their proxies start or reload), info and warn lines go
- * out at debug: every worker runs the same configuration, so the first worker's lines ("key
+ * While `repeatsFirst()` (workers 2..N, while their proxies start or reload), info and warn lines
+ * go out at debug: every worker runs the same configuration, so the first worker's lines ("key
  * loaded", "no CA configured", "listening") speak for all, and the primary says how many started
- * or reloaded; without this, a start wrote each of those lines once per worker. Errors are never lowered (and a
- * failed start is reported to the primary, which logs it); `enabled` answers for the real level, as
- * the access log asks it once, at start; the access log has its own logger that is never lowered.
+ * or reloaded; without this, a start wrote each of those lines once per worker. Errors are never
+ * lowered (a failed start is also reported to the primary, which logs it). `enabled` answers for
+ * the real level, as the access log asks it once, at start; the access log has its own logger,
+ * never lowered (WorkerSeams.accessLogger).
  */
 function workerLogger(base: Logger, worker: number, repeatsFirst: () => boolean): Logger {
   const tag = { worker };
